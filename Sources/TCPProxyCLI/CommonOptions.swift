@@ -1,0 +1,94 @@
+import ArgumentParser
+import Logging
+import NIOCore
+import TCPProxyCore
+
+/// The options every mode takes (SPEC §1, "Options (every mode)").
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Event-loop threads (default: the number of CPU cores).")
+    var threads: Int?
+
+    @Option(help: "Most concurrent clients; one above the limit is accepted and closed at once.")
+    var maxConnections: Int?
+
+    @Option(
+        help: "Most bytes buffered per direction of a bridge before reading pauses (512, 64K, 10M, 1G).",
+        transform: { try CommonOptions.size($0, option: "--high-water-mark") }
+    )
+    var highWaterMark: ByteSize = ByteSize(bytes: 64 * 1024)
+
+    @Option(help: "Seconds a direction may hold data and deliver none before the bridge is aborted; 0 disables.")
+    var stallTimeout: Double = 10
+
+    @Option(help: "Seconds without traffic either way before a bridge is closed; 0 (default) disables.")
+    var idleTimeout: Double = 0
+
+    @Option(help: "Seconds to wait for the server connection.")
+    var connectTimeout: Double = 10
+
+    @Option(help: "On SIGINT/SIGTERM, seconds open bridges may go on before they are closed.")
+    var drainTimeout: Double = 10
+
+    @Option(
+        help: "Accept clients only from this network (repeatable), e.g. 10.0.0.0/8 or ::1.",
+        transform: { text in
+            do { return try CIDR(parsing: text) } catch { throw ValidationError("\(error)") }
+        }
+    )
+    var allow: [CIDR] = []
+
+    @Option(help: "Lowest level logged: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .info
+
+    @Option(help: "Log line format: text or json.")
+    var logFormat: LogFormat = .text
+
+    func validate() throws {
+        if let threads, threads < 1 || threads > 1024 {
+            throw ValidationError("invalid value '\(threads)' for --threads (use a number from 1 to 1024)")
+        }
+        if let maxConnections, maxConnections < 1 {
+            throw ValidationError("invalid value '\(maxConnections)' for --max-connections (use 1 or more)")
+        }
+        let timeouts = [
+            ("--stall-timeout", self.stallTimeout), ("--idle-timeout", self.idleTimeout),
+            ("--connect-timeout", self.connectTimeout), ("--drain-timeout", self.drainTimeout),
+        ]
+        for (name, value) in timeouts where !value.isFinite || value < 0 || value > 86_400 * 365 {
+            throw ValidationError("invalid value '\(value)' for \(name) (use seconds from 0 up)")
+        }
+        if self.connectTimeout == 0 {
+            throw ValidationError("invalid value '0' for --connect-timeout (use more than 0 seconds)")
+        }
+    }
+
+    /// The bridge limits these options describe.
+    var bridgeConfiguration: BridgeConfiguration {
+        var configuration = BridgeConfiguration()
+        configuration.highWaterMark = self.highWaterMark.bytes
+        configuration.stallTimeout = CommonOptions.timeAmount(self.stallTimeout)
+        configuration.idleTimeout = CommonOptions.timeAmount(self.idleTimeout)
+        configuration.connectTimeout = CommonOptions.timeAmount(self.connectTimeout) ?? .seconds(10)
+        configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
+        return configuration
+    }
+
+    var admissionPolicy: AdmissionPolicy {
+        AdmissionPolicy(allow: self.allow, maxConnections: self.maxConnections)
+    }
+
+    /// Seconds as a `TimeAmount`; 0 means off (`nil`).
+    static func timeAmount(_ seconds: Double) -> TimeAmount? {
+        seconds > 0 ? .nanoseconds(Int64(seconds * 1e9)) : nil
+    }
+
+    static func size(_ text: String, option: String) throws -> ByteSize {
+        guard let size = ByteSize(parsing: text) else {
+            throw ValidationError("invalid size '\(text)' for \(option) (use 512, 64K, 10M or 1G)")
+        }
+        return size
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension LogFormat: ExpressibleByArgument {}

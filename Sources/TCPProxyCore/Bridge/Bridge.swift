@@ -1,0 +1,337 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One client connection plus its server connection, and the glue between them.
+///
+/// Both channels live on the client's event loop, so the bridge needs no locks. Each channel carries
+/// one ``BridgeHandler`` that reports events here; the ``BridgeStateMachine`` decides, and this class
+/// carries out its actions. Bytes pass from one channel to the other as the same `ByteBuffer`s, with
+/// no copy; a channel is read only while its partner can take more (`writeBufferWaterMark`).
+final class Bridge {
+    typealias Side = BridgeStateMachine.Side
+
+    /// Who the bridge reports to when it ends.
+    struct Hooks {
+        /// Called once, when both sockets are closed.
+        var finished: (_ reason: CloseReason) -> Void
+    }
+
+    let id: UInt64
+    private let configuration: BridgeConfiguration
+    private let target: ConnectTarget
+    private let eventLoop: EventLoop
+    private let logger: Logger
+    private let hooks: Hooks
+    private let startTime: NIODeadline
+
+    private var machine = BridgeStateMachine()
+    private var timeouts: BridgeTimeouts
+    private var timer: Scheduled<Void>?
+    private var drainTimer: Scheduled<Void>?
+
+    private let clientHandler: BridgeHandler
+    private let serverHandler: BridgeHandler
+    private var serverChannel: Channel?
+
+    /// What the client sent before the server connection was up (SPEC §2 rule 2), at most about one
+    /// high-water mark: reading pauses once it is full.
+    private var earlyData = CircularBuffer<ByteBuffer>(initialCapacity: 1)
+    private var earlyDataBytes = 0
+
+    /// Bytes read from the client (upstream) and from the server (downstream).
+    private(set) var bytesUpstream: UInt64 = 0
+    private(set) var bytesDownstream: UInt64 = 0
+
+    /// - Parameters:
+    ///   - id: the bridge number, for logs.
+    ///   - clientChannel: the accepted connection; the bridge installs its handler in it.
+    ///   - target: where to connect.
+    ///   - configuration: limits and timeouts.
+    ///   - logger: the listener's logger.
+    ///   - hooks: the listener's bookkeeping.
+    init(
+        id: UInt64,
+        clientChannel: Channel,
+        target: ConnectTarget,
+        configuration: BridgeConfiguration,
+        logger: Logger,
+        hooks: Hooks
+    ) {
+        self.id = id
+        self.target = target
+        self.configuration = configuration
+        self.eventLoop = clientChannel.eventLoop
+        self.logger = logger
+        self.hooks = hooks
+        let now = NIODeadline.now()
+        self.startTime = now
+        self.timeouts = BridgeTimeouts(
+            stallTimeout: configuration.stallTimeout,
+            idleTimeout: configuration.idleTimeout,
+            now: now
+        )
+        self.clientHandler = BridgeHandler(side: .client)
+        self.serverHandler = BridgeHandler(side: .server)
+        self.clientHandler.bridge = self
+        self.serverHandler.bridge = self
+    }
+
+    /// The handler to put into the client channel's pipeline.
+    var clientChannelHandler: BridgeHandler { self.clientHandler }
+
+    private func handler(_ side: Side) -> BridgeHandler {
+        side == .client ? self.clientHandler : self.serverHandler
+    }
+
+    // MARK: Events from the handlers
+
+    /// The client channel is active: log it and dial the server.
+    func clientActive(_ channel: Channel) {
+        self.logger.info(
+            "bridge accepted",
+            metadata: [
+                "bridge.id": "\(self.id)", "client.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+            ]
+        )
+        self.connect()
+    }
+
+    /// Whether `side` may be read now: only while what it feeds can take more.
+    func mayRead(_ side: Side) -> Bool {
+        if self.machine.isForwarding {
+            return self.handler(side.partner).context?.channel.isWritable ?? false
+        }
+        if self.machine.isClosing { return false }
+        // Connecting: the client may fill the early-data buffer up to the high-water mark.
+        return side == .client && self.earlyDataBytes < self.configuration.highWaterMark
+    }
+
+    /// Bytes arrived from `side`.
+    func received(_ buffer: ByteBuffer, from side: Side) {
+        let count = UInt64(buffer.readableBytes)
+        if self.machine.isForwarding {
+            switch side {
+            case .client: self.bytesUpstream &+= count
+            case .server: self.bytesDownstream &+= count
+            }
+            self.handler(side.partner).forward(buffer)
+            if self.timer == nil { self.startTimer() }
+        } else if !self.machine.isClosing, side == .client {
+            self.bytesUpstream &+= count
+            self.earlyDataBytes += buffer.readableBytes
+            self.earlyData.append(buffer)
+        }
+    }
+
+    /// A read burst from `side` ended: push what was forwarded.
+    func readComplete(from side: Side) {
+        self.handler(side.partner).flushIfNeeded()
+    }
+
+    /// `side` can take more again: let its partner be read if it was waiting.
+    func becameWritable(_ side: Side) {
+        self.handler(side.partner).resumeReadingIfPaused()
+    }
+
+    func inputClosed(on side: Side) {
+        self.perform(self.machine.inputClosed(on: side))
+    }
+
+    func outputClosed(on side: Side) {
+        self.perform(self.machine.outputClosed(on: side))
+    }
+
+    func errorCaught(on side: Side, _ error: Error) {
+        self.logger.debug(
+            "bridge error",
+            metadata: ["bridge.id": "\(self.id)", "side": "\(side)", "error": "\(error)"]
+        )
+        self.perform(self.machine.errorCaught(on: side))
+    }
+
+    func channelClosed(_ side: Side) {
+        self.perform(self.machine.channelClosed(side))
+    }
+
+    /// The listener is draining: give the bridge until the drain timeout to finish on its own.
+    func quiesceRequested() {
+        guard let drainTimeout = self.configuration.drainTimeout else { return }
+        guard self.drainTimer == nil else { return }
+        self.drainTimer = self.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) {
+            self.perform(self.machine.abort(.drainTimeout))
+        }
+    }
+
+    // MARK: Connecting
+
+    private func connect() {
+        let serverHandler = NIOLoopBound(self.serverHandler, eventLoop: self.eventLoop)
+        let configuration = self.configuration
+        let bootstrap = ClientBootstrap(group: self.eventLoop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connectTimeout(configuration.connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try BridgeChannelOptions.apply(configuration, to: channel)
+                    try channel.pipeline.syncOperations.addHandler(serverHandler.value)
+                }
+            }
+        let connected: EventLoopFuture<Channel>
+        switch self.target {
+        case .address(let address): connected = bootstrap.connect(to: address)
+        case .name(let host, let port): connected = bootstrap.connect(host: host, port: port)
+        }
+        connected.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                self.serverChannel = channel
+                self.perform(self.machine.connectSucceeded())
+            case .failure(let error):
+                let timedOut = Bridge.isTimeout(error)
+                self.logger.info(
+                    "bridge connect failed",
+                    metadata: [
+                        "bridge.id": "\(self.id)", "server.address": "\(self.target)", "error": "\(error)",
+                    ]
+                )
+                self.perform(self.machine.connectFailed(timedOut: timedOut))
+                self.perform(self.machine.serverNeverOpened())
+            }
+        }
+    }
+
+    private static func isTimeout(_ error: Error) -> Bool {
+        if case ChannelError.connectTimeout = error { return true }
+        if let error = error as? NIOConnectionError {
+            return error.connectionErrors.contains { attempt in
+                if case ChannelError.connectTimeout = attempt.error { return true }
+                return false
+            } || error.dnsAError == nil && error.dnsAAAAError == nil && error.connectionErrors.isEmpty
+        }
+        return false
+    }
+
+    // MARK: Carrying out actions
+
+    private func perform(_ action: BridgeStateMachine.Action) {
+        switch action {
+        case .none:
+            break
+
+        case .startForwarding(let thenShutdownServerOutput):
+            self.logger.info(
+                "bridge connected",
+                metadata: [
+                    "bridge.id": "\(self.id)",
+                    "server.address": "\(self.serverChannel?.remoteAddress.map { "\($0)" } ?? "\(self.target)")",
+                ]
+            )
+            while let buffer = self.earlyData.popFirst() {
+                self.serverHandler.forward(buffer)
+            }
+            self.earlyDataBytes = 0
+            self.serverHandler.flushIfNeeded()
+            if thenShutdownServerOutput {
+                self.serverHandler.shutdownOutput()
+            }
+            self.clientHandler.resumeReadingIfPaused()
+            self.serverHandler.resumeReadingIfPaused()
+            self.startTimer()
+
+        case .shutdownOutput(let side):
+            self.handler(side).shutdownOutput()
+
+        case .closeChannel(let side):
+            self.handler(side).context?.close(promise: nil)
+
+        case .close(let reason):
+            self.cancelTimers()
+            self.earlyData.removeAll()
+            for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {
+                if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
+                channel.close(promise: nil)
+            }
+
+        case .report(let reason):
+            self.cancelTimers()
+            let duration = Double((NIODeadline.now() - self.startTime).nanoseconds) / 1e9
+            self.logger.info(
+                "bridge closed",
+                metadata: [
+                    "bridge.id": "\(self.id)", "close.reason": "\(reason)",
+                    "bytes.upstream": "\(self.bytesUpstream)", "bytes.downstream": "\(self.bytesDownstream)",
+                    "duration": "\(duration)",
+                ]
+            )
+            self.hooks.finished(reason)
+        }
+    }
+
+    // MARK: Timeouts
+
+    private func startTimer() {
+        guard self.timer == nil, self.timeouts.isEnabled, self.machine.isForwarding else { return }
+        self.timeouts.restart(now: .now())
+        self.scheduleTick(in: self.timeouts.samplingInterval)
+    }
+
+    private func scheduleTick(in delay: TimeAmount) {
+        self.timer = self.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            self.tick()
+        }
+    }
+
+    private func tick() {
+        self.timer = nil
+        guard self.machine.isForwarding else { return }
+        let decision = self.timeouts.tick(
+            now: .now(),
+            trafficBytes: self.bytesUpstream &+ self.bytesDownstream,
+            upstream: self.serverHandler.sample(),
+            downstream: self.clientHandler.sample()
+        )
+        switch decision {
+        case .sampleAgain(let delay):
+            self.scheduleTick(in: delay)
+        case .stop:
+            break
+        case .expire(let reason):
+            self.logger.debug("bridge timed out", metadata: ["bridge.id": "\(self.id)", "close.reason": "\(reason)"])
+            self.perform(self.machine.abort(reason))
+        }
+    }
+
+    private func cancelTimers() {
+        self.timer?.cancel()
+        self.timer = nil
+        self.drainTimer?.cancel()
+        self.drainTimer = nil
+    }
+}
+
+@available(*, unavailable)
+extension Bridge: Sendable {}
+
+/// Where a bridge connects: an address known at start, or a name resolved for each connection (every
+/// address it resolves to is tried, IPv6 and IPv4 raced as Happy Eyeballs does).
+enum ConnectTarget: Sendable, CustomStringConvertible {
+    case address(SocketAddress)
+    case name(host: String, port: Int)
+
+    init(_ endpoint: Endpoint) {
+        if let address = try? SocketAddress(ipAddress: endpoint.host, port: endpoint.port) {
+            self = .address(address)
+        } else {
+            self = .name(host: endpoint.host, port: endpoint.port)
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .address(let address): "\(address)"
+        case .name(let host, let port): Endpoint(host: host, port: port).description
+        }
+    }
+}

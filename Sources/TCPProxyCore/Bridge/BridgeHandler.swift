@@ -1,0 +1,159 @@
+import NIOCore
+import NIOExtras
+
+/// The handler in each of a bridge's two channels: it reports events to its ``Bridge`` and writes what
+/// the partner channel read.
+///
+/// It holds back `read()` while the partner cannot take more, which is all the back-pressure there is:
+/// at most the partner's write buffer (the high-water mark) plus one read is held per direction.
+final class BridgeHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let side: BridgeStateMachine.Side
+    /// Set by the bridge right after both handlers exist; cleared when the handler leaves its pipeline.
+    var bridge: Bridge?
+    private(set) var context: ChannelHandlerContext?
+
+    /// A `read()` came while the partner could take no more; it is passed on when the partner can.
+    private var readPaused = false
+    /// Bytes were written to this channel since the last flush.
+    private var flushNeeded = false
+    /// This channel's peer sent EOF.
+    private var inputClosed = false
+
+    init(side: BridgeStateMachine.Side) {
+        self.side = side
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if self.side == .client, context.channel.isActive {
+            self.bridge?.clientActive(context.channel)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        self.bridge = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if self.side == .client {
+            self.bridge?.clientActive(context.channel)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.bridge?.channelClosed(self.side)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        self.bridge?.received(self.unwrapInboundIn(data), from: self.side)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.bridge?.readComplete(from: self.side)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            self.bridge?.becameWritable(self.side)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        switch event {
+        case ChannelEvent.inputClosed:
+            self.inputClosed = true
+            self.bridge?.inputClosed(on: self.side)
+        case ChannelEvent.outputClosed:
+            self.bridge?.outputClosed(on: self.side)
+        case is ChannelShouldQuiesceEvent:
+            self.bridge?.quiesceRequested()
+        default:
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        self.bridge?.errorCaught(on: self.side, error)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if self.bridge?.mayRead(self.side) ?? true {
+            context.read()
+        } else {
+            self.readPaused = true
+        }
+    }
+
+    // MARK: Called by the bridge
+
+    /// Writes bytes the partner read; they are flushed at the end of the partner's read burst.
+    func forward(_ buffer: ByteBuffer) {
+        guard let context else { return }
+        context.write(self.wrapOutboundOut(buffer), promise: nil)
+        self.flushNeeded = true
+    }
+
+    func flushIfNeeded() {
+        guard self.flushNeeded, let context else { return }
+        self.flushNeeded = false
+        context.flush()
+    }
+
+    /// Passes on a `read()` that was held back, if the bridge now allows it.
+    func resumeReadingIfPaused() {
+        guard self.readPaused, let context, self.bridge?.mayRead(self.side) ?? false else { return }
+        self.readPaused = false
+        context.read()
+    }
+
+    /// Writes what is held for this channel, then shuts down its output (`SHUT_WR`).
+    ///
+    /// NIO turns an output shutdown into a full close, dropping unwritten bytes, when the input is
+    /// already shut; so in that case the shutdown waits for the last write to complete.
+    func shutdownOutput() {
+        guard let context else { return }
+        self.flushIfNeeded()
+        if self.inputClosed {
+            let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(self.wrapOutboundOut(ByteBuffer()))
+                .assumeIsolated()
+                .whenComplete { _ in loopBoundContext.value.close(mode: .output, promise: nil) }
+        } else {
+            context.close(mode: .output, promise: nil)
+        }
+    }
+
+    /// What this channel holds unwritten, and what its peer has acknowledged (for the stall timeout).
+    func sample() -> BridgeTimeouts.Sample {
+        guard let channel = self.context?.channel,
+            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes), held > 0
+        else { return .init(held: 0, delivered: 0) }
+        return .init(held: held, delivered: LinuxSocketOptions.bytesAcknowledged(channel) ?? 0)
+    }
+}
+
+@available(*, unavailable)
+extension BridgeHandler: Sendable {}
+
+/// The channel options both sockets of a bridge get.
+enum BridgeChannelOptions {
+    /// Sets half-closure, the write-buffer bounds and a read size that keeps one read within the
+    /// high-water mark.
+    static func apply(_ configuration: BridgeConfiguration, to channel: Channel) throws {
+        guard let options = channel.syncOptions else { return }
+        let high = configuration.highWaterMark
+        try options.setOption(.allowRemoteHalfClosure, value: true)
+        try options.setOption(.writeBufferWaterMark, value: .init(low: max(1, high / 2), high: high))
+        let maximumRead = max(1024, min(high, 64 * 1024))
+        try options.setOption(
+            .recvAllocator,
+            value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2048, maximumRead), maximum: maximumRead)
+        )
+    }
+}

@@ -1,0 +1,103 @@
+import NIOCore
+
+/// The stall and idle timeouts of one bridge (SPEC §2 rules 6c and 7), without I/O or a clock.
+///
+/// The handler samples both directions on one periodic timer and passes the samples in. Progress is
+/// judged at the socket: a direction that holds data makes progress while the receiving peer takes
+/// bytes (the kernel's count of acknowledged bytes grows), even if the proxy's own writes stay blocked
+/// for a long time behind a slow reader.
+struct BridgeTimeouts {
+    /// What the handler sees of one direction at a sampling tick.
+    struct Sample: Equatable {
+        /// Bytes the proxy holds for this direction's destination (written to the channel, not yet to
+        /// the socket).
+        var held: Int
+        /// A counter that grows whenever the destination peer takes bytes (its socket's acknowledged
+        /// byte count); only compared with its previous value.
+        var delivered: UInt64
+    }
+
+    /// What to do after a tick.
+    enum Decision: Equatable {
+        /// Sample again after this long.
+        case sampleAgain(in: TimeAmount)
+        /// Nothing to watch until traffic resumes: stop the timer.
+        case stop
+        /// End the bridge.
+        case expire(CloseReason)
+    }
+
+    private let stallTimeout: TimeAmount?
+    private let idleTimeout: TimeAmount?
+    private var lastTraffic: NIODeadline
+    private var lastTrafficBytes: UInt64 = 0
+    private var directions = [DirectionProgress](repeating: .init(), count: 2)
+
+    private struct DirectionProgress {
+        var lastDelivered: UInt64 = 0
+        /// When this direction was last seen holding nothing or delivering something.
+        var lastProgress: NIODeadline? = nil
+    }
+
+    /// - Parameters:
+    ///   - stallTimeout: `--stall-timeout`, `nil` when off.
+    ///   - idleTimeout: `--idle-timeout`, `nil` when off.
+    ///   - now: when the bridge started.
+    init(stallTimeout: TimeAmount?, idleTimeout: TimeAmount?, now: NIODeadline) {
+        self.stallTimeout = stallTimeout
+        self.idleTimeout = idleTimeout
+        self.lastTraffic = now
+    }
+
+    /// Whether any timeout is on, so the bridge needs a timer at all.
+    var isEnabled: Bool { self.stallTimeout != nil || self.idleTimeout != nil }
+
+    /// How often to sample: a quarter of the shortest timeout, so a timeout fires at most 25% late.
+    var samplingInterval: TimeAmount {
+        let shortest = [self.stallTimeout, self.idleTimeout].compactMap { $0 }.min() ?? .seconds(1)
+        return .nanoseconds(max(shortest.nanoseconds / 4, TimeAmount.milliseconds(5).nanoseconds))
+    }
+
+    /// A sampling tick.
+    /// - Parameters:
+    ///   - now: the time of the tick.
+    ///   - trafficBytes: bytes read from both sides so far (any change counts as traffic).
+    ///   - upstream: the client-to-server direction.
+    ///   - downstream: the server-to-client direction.
+    /// - Returns: whether to keep sampling, stop, or end the bridge.
+    mutating func tick(now: NIODeadline, trafficBytes: UInt64, upstream: Sample, downstream: Sample) -> Decision {
+        if trafficBytes != self.lastTrafficBytes {
+            self.lastTrafficBytes = trafficBytes
+            self.lastTraffic = now
+        }
+        if let stallTimeout {
+            for (index, sample) in [upstream, downstream].enumerated() {
+                var progress = self.directions[index]
+                if sample.held == 0 || sample.delivered != progress.lastDelivered || progress.lastProgress == nil {
+                    progress.lastProgress = now
+                    progress.lastDelivered = sample.delivered
+                }
+                self.directions[index] = progress
+                if let last = progress.lastProgress, now - last >= stallTimeout {
+                    return .expire(.stallTimeout)
+                }
+            }
+        }
+        if let idleTimeout, now - self.lastTraffic >= idleTimeout {
+            return .expire(.idleTimeout)
+        }
+        // Without an idle timeout, a bridge that holds nothing and moved nothing needs no timer until
+        // its next read.
+        if self.idleTimeout == nil && upstream.held == 0 && downstream.held == 0 && self.lastTraffic != now {
+            return .stop
+        }
+        return .sampleAgain(in: self.samplingInterval)
+    }
+
+    /// The timer restarts after a stop: forget the old progress marks so a fresh stall is timed from now.
+    mutating func restart(now: NIODeadline) {
+        for index in self.directions.indices {
+            self.directions[index].lastProgress = now
+        }
+    }
+}

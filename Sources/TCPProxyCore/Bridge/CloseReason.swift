@@ -1,0 +1,34 @@
+/// Why a bridge ended, or why a client was turned away. The log line and the metric label share it.
+public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
+    /// Both directions saw end of stream and every buffered byte was written.
+    case completed
+    /// The client reset the connection, or a write to it failed.
+    case clientReset
+    /// The server reset the connection, or a write to it failed.
+    case serverReset
+    /// The server connection could not be made.
+    case connectFailed
+    /// The server connection was not made within `--connect-timeout`.
+    case connectTimeout
+    /// A direction held data and delivered none of it for `--stall-timeout`.
+    case stallTimeout
+    /// No byte moved either way for `--idle-timeout`.
+    case idleTimeout
+    /// The proxy was shutting down and `--drain-timeout` ran out.
+    case drainTimeout
+    /// `--max-connections` bridges were already open.
+    case limitReached
+    /// The client's address is outside every `--allow` network.
+    case notAllowed
+
+    public var description: String { self.rawValue }
+
+    /// Whether the proxy cuts the bridge short (a reset, not a FIN, towards peers still connected):
+    /// their data could not be delivered, and a reset tells them so.
+    var isAbortive: Bool {
+        switch self {
+        case .clientReset, .serverReset, .stallTimeout: true
+        default: false
+        }
+    }
+}

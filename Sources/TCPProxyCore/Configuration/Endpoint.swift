@@ -1,0 +1,71 @@
+/// A `HOST:PORT` pair as given on the command line, before any name resolution.
+///
+/// `HOST` is an IPv4 address, an IPv6 address in brackets (`[::1]:8080`) or a name; `:PORT` alone
+/// means every interface (`0.0.0.0`, or `::` where the kernel accepts both families).
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
+    /// The host: an address literal (IPv6 without brackets) or a name.
+    public var host: String
+    /// The TCP port, 0 for an ephemeral one.
+    public var port: Int
+
+    /// - Parameters:
+    ///   - host: an address literal (IPv6 without brackets) or a name.
+    ///   - port: the TCP port.
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `HOST:PORT`, `[V6]:PORT` or `:PORT`.
+    /// - Parameter text: the text from the command line.
+    /// - Parameter defaultHost: the host used for `:PORT`.
+    /// - Throws: ``EndpointError`` naming what is wrong.
+    public init(parsing text: String, defaultHost: String = "0.0.0.0") throws {
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw EndpointError.malformed(text) }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { throw EndpointError.malformed(text) }
+            portText = rest.dropFirst()
+            guard host.contains(":") else { throw EndpointError.malformed(text) }
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw EndpointError.malformed(text) }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            // An unbracketed IPv6 address is ambiguous (`::1:80`): ask for brackets.
+            guard !host.contains(":") else { throw EndpointError.malformed(text) }
+        }
+        self.host = host.isEmpty ? defaultHost : String(host)
+        self.port = try Endpoint.parsePort(String(portText))
+    }
+
+    /// Parses a decimal port from 0 to 65535.
+    public static func parsePort(_ text: String) throws -> Int {
+        guard !text.isEmpty, text.count <= 5, text.allSatisfy({ $0.isASCII && $0.isNumber }),
+            let port = Int(text), port <= 65535
+        else { throw EndpointError.badPort(text) }
+        return port
+    }
+
+    /// `host:port`, with brackets around an IPv6 host.
+    public var description: String {
+        self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)"
+    }
+}
+
+/// Why a `HOST:PORT` could not be read.
+public enum EndpointError: Error, Hashable, CustomStringConvertible {
+    /// The text is not of the form `HOST:PORT`, `[V6]:PORT` or `:PORT`.
+    case malformed(String)
+    /// The port is not a number from 0 to 65535.
+    case badPort(String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let text): "invalid address '\(text)' (use HOST:PORT, [IPV6]:PORT or :PORT)"
+        case .badPort(let text): "invalid port '\(text)' (use a number from 0 to 65535)"
+        }
+    }
+}

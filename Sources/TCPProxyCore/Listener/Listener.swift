@@ -1,0 +1,154 @@
+import Atomics
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+/// One listening socket and the bridges it accepts: a `Service` that runs until graceful shutdown,
+/// then stops accepting and lets open bridges finish within the drain timeout.
+public final class Listener: Service, Sendable {
+    private let configuration: ProxyConfiguration
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let activeBridges = ManagedAtomic<Int>(0)
+    private let nextBridgeID = ManagedAtomic<UInt64>(1)
+    private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
+
+    /// - Parameters:
+    ///   - configuration: what to listen on, where to forward, and the limits.
+    ///   - group: the event loops to run on.
+    ///   - logger: the logger; each bridge adds its id and addresses to the events it logs.
+    public init(configuration: ProxyConfiguration, group: EventLoopGroup, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        var logger = logger
+        logger[metadataKey: "listener"] = "\(configuration.name)"
+        self.logger = logger
+    }
+
+    /// The address the socket is bound to, once it is (with the real port when port 0 was asked for).
+    public var localAddress: SocketAddress? { self.boundAddress.withLockedValue { $0 } }
+
+    /// Open bridges right now.
+    public var activeBridgeCount: Int { self.activeBridges.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        let quiescing = ServerQuiescingHelper(group: self.group)
+        let channel = try await self.bind(quiescing: quiescing)
+        let address = channel.localAddress
+        self.boundAddress.withLockedValue { $0 = address }
+        self.logger.info(
+            "listening on \(address.map(Listener.describe) ?? self.configuration.listen.description)",
+            metadata: ["target": "\(self.configuration.target)"]
+        )
+
+        // Runs until the service group starts a graceful shutdown (or is cancelled).
+        try? await gracefulShutdown()
+
+        self.logger.notice(
+            "draining",
+            metadata: [
+                "bridges.active": "\(self.activeBridgeCount)",
+                "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
+            ]
+        )
+        let drained = self.group.next().makePromise(of: Void.self)
+        quiescing.initiateShutdown(promise: drained)
+        try await drained.futureResult.get()
+        self.logger.info("listener stopped")
+    }
+
+    private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
+        let listen = self.configuration.listen
+        let bridgeConfiguration = self.configuration.bridge
+        let target = ConnectTarget(self.configuration.target)
+        do {
+            return try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            quiescing.makeServerChannelHandler(channel: channel)
+                        )
+                    }
+                }
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try self.initializeClient(channel, target: target, configuration: bridgeConfiguration)
+                    }
+                }
+                .bind(host: listen.host, port: listen.port)
+                .get()
+        } catch {
+            throw ListenerError(endpoint: listen, underlying: error)
+        }
+    }
+
+    /// Admits or turns away a new client, and for an admitted one builds its bridge.
+    private func initializeClient(
+        _ channel: Channel,
+        target: ConnectTarget,
+        configuration: BridgeConfiguration
+    ) throws {
+        let decision = self.configuration.admission.decide(
+            address: channel.remoteAddress,
+            activeBridges: self.activeBridges.load(ordering: .relaxed)
+        )
+        guard decision == .admit else {
+            let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
+            self.logger.info(
+                "connection rejected",
+                metadata: [
+                    "client.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+                    "close.reason": "\(reason)",
+                ]
+            )
+            try channel.pipeline.syncOperations.addHandler(CloseOnActiveHandler())
+            return
+        }
+        self.activeBridges.wrappingIncrement(ordering: .relaxed)
+        try BridgeChannelOptions.apply(configuration, to: channel)
+        let bridge = Bridge(
+            id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
+            clientChannel: channel,
+            target: target,
+            configuration: configuration,
+            logger: self.logger,
+            hooks: .init(finished: { [activeBridges] _ in
+                activeBridges.wrappingDecrement(ordering: .relaxed)
+            })
+        )
+        try channel.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
+    }
+
+    static func describe(_ address: SocketAddress) -> String {
+        let host = address.ipAddress ?? "?"
+        let port = address.port ?? 0
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+}
+
+/// Closes a client that was turned away as soon as it is active.
+private final class CloseOnActiveHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+}
+
+/// A listener could not start.
+public struct ListenerError: Error, CustomStringConvertible {
+    /// The address it was asked to listen on.
+    public var endpoint: Endpoint
+    /// What the system said.
+    public var underlying: Error
+
+    public var description: String {
+        "cannot listen on \(self.endpoint): \(SystemErrorText.describe(self.underlying))"
+    }
+}
