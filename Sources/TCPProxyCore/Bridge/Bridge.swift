@@ -19,7 +19,7 @@ final class Bridge {
 
     let id: UInt64
     private let configuration: BridgeConfiguration
-    private let target: ConnectTarget
+    private let connector: any ServerConnector
     private let eventLoop: EventLoop
     private let logger: Logger
     private let hooks: Hooks
@@ -46,25 +46,25 @@ final class Bridge {
     /// - Parameters:
     ///   - id: the bridge number, for logs.
     ///   - clientChannel: the accepted connection; the bridge installs its handler in it.
-    ///   - target: where to connect.
+    ///   - connector: how to reach the server.
     ///   - configuration: limits and timeouts.
     ///   - logger: the listener's logger.
     ///   - hooks: the listener's bookkeeping.
     init(
         id: UInt64,
         clientChannel: Channel,
-        target: ConnectTarget,
+        connector: any ServerConnector,
         configuration: BridgeConfiguration,
         logger: Logger,
         hooks: Hooks
     ) {
         self.id = id
-        self.target = target
+        self.connector = connector
         self.configuration = configuration
         self.eventLoop = clientChannel.eventLoop
         self.logger = logger
         self.hooks = hooks
-        let now = NIODeadline.now()
+        let now = clientChannel.eventLoop.now
         self.startTime = now
         self.timeouts = BridgeTimeouts(
             stallTimeout: configuration.stallTimeout,
@@ -91,7 +91,7 @@ final class Bridge {
         self.logger.info(
             "bridge accepted",
             metadata: [
-                "bridge.id": "\(self.id)", "client.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+                "bridge.id": "\(self.id)", "client.address": "\(channel.remoteAddress.logDescription)",
             ]
         )
         self.connect()
@@ -167,21 +167,8 @@ final class Bridge {
 
     private func connect() {
         let serverHandler = NIOLoopBound(self.serverHandler, eventLoop: self.eventLoop)
-        let configuration = self.configuration
-        let bootstrap = ClientBootstrap(group: self.eventLoop)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .connectTimeout(configuration.connectTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try BridgeChannelOptions.apply(configuration, to: channel)
-                    try channel.pipeline.syncOperations.addHandler(serverHandler.value)
-                }
-            }
-        let connected: EventLoopFuture<Channel>
-        switch self.target {
-        case .address(let address): connected = bootstrap.connect(to: address)
-        case .name(let host, let port): connected = bootstrap.connect(host: host, port: port)
+        let connected = self.connector.connect(on: self.eventLoop, configuration: self.configuration) { channel in
+            try channel.pipeline.syncOperations.addHandler(serverHandler.value)
         }
         connected.assumeIsolated().whenComplete { result in
             switch result {
@@ -193,7 +180,7 @@ final class Bridge {
                 self.logger.info(
                     "bridge connect failed",
                     metadata: [
-                        "bridge.id": "\(self.id)", "server.address": "\(self.target)", "error": "\(error)",
+                        "bridge.id": "\(self.id)", "server.address": "\(self.connector.targetDescription)", "error": "\(error)",
                     ]
                 )
                 self.perform(self.machine.connectFailed(timedOut: timedOut))
@@ -225,7 +212,7 @@ final class Bridge {
                 "bridge connected",
                 metadata: [
                     "bridge.id": "\(self.id)",
-                    "server.address": "\(self.serverChannel?.remoteAddress.map { "\($0)" } ?? "\(self.target)")",
+                    "server.address": "\(self.serverChannel?.remoteAddress?.logDescription ?? self.connector.targetDescription)",
                 ]
             )
             while let buffer = self.earlyData.popFirst() {
@@ -256,7 +243,7 @@ final class Bridge {
 
         case .report(let reason):
             self.cancelTimers()
-            let duration = Double((NIODeadline.now() - self.startTime).nanoseconds) / 1e9
+            let duration = Double((self.eventLoop.now - self.startTime).nanoseconds) / 1e9
             self.logger.info(
                 "bridge closed",
                 metadata: [
@@ -273,7 +260,7 @@ final class Bridge {
 
     private func startTimer() {
         guard self.timer == nil, self.timeouts.isEnabled, self.machine.isForwarding else { return }
-        self.timeouts.restart(now: .now())
+        self.timeouts.restart(now: self.eventLoop.now)
         self.scheduleTick(in: self.timeouts.samplingInterval)
     }
 
@@ -287,7 +274,7 @@ final class Bridge {
         self.timer = nil
         guard self.machine.isForwarding else { return }
         let decision = self.timeouts.tick(
-            now: .now(),
+            now: self.eventLoop.now,
             trafficBytes: self.bytesUpstream &+ self.bytesDownstream,
             upstream: self.serverHandler.sample(),
             downstream: self.clientHandler.sample()
@@ -313,25 +300,3 @@ final class Bridge {
 
 @available(*, unavailable)
 extension Bridge: Sendable {}
-
-/// Where a bridge connects: an address known at start, or a name resolved for each connection (every
-/// address it resolves to is tried, IPv6 and IPv4 raced as Happy Eyeballs does).
-enum ConnectTarget: Sendable, CustomStringConvertible {
-    case address(SocketAddress)
-    case name(host: String, port: Int)
-
-    init(_ endpoint: Endpoint) {
-        if let address = try? SocketAddress(ipAddress: endpoint.host, port: endpoint.port) {
-            self = .address(address)
-        } else {
-            self = .name(host: endpoint.host, port: endpoint.port)
-        }
-    }
-
-    var description: String {
-        switch self {
-        case .address(let address): "\(address)"
-        case .name(let host, let port): Endpoint(host: host, port: port).description
-        }
-    }
-}

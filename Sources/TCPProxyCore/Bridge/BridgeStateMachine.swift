@@ -178,19 +178,33 @@ struct BridgeStateMachine {
             return .close(.clientReset)
 
         case .forwarding(var client, var server):
+            var action = Action.none
             switch side {
-            case .client: client.closed = true
-            case .server: server.closed = true
+            case .client:
+                client.closed = true
+                if !client.inputClosed && client.outputShutdownRequested {
+                    // NIO reports a peer's EOF as a plain close when our write side was already
+                    // shut (a read error would have come first as `errorCaught`): pass the EOF on.
+                    client.inputClosed = true
+                    server.outputShutdownRequested = true
+                    action = .shutdownOutput(.server)
+                }
+            case .server:
+                server.closed = true
+                if !server.inputClosed && server.outputShutdownRequested {
+                    server.inputClosed = true
+                    client.outputShutdownRequested = true
+                    action = .shutdownOutput(.client)
+                }
             }
             if client.closed && server.closed {
                 self.state = .done
-                return .report(.completed)
+                return .report(client.inputClosed && server.inputClosed ? .completed : (side == .client ? .clientReset : .serverReset))
             }
-            let completedNormally = client.inputClosed && server.inputClosed
-            if completedNormally {
+            if client.inputClosed && server.inputClosed {
                 // Both EOFs were seen; the other socket closes once its last bytes are written.
                 self.state = .forwarding(client: client, server: server)
-                return .none
+                return action
             }
             // A socket closed while its direction was still open: the peer went away.
             let reason: CloseReason = side == .client ? .clientReset : .serverReset

@@ -40,7 +40,7 @@ public final class Listener: Service, Sendable {
         let address = channel.localAddress
         self.boundAddress.withLockedValue { $0 = address }
         self.logger.info(
-            "listening on \(address.map(Listener.describe) ?? self.configuration.listen.description)",
+            "listening on \(address.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["target": "\(self.configuration.target)"]
         )
 
@@ -63,7 +63,7 @@ public final class Listener: Service, Sendable {
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
         let listen = self.configuration.listen
         let bridgeConfiguration = self.configuration.bridge
-        let target = ConnectTarget(self.configuration.target)
+        let connector = TCPServerConnector(target: ConnectTarget(self.configuration.target))
         do {
             return try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 4096)
@@ -78,7 +78,7 @@ public final class Listener: Service, Sendable {
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try self.initializeClient(channel, target: target, configuration: bridgeConfiguration)
+                        try self.initializeClient(channel, connector: connector, configuration: bridgeConfiguration)
                     }
                 }
                 .bind(host: listen.host, port: listen.port)
@@ -91,7 +91,7 @@ public final class Listener: Service, Sendable {
     /// Admits or turns away a new client, and for an admitted one builds its bridge.
     private func initializeClient(
         _ channel: Channel,
-        target: ConnectTarget,
+        connector: any ServerConnector,
         configuration: BridgeConfiguration
     ) throws {
         let decision = self.configuration.admission.decide(
@@ -103,7 +103,7 @@ public final class Listener: Service, Sendable {
             self.logger.info(
                 "connection rejected",
                 metadata: [
-                    "client.address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+                    "client.address": "\(channel.remoteAddress.logDescription)",
                     "close.reason": "\(reason)",
                 ]
             )
@@ -115,7 +115,7 @@ public final class Listener: Service, Sendable {
         let bridge = Bridge(
             id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
             clientChannel: channel,
-            target: target,
+            connector: connector,
             configuration: configuration,
             logger: self.logger,
             hooks: .init(finished: { [activeBridges] _ in
@@ -123,12 +123,6 @@ public final class Listener: Service, Sendable {
             })
         )
         try channel.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
-    }
-
-    static func describe(_ address: SocketAddress) -> String {
-        let host = address.ipAddress ?? "?"
-        let port = address.port ?? 0
-        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
     }
 }
 

@@ -1,0 +1,67 @@
+import NIOCore
+import NIOPosix
+
+/// How a bridge makes its server connection. The listener uses ``TCPServerConnector``; handler tests
+/// use one that hands out `EmbeddedChannel`s.
+protocol ServerConnector: Sendable {
+    /// Starts connecting on `eventLoop`. `initialize` must be run on the new channel before it is
+    /// active (it installs the bridge's server-side handler).
+    func connect(
+        on eventLoop: EventLoop,
+        configuration: BridgeConfiguration,
+        initialize: @escaping @Sendable (Channel) throws -> Void
+    ) -> EventLoopFuture<Channel>
+
+    /// The target, for logs.
+    var targetDescription: String { get }
+}
+
+/// Connects over TCP to a fixed target, on the client's event loop.
+struct TCPServerConnector: ServerConnector {
+    let target: ConnectTarget
+
+    func connect(
+        on eventLoop: EventLoop,
+        configuration: BridgeConfiguration,
+        initialize: @escaping @Sendable (Channel) throws -> Void
+    ) -> EventLoopFuture<Channel> {
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connectTimeout(configuration.connectTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try BridgeChannelOptions.apply(configuration, to: channel)
+                    try initialize(channel)
+                }
+            }
+        switch self.target {
+        case .address(let address): return bootstrap.connect(to: address)
+        case .name(let host, let port): return bootstrap.connect(host: host, port: port)
+        }
+    }
+
+    var targetDescription: String { self.target.description }
+}
+
+/// Where a bridge connects: an address known at start, or a name resolved for each connection (every
+/// address it resolves to is tried, IPv6 and IPv4 raced as Happy Eyeballs does).
+enum ConnectTarget: Sendable, Hashable, CustomStringConvertible {
+    case address(SocketAddress)
+    case name(host: String, port: Int)
+
+    init(_ endpoint: Endpoint) {
+        if let address = try? SocketAddress(ipAddress: endpoint.host, port: endpoint.port) {
+            self = .address(address)
+        } else {
+            self = .name(host: endpoint.host, port: endpoint.port)
+        }
+    }
+
+    var description: String {
+        switch self {
+        case .address(let address): address.logDescription
+        case .name(let host, let port): Endpoint(host: host, port: port).description
+        }
+    }
+}

@@ -1,0 +1,99 @@
+import NIOCore
+import Testing
+
+@testable import TCPProxyCore
+
+@Suite("Bridge timeouts")
+struct BridgeTimeoutsTests {
+    private let start = NIODeadline.uptimeNanoseconds(1_000_000_000)
+    private let nothing = BridgeTimeouts.Sample(held: 0, delivered: 0)
+
+    private func at(_ seconds: Double) -> NIODeadline {
+        self.start + .nanoseconds(Int64(seconds * 1e9))
+    }
+
+    @Test("samples four times per shortest timeout")
+    func samplingInterval() {
+        let both = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: .seconds(4), now: self.start)
+        #expect(both.samplingInterval == .seconds(1))
+        let stallOnly = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: nil, now: self.start)
+        #expect(stallOnly.samplingInterval == .milliseconds(2500))
+        #expect(!BridgeTimeouts(stallTimeout: nil, idleTimeout: nil, now: self.start).isEnabled)
+    }
+
+    @Test("a direction that holds data and delivers nothing expires after the stall timeout")
+    func stall() {
+        var timeouts = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: nil, now: self.start)
+        let stuck = BridgeTimeouts.Sample(held: 65536, delivered: 500)
+        var time = 0.0
+        var decision = timeouts.tick(now: self.at(time), trafficBytes: 1, upstream: stuck, downstream: self.nothing)
+        while case .sampleAgain(let delay) = decision, time < 60 {
+            time += Double(delay.nanoseconds) / 1e9
+            decision = timeouts.tick(now: self.at(time), trafficBytes: 1, upstream: stuck, downstream: self.nothing)
+        }
+        #expect(decision == .expire(.stallTimeout))
+        #expect(time >= 10 && time <= 12.5)
+    }
+
+    @Test("a slow reader that keeps taking bytes is never stalled out")
+    func slowProgress() {
+        var timeouts = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: nil, now: self.start)
+        for step in 0..<100 {
+            // The proxy's buffer stays full, but the peer acknowledges one more byte each tick.
+            let sample = BridgeTimeouts.Sample(held: 65536, delivered: UInt64(step))
+            let decision = timeouts.tick(
+                now: self.at(Double(step) * 2.5),
+                trafficBytes: 1,
+                upstream: self.nothing,
+                downstream: sample
+            )
+            #expect(decision == .sampleAgain(in: .milliseconds(2500)))
+        }
+    }
+
+    @Test("holding nothing is never a stall, and with no idle timeout the timer stops")
+    func nothingHeld() {
+        var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)
+        #expect(
+            timeouts.tick(now: self.at(0.25), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
+                == .sampleAgain(in: .milliseconds(250))
+        )
+        #expect(
+            timeouts.tick(now: self.at(100), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
+                == .stop
+        )
+    }
+
+    @Test("a stall is timed from the restart, not from before the timer stopped")
+    func restart() {
+        var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)
+        _ = timeouts.tick(now: self.at(0.25), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
+        timeouts.restart(now: self.at(50))
+        let stuck = BridgeTimeouts.Sample(held: 10, delivered: 0)
+        #expect(
+            timeouts.tick(now: self.at(50.25), trafficBytes: 20, upstream: stuck, downstream: self.nothing)
+                == .sampleAgain(in: .milliseconds(250))
+        )
+        #expect(
+            timeouts.tick(now: self.at(51.1), trafficBytes: 20, upstream: stuck, downstream: self.nothing)
+                == .expire(.stallTimeout)
+        )
+    }
+
+    @Test("no traffic either way for the idle timeout expires; traffic resets it")
+    func idle() {
+        var timeouts = BridgeTimeouts(stallTimeout: nil, idleTimeout: .seconds(4), now: self.start)
+        #expect(
+            timeouts.tick(now: self.at(3), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)
+                == .sampleAgain(in: .seconds(1))
+        )
+        #expect(
+            timeouts.tick(now: self.at(6), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)
+                == .sampleAgain(in: .seconds(1))
+        )
+        #expect(
+            timeouts.tick(now: self.at(7), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)
+                == .expire(.idleTimeout)
+        )
+    }
+}

@@ -1,0 +1,89 @@
+import NIOCore
+import Testing
+
+@testable import TCPProxyCore
+
+@Suite("Configuration values")
+struct ConfigurationTests {
+    @Test(
+        "sizes parse with 1024-based suffixes",
+        arguments: [("512", 512), ("64K", 65536), ("64k", 65536), ("10M", 10 << 20), ("1G", 1 << 30)]
+    )
+    func sizes(text: String, bytes: Int) {
+        #expect(ByteSize(parsing: text)?.bytes == bytes)
+    }
+
+    @Test("bad sizes are refused", arguments: ["", "K", "12Q", "-1", "0", "1.5M", "99999999999999999999G", "１K"])
+    func badSizes(text: String) {
+        #expect(ByteSize(parsing: text) == nil)
+    }
+
+    @Test("sizes print in their largest whole unit")
+    func sizeDescription() {
+        #expect(ByteSize(bytes: 65536).description == "64K")
+        #expect(ByteSize(bytes: 1000).description == "1000")
+        #expect(ByteSize(bytes: 3 << 30).description == "3G")
+    }
+
+    @Test(
+        "endpoints parse IPv4, bracketed IPv6, names and bare ports",
+        arguments: [
+            ("127.0.0.1:8080", "127.0.0.1", 8080), ("[::1]:0", "::1", 0), ("example.com:443", "example.com", 443),
+            (":9000", "0.0.0.0", 9000), ("[fe80::1%lo]:1", "fe80::1%lo", 1),
+        ]
+    )
+    func endpoints(text: String, host: String, port: Int) throws {
+        let endpoint = try Endpoint(parsing: text)
+        #expect(endpoint.host == host)
+        #expect(endpoint.port == port)
+    }
+
+    @Test("bad endpoints are refused", arguments: ["8080", "host:", "host:65536", "host:-1", "::1:80", "[::1]80", "[]:80", "h:8x"])
+    func badEndpoints(text: String) {
+        #expect(throws: EndpointError.self) { try Endpoint(parsing: text) }
+    }
+
+    @Test("an IPv6 endpoint prints with brackets")
+    func endpointDescription() {
+        #expect(Endpoint(host: "::1", port: 80).description == "[::1]:80")
+        #expect(Endpoint(host: "10.0.0.1", port: 80).description == "10.0.0.1:80")
+    }
+
+    @Test("networks match the addresses inside them")
+    func cidr() throws {
+        let ten = try CIDR(parsing: "10.0.0.0/8")
+        #expect(ten.contains(try SocketAddress(ipAddress: "10.200.3.4", port: 1)))
+        #expect(!ten.contains(try SocketAddress(ipAddress: "11.0.0.1", port: 1)))
+        #expect(ten.contains(try SocketAddress(ipAddress: "::ffff:10.1.2.3", port: 1)))
+        #expect(!ten.contains(try SocketAddress(ipAddress: "::1", port: 1)))
+        let host = try CIDR(parsing: "127.0.0.1")
+        #expect(host.prefixLength == 32)
+        #expect(host.contains(try SocketAddress(ipAddress: "127.0.0.1", port: 9)))
+        #expect(!host.contains(try SocketAddress(ipAddress: "127.0.0.2", port: 9)))
+        let v6 = try CIDR(parsing: "fd00::/8")
+        #expect(v6.contains(try SocketAddress(ipAddress: "fd12::1", port: 1)))
+        #expect(!v6.contains(try SocketAddress(ipAddress: "fe80::1", port: 1)))
+        #expect(try CIDR(parsing: "0.0.0.0/0").contains(try SocketAddress(ipAddress: "8.8.8.8", port: 1)))
+        #expect(try CIDR(parsing: "10.1.2.3/8").description == "10.0.0.0/8")
+        #expect(try CIDR(parsing: "10.0.0.0/12").contains(try SocketAddress(ipAddress: "10.15.255.255", port: 1)))
+        #expect(!(try CIDR(parsing: "10.0.0.0/12").contains(try SocketAddress(ipAddress: "10.16.0.0", port: 1))))
+    }
+
+    @Test("bad networks are refused", arguments: ["10.0.0.0/33", "::/129", "example.com/8", "10.0.0.0/", "10.0.0.0/x", ""])
+    func badCIDR(text: String) {
+        #expect(throws: CIDRError.self) { try CIDR(parsing: text) }
+    }
+
+    @Test("admission checks the allow list, then the connection limit")
+    func admission() throws {
+        let local = try SocketAddress(ipAddress: "127.0.0.1", port: 5)
+        let open = AdmissionPolicy()
+        #expect(open.decide(address: local, activeBridges: 1_000_000) == .admit)
+        let policy = AdmissionPolicy(allow: [try CIDR(parsing: "10.0.0.0/8")], maxConnections: 2)
+        #expect(policy.decide(address: local, activeBridges: 0) == .notAllowed)
+        #expect(policy.decide(address: nil, activeBridges: 0) == .notAllowed)
+        let ten = try SocketAddress(ipAddress: "10.0.0.7", port: 5)
+        #expect(policy.decide(address: ten, activeBridges: 1) == .admit)
+        #expect(policy.decide(address: ten, activeBridges: 2) == .limitReached)
+    }
+}
