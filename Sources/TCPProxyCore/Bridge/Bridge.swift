@@ -195,7 +195,7 @@ final class Bridge {
             return error.connectionErrors.contains { attempt in
                 if case ChannelError.connectTimeout = attempt.error { return true }
                 return false
-            } || error.dnsAError == nil && error.dnsAAAAError == nil && error.connectionErrors.isEmpty
+            }
         }
         return false
     }

@@ -94,10 +94,7 @@ public final class Listener: Service, Sendable {
         connector: any ServerConnector,
         configuration: BridgeConfiguration
     ) throws {
-        let decision = self.configuration.admission.decide(
-            address: channel.remoteAddress,
-            activeBridges: self.activeBridges.load(ordering: .relaxed)
-        )
+        let decision = self.admit(channel.remoteAddress)
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
             self.logger.info(
@@ -110,19 +107,39 @@ public final class Listener: Service, Sendable {
             try channel.pipeline.syncOperations.addHandler(CloseOnActiveHandler())
             return
         }
-        self.activeBridges.wrappingIncrement(ordering: .relaxed)
-        try BridgeChannelOptions.apply(configuration, to: channel)
-        let bridge = Bridge(
-            id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
-            clientChannel: channel,
-            connector: connector,
-            configuration: configuration,
-            logger: self.logger,
-            hooks: .init(finished: { [activeBridges] _ in
-                activeBridges.wrappingDecrement(ordering: .relaxed)
-            })
-        )
-        try channel.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
+        do {
+            try BridgeChannelOptions.apply(configuration, to: channel)
+            let bridge = Bridge(
+                id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
+                clientChannel: channel,
+                connector: connector,
+                configuration: configuration,
+                logger: self.logger,
+                hooks: .init(finished: { [activeBridges] _ in
+                    activeBridges.wrappingDecrement(ordering: .relaxed)
+                })
+            )
+            try channel.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
+        } catch {
+            self.activeBridges.wrappingDecrement(ordering: .relaxed)
+            throw error
+        }
+    }
+}
+
+extension Listener {
+    /// Decides on a new client and, when it is admitted, counts it as an open bridge. The count is
+    /// claimed with a compare-and-exchange so that clients accepted at once on several event loops
+    /// cannot together exceed `--max-connections`.
+    private func admit(_ address: SocketAddress?) -> AdmissionPolicy.Decision {
+        while true {
+            let active = self.activeBridges.load(ordering: .relaxed)
+            let decision = self.configuration.admission.decide(address: address, activeBridges: active)
+            guard decision == .admit else { return decision }
+            if self.activeBridges.compareExchange(expected: active, desired: active + 1, ordering: .relaxed).exchanged {
+                return .admit
+            }
+        }
     }
 }
 
