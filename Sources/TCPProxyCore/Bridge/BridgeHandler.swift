@@ -141,19 +141,23 @@ final class BridgeHandler: ChannelDuplexHandler {
 @available(*, unavailable)
 extension BridgeHandler: Sendable {}
 
-/// The channel options both sockets of a bridge get.
+/// The channel options both sockets of a bridge get, beyond half-closure (set by the bootstraps).
 enum BridgeChannelOptions {
-    /// Sets half-closure, the write-buffer bounds and a read size that keeps one read within the
-    /// high-water mark.
+    /// NIO's own defaults: write-buffer water marks 32 KiB / 64 KiB, reads of up to 64 KiB. With the
+    /// default high-water mark nothing needs setting, which spares two option calls per socket.
+    static let defaultHighWaterMark = 64 * 1024
+
+    /// Sets the write-buffer bounds and a read size that keeps one read within the high-water mark.
     static func apply(_ configuration: BridgeConfiguration, to channel: Channel) throws {
-        guard let options = channel.syncOptions else { return }
         let high = configuration.highWaterMark
-        try options.setOption(.allowRemoteHalfClosure, value: true)
+        guard high != Self.defaultHighWaterMark, let options = channel.syncOptions else { return }
         try options.setOption(.writeBufferWaterMark, value: .init(low: max(1, high / 2), high: high))
-        let maximumRead = max(1024, min(high, 64 * 1024))
-        try options.setOption(
-            .recvAllocator,
-            value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2048, maximumRead), maximum: maximumRead)
-        )
+        if high < Self.defaultHighWaterMark {
+            let maximumRead = max(1024, high)
+            try options.setOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2048, maximumRead), maximum: maximumRead)
+            )
+        }
     }
 }

@@ -75,7 +75,8 @@ public final class Listener: Service, Sendable {
                         )
                     }
                 }
-                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                // Accepted sockets inherit TCP_NODELAY from the listener (ServerBootstrap sets it).
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try self.initializeClient(channel, connector: connector, configuration: bridgeConfiguration)
