@@ -25,7 +25,7 @@ struct ForwardCommand: AsyncParsableCommand {
     func run() async throws {
         let configuration = ProxyConfiguration(
             listen: self.listen,
-            target: self.target,
+            mode: .forward(target: self.target),
             name: "forward",
             bridge: self.options.bridgeConfiguration,
             admission: self.options.admissionPolicy

@@ -55,7 +55,7 @@ struct SeedCommand: AsyncParsableCommand {
         let (listen, target) = try self.endpoints()
         let configuration = ProxyConfiguration(
             listen: listen,
-            target: target,
+            mode: .forward(target: target),
             name: "forward",
             bridge: self.options.bridgeConfiguration,
             admission: self.options.admissionPolicy

@@ -6,8 +6,8 @@ import NIOCore
 public struct ProxyConfiguration: Sendable {
     /// Where to accept clients.
     public var listen: Endpoint
-    /// Where to send them.
-    public var target: Endpoint
+    /// How each client's server is found.
+    public var mode: ProxyMode
     /// A short name for logs: the mode, e.g. `forward`.
     public var name: String
     /// Bridge limits and timeouts.
@@ -17,22 +17,34 @@ public struct ProxyConfiguration: Sendable {
 
     /// - Parameters:
     ///   - listen: where to accept clients.
-    ///   - target: where to send them.
+    ///   - mode: how each client's server is found.
     ///   - name: a short name for logs.
     ///   - bridge: limits and timeouts for each bridge.
     ///   - admission: who may connect, and how many at once.
     public init(
         listen: Endpoint,
-        target: Endpoint,
+        mode: ProxyMode,
         name: String = "forward",
         bridge: BridgeConfiguration = .init(),
         admission: AdmissionPolicy = .init()
     ) {
         self.listen = listen
-        self.target = target
+        self.mode = mode
         self.name = name
         self.bridge = bridge
         self.admission = admission
+    }
+}
+
+/// How a listener finds each client's server (SPEC §3).
+public enum ProxyMode: Sendable, Hashable, CustomStringConvertible {
+    /// Every client goes to this target.
+    case forward(target: Endpoint)
+
+    public var description: String {
+        switch self {
+        case .forward(let target): "forward to \(target)"
+        }
     }
 }
 

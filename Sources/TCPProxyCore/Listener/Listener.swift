@@ -41,7 +41,7 @@ public final class Listener: Service, Sendable {
         self.boundAddress.withLockedValue { $0 = address }
         self.logger.info(
             "listening on \(address.map(\.logDescription) ?? self.configuration.listen.description)",
-            metadata: ["target": "\(self.configuration.target)"]
+            metadata: ["mode": "\(self.configuration.mode)"]
         )
 
         // Runs until the service group starts a graceful shutdown (or is cancelled).
@@ -63,7 +63,7 @@ public final class Listener: Service, Sendable {
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
         let listen = self.configuration.listen
         let bridgeConfiguration = self.configuration.bridge
-        let connector = TCPServerConnector(target: ConnectTarget(self.configuration.target))
+        let starter = self.makeStarter()
         do {
             return try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 4096)
@@ -79,7 +79,7 @@ public final class Listener: Service, Sendable {
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try self.initializeClient(channel, connector: connector, configuration: bridgeConfiguration)
+                        try self.initializeClient(channel, starter: starter, configuration: bridgeConfiguration)
                     }
                 }
                 .bind(host: listen.host, port: listen.port)
@@ -92,7 +92,7 @@ public final class Listener: Service, Sendable {
     /// Admits or turns away a new client, and for an admitted one builds its bridge.
     private func initializeClient(
         _ channel: Channel,
-        connector: any ServerConnector,
+        starter: any BridgeStarter,
         configuration: BridgeConfiguration
     ) throws {
         let decision = self.admit(channel.remoteAddress)
@@ -110,17 +110,15 @@ public final class Listener: Service, Sendable {
         }
         do {
             try BridgeChannelOptions.apply(configuration, to: channel)
-            let bridge = Bridge(
+            let setup = BridgeSetup(
                 id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
-                clientChannel: channel,
-                connector: connector,
                 configuration: configuration,
                 logger: self.logger,
                 hooks: .init(finished: { [activeBridges] _ in
                     activeBridges.wrappingDecrement(ordering: .relaxed)
                 })
             )
-            try channel.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
+            try starter.start(client: channel, setup: setup)
         } catch {
             self.activeBridges.wrappingDecrement(ordering: .relaxed)
             throw error
@@ -129,6 +127,14 @@ public final class Listener: Service, Sendable {
 }
 
 extension Listener {
+    /// What this listener's mode gives each admitted client.
+    private func makeStarter() -> any BridgeStarter {
+        switch self.configuration.mode {
+        case .forward(let target):
+            ForwardStarter(connector: TCPServerConnector(target: ConnectTarget(target)))
+        }
+    }
+
     /// Decides on a new client and, when it is admitted, counts it as an open bridge. The count is
     /// claimed with a compare-and-exchange so that clients accepted at once on several event loops
     /// cannot together exceed `--max-connections`.

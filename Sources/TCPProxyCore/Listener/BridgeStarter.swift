@@ -1,0 +1,43 @@
+import Logging
+import NIOCore
+
+/// What an admitted client gets: in `forward` mode a bridge to the target at once; other modes put a
+/// handshake first (SOCKS) or find the target from the socket (transparent).
+protocol BridgeStarter: Sendable {
+    /// Installs what the client channel needs. Runs in the channel initializer, before it is active.
+    func start(client: Channel, setup: BridgeSetup) throws
+}
+
+/// What a listener gives every bridge it starts.
+struct BridgeSetup {
+    /// The bridge number, for logs.
+    var id: UInt64
+    /// Limits and timeouts.
+    var configuration: BridgeConfiguration
+    /// The listener's logger.
+    var logger: Logger
+    /// The listener's bookkeeping.
+    var hooks: Bridge.Hooks
+
+    /// A bridge for `client` that connects through `connector`.
+    func makeBridge(client: Channel, connector: any ServerConnector) -> Bridge {
+        Bridge(
+            id: self.id,
+            clientChannel: client,
+            connector: connector,
+            configuration: self.configuration,
+            logger: self.logger,
+            hooks: self.hooks
+        )
+    }
+}
+
+/// `forward` mode: every client is bridged to one target.
+struct ForwardStarter: BridgeStarter {
+    let connector: TCPServerConnector
+
+    func start(client: Channel, setup: BridgeSetup) throws {
+        let bridge = setup.makeBridge(client: client, connector: self.connector)
+        try client.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
+    }
+}
