@@ -91,7 +91,7 @@ struct BridgeHandlerTests {
     func connectFailed() throws {
         let harness = try BridgeHarness()
         try harness.activate()
-        harness.connector.fail(IOError(errnoCode: 111, reason: "connect"))
+        harness.failConnect(IOError(errnoCode: 111, reason: "connect"))
         #expect(!harness.client.isActive)
         #expect(harness.finishedReasons == [.connectFailed])
     }
@@ -100,7 +100,7 @@ struct BridgeHandlerTests {
     func connectTimeout() throws {
         let harness = try BridgeHarness()
         try harness.activate()
-        harness.connector.fail(ChannelError.connectTimeout(.seconds(10)))
+        harness.failConnect(ChannelError.connectTimeout(.seconds(10)))
         #expect(harness.finishedReasons == [.connectTimeout])
     }
 
@@ -109,7 +109,7 @@ struct BridgeHandlerTests {
         let harness = try BridgeHarness()
         try harness.activate()
         try harness.connect()
-        harness.server.pipeline.fireErrorCaught(IOError(errnoCode: 104, reason: "read"))
+        harness.error(on: .server)
         #expect(!harness.client.isActive)
         #expect(!harness.server.isActive)
         #expect(harness.finishedReasons == [.serverReset])
@@ -120,7 +120,7 @@ struct BridgeHandlerTests {
         let harness = try BridgeHarness()
         try harness.activate()
         try harness.connect()
-        _ = try harness.client.close().wait()
+        harness.close(.client)
         #expect(!harness.server.isActive)
         #expect(harness.finishedReasons == [.clientReset])
     }
@@ -180,5 +180,22 @@ struct BridgeHandlerTests {
         harness.advanceTime(by: .seconds(3600))
         #expect(harness.finishedReasons.isEmpty)
         #expect(harness.client.isActive)
+    }
+}
+
+@Suite("Bridge handler: ends while connecting")
+struct BridgeHandlerConnectingTests {
+    @Test("a client reset while connecting, then a late connect, still ends and reports the bridge")
+    func clientResetThenLateConnect() throws {
+        let harness = try BridgeHarness()
+        try harness.activate()
+        try harness.receive("doomed", from: .client)
+        harness.error(on: .client)
+        #expect(!harness.client.isActive)
+        #expect(harness.finishedReasons.isEmpty, "the server connection is still pending")
+        try harness.connect()
+        #expect(!harness.server.isActive, "the late server connection is closed")
+        #expect(try harness.written(to: .server) == "", "nothing of a reset client is delivered")
+        #expect(harness.finishedReasons == [.clientReset])
     }
 }

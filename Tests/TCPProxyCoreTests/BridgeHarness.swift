@@ -43,11 +43,36 @@ final class BridgeHarness {
     /// The client connects: the bridge starts dialling the server.
     func activate() throws {
         try self.client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 40000)).wait()
+        self.settle()
     }
 
     /// The server connection comes up.
     func connect() throws {
         try self.connector.succeed()
+        self.settle()
+    }
+
+    /// The server connection fails.
+    func failConnect(_ error: Error) {
+        self.connector.fail(error)
+        self.settle()
+    }
+
+    /// Runs what the loop has queued (`EmbeddedChannel` completes `closeFuture` there).
+    func settle() {
+        self.loop.run()
+    }
+
+    /// An error (a reset) on `side`.
+    func error(on side: Side) {
+        (side == .client ? self.client : self.server).pipeline.fireErrorCaught(IOError(errnoCode: 104, reason: "read"))
+        self.settle()
+    }
+
+    /// `side`'s socket closes.
+    func close(_ side: Side) {
+        (side == .client ? self.client : self.server).close(promise: nil)
+        self.settle()
     }
 
     /// Bytes arrive from one side, followed by the end of a read burst.
@@ -55,6 +80,7 @@ final class BridgeHarness {
         let channel = side == .client ? self.client : self.server
         try channel.writeInbound(ByteBuffer(string: text))
         channel.pipeline.fireChannelReadComplete()
+        self.settle()
     }
 
     /// The peer on `side` sends EOF. As NIO does for a real socket, EOF on a socket whose output is
@@ -67,6 +93,7 @@ final class BridgeHarness {
         } else {
             channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         }
+        self.settle()
     }
 
     /// Bytes arrive from `side` and are written to its partner, but the partner's socket takes none of

@@ -12,12 +12,12 @@ struct BridgeTimeoutsTests {
         self.start + .nanoseconds(Int64(seconds * 1e9))
     }
 
-    @Test("samples four times per shortest timeout")
+    @Test("samples eight times per shortest timeout")
     func samplingInterval() {
         let both = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: .seconds(4), now: self.start)
-        #expect(both.samplingInterval == .seconds(1))
+        #expect(both.samplingInterval == .milliseconds(500))
         let stallOnly = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: nil, now: self.start)
-        #expect(stallOnly.samplingInterval == .milliseconds(2500))
+        #expect(stallOnly.samplingInterval == .milliseconds(1250))
         #expect(!BridgeTimeouts(stallTimeout: nil, idleTimeout: nil, now: self.start).isEnabled)
     }
 
@@ -32,7 +32,7 @@ struct BridgeTimeoutsTests {
             decision = timeouts.tick(now: self.at(time), trafficBytes: 1, upstream: stuck, downstream: self.nothing)
         }
         #expect(decision == .expire(.stallTimeout))
-        #expect(time >= 10 && time <= 12.5)
+        #expect(time >= 10 && time <= 10.001, "the tick lands on the deadline: \(time)")
     }
 
     @Test("a slow reader that keeps taking bytes is never stalled out")
@@ -42,12 +42,12 @@ struct BridgeTimeoutsTests {
             // The proxy's buffer stays full, but the peer acknowledges one more byte each tick.
             let sample = BridgeTimeouts.Sample(held: 65536, delivered: UInt64(step))
             let decision = timeouts.tick(
-                now: self.at(Double(step) * 2.5),
+                now: self.at(Double(step) * 1.25),
                 trafficBytes: 1,
                 upstream: self.nothing,
                 downstream: sample
             )
-            #expect(decision == .sampleAgain(in: .milliseconds(2500)))
+            #expect(decision == .sampleAgain(in: .milliseconds(1250)))
         }
     }
 
@@ -56,7 +56,7 @@ struct BridgeTimeoutsTests {
         var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)
         #expect(
             timeouts.tick(now: self.at(0.25), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
-                == .sampleAgain(in: .milliseconds(250))
+                == .sampleAgain(in: .milliseconds(125))
         )
         #expect(
             timeouts.tick(now: self.at(100), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
@@ -72,7 +72,7 @@ struct BridgeTimeoutsTests {
         let stuck = BridgeTimeouts.Sample(held: 10, delivered: 0)
         #expect(
             timeouts.tick(now: self.at(50.25), trafficBytes: 20, upstream: stuck, downstream: self.nothing)
-                == .sampleAgain(in: .milliseconds(250))
+                == .sampleAgain(in: .milliseconds(125))
         )
         #expect(
             timeouts.tick(now: self.at(51.1), trafficBytes: 20, upstream: stuck, downstream: self.nothing)
@@ -85,11 +85,12 @@ struct BridgeTimeoutsTests {
         var timeouts = BridgeTimeouts(stallTimeout: nil, idleTimeout: .seconds(4), now: self.start)
         #expect(
             timeouts.tick(now: self.at(3), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)
-                == .sampleAgain(in: .seconds(1))
+                == .sampleAgain(in: .milliseconds(500))
         )
+        // Traffic at 3 s moves the deadline to 7 s; at 6.75 s the next tick is aimed at it.
         #expect(
-            timeouts.tick(now: self.at(6), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)
-                == .sampleAgain(in: .seconds(1))
+            timeouts.tick(now: self.at(6.75), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)
+                == .sampleAgain(in: .milliseconds(250))
         )
         #expect(
             timeouts.tick(now: self.at(7), trafficBytes: 5, upstream: self.nothing, downstream: self.nothing)

@@ -86,8 +86,9 @@ final class Bridge {
 
     // MARK: Events from the handlers
 
-    /// The client channel is active: log it and dial the server.
+    /// The client channel is active: log it, watch for its close, and dial the server.
     func clientActive(_ channel: Channel) {
+        self.reportClose(of: channel, as: .client)
         self.logger.info(
             "bridge accepted",
             metadata: [
@@ -151,6 +152,7 @@ final class Bridge {
     }
 
     func channelClosed(_ side: Side) {
+        self.logger.trace("bridge socket closed", metadata: ["bridge.id": "\(self.id)", "side": "\(side)"])
         self.perform(self.machine.channelClosed(side))
     }
 
@@ -174,6 +176,7 @@ final class Bridge {
             switch result {
             case .success(let channel):
                 self.serverChannel = channel
+                self.reportClose(of: channel, as: .server)
                 self.perform(self.machine.connectSucceeded())
             case .failure(let error):
                 let timedOut = Bridge.isTimeout(error)
@@ -200,9 +203,19 @@ final class Bridge {
         return false
     }
 
+    /// Feeds the close of `channel` to the machine when it happens. A channel's `closeFuture` completes
+    /// exactly once however it closes; `channelInactive` is not delivered when a channel is closed from
+    /// inside its own connect completion, which is where a bridge whose client already left ends.
+    private func reportClose(of channel: Channel, as side: Side) {
+        channel.closeFuture.assumeIsolated().whenComplete { _ in
+            self.channelClosed(side)
+        }
+    }
+
     // MARK: Carrying out actions
 
     private func perform(_ action: BridgeStateMachine.Action) {
+        self.logger.trace("bridge action", metadata: ["bridge.id": "\(self.id)", "action": "\(action)"])
         switch action {
         case .none:
             break

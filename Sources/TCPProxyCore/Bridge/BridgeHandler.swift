@@ -46,10 +46,6 @@ final class BridgeHandler: ChannelDuplexHandler {
         context.fireChannelActive()
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        self.bridge?.channelClosed(self.side)
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         self.bridge?.received(self.unwrapInboundIn(data), from: self.side)
     }

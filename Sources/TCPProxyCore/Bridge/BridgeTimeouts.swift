@@ -52,11 +52,15 @@ struct BridgeTimeouts {
     /// Whether any timeout is on, so the bridge needs a timer at all.
     var isEnabled: Bool { self.stallTimeout != nil || self.idleTimeout != nil }
 
-    /// How often to sample: a quarter of the shortest timeout, so a timeout fires at most 25% late.
+    /// How often to sample: an eighth of the shortest timeout. A stall or idle spell is seen at most
+    /// this long after it starts, and the tick that follows lands on its deadline, so a timeout fires
+    /// between 1 and 1.125 times its length after the last progress.
     var samplingInterval: TimeAmount {
         let shortest = [self.stallTimeout, self.idleTimeout].compactMap { $0 }.min() ?? .seconds(1)
-        return .nanoseconds(max(shortest.nanoseconds / 4, TimeAmount.milliseconds(5).nanoseconds))
+        return .nanoseconds(max(shortest.nanoseconds / 8, Self.minimumDelay.nanoseconds))
     }
+
+    private static let minimumDelay = TimeAmount.milliseconds(5)
 
     /// A sampling tick.
     /// - Parameters:
@@ -70,6 +74,7 @@ struct BridgeTimeouts {
             self.lastTrafficBytes = trafficBytes
             self.lastTraffic = now
         }
+        var nextDeadline: NIODeadline? = nil
         if let stallTimeout {
             for (index, sample) in [upstream, downstream].enumerated() {
                 var progress = self.directions[index]
@@ -78,20 +83,29 @@ struct BridgeTimeouts {
                     progress.lastDelivered = sample.delivered
                 }
                 self.directions[index] = progress
-                if let last = progress.lastProgress, now - last >= stallTimeout {
+                guard sample.held > 0, let last = progress.lastProgress else { continue }
+                if now - last >= stallTimeout {
                     return .expire(.stallTimeout)
                 }
+                nextDeadline = min(nextDeadline ?? last + stallTimeout, last + stallTimeout)
             }
         }
-        if let idleTimeout, now - self.lastTraffic >= idleTimeout {
-            return .expire(.idleTimeout)
+        if let idleTimeout {
+            if now - self.lastTraffic >= idleTimeout {
+                return .expire(.idleTimeout)
+            }
+            nextDeadline = min(nextDeadline ?? self.lastTraffic + idleTimeout, self.lastTraffic + idleTimeout)
         }
         // Without an idle timeout, a bridge that holds nothing and moved nothing needs no timer until
         // its next read.
         if self.idleTimeout == nil && upstream.held == 0 && downstream.held == 0 && self.lastTraffic != now {
             return .stop
         }
-        return .sampleAgain(in: self.samplingInterval)
+        var delay = self.samplingInterval
+        if let nextDeadline, nextDeadline - now < delay {
+            delay = max(nextDeadline - now, Self.minimumDelay)
+        }
+        return .sampleAgain(in: delay)
     }
 
     /// The timer restarts after a stop: forget the old progress marks so a fresh stall is timed from now.

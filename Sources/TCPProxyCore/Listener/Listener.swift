@@ -62,14 +62,16 @@ public final class Listener: Service, Sendable {
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
         let listen = self.configuration.listen
+        let logger = self.logger
         let bridgeConfiguration = self.configuration.bridge
         let starter = self.makeStarter()
         do {
             return try await ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 4096)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
+                .serverChannelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
                         try channel.pipeline.syncOperations.addHandler(
                             quiescing.makeServerChannelHandler(channel: channel)
                         )

@@ -1,0 +1,256 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SPEC §1: exit statuses, the seed command lines, addresses, signals, log formats.
+@Suite("Command line, signals and logs")
+struct CommandLineTests {
+    static let usageErrors: [[String]] = [
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--no-such-option"],
+        ["forward", "--listen", "127.0.0.1:99999", "--target", "127.0.0.1:9"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:notaport"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "12Q"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--stall-timeout", "-1"],
+        ["forward", "--listen", "127.0.0.1:0"],
+        ["forward", "--listen", "nocolon", "--target", "127.0.0.1:9"],
+        ["127.0.0.1", "9"],
+        ["127.0.0.1", "0", "127.0.0.1", "9", "extra"],
+        ["127.0.0.1", "9", "70000"],
+        ["--no-such-option"],
+    ]
+
+    @Test("Usage errors exit 64 with one Error: line, the usage, and no stack trace", arguments: usageErrors)
+    func usageError(arguments: [String]) async throws {
+        let result = try await ProxyProcess.runToExit(arguments, timeout: 10)
+        #expect(result.status == 64, "status \(String(describing: result.status)); stderr:\n\(result.stderr)")
+        let errorLines = result.stderr.split(separator: "\n").filter { $0.contains("Error:") }
+        #expect(errorLines.count == 1, "one Error: line; stderr:\n\(result.stderr)")
+        #expect(result.stderr.lowercased().contains("usage"), "the usage is shown; stderr:\n\(result.stderr)")
+        for marker in ["Fatal error", "Stack dump", "backtrace", "Current stack trace", "Thread 0", "0x0000"] {
+            #expect(!result.stderr.contains(marker), "no crash text (\(marker)); stderr:\n\(result.stderr)")
+        }
+        #expect(!result.stderr.contains("listening on"))
+    }
+
+    @Test("Listen address in use: exit 1 and stderr says address already in use, naming the address")
+    func addressInUse() async throws {
+        let occupier = try TestServer()
+        defer { occupier.stop() }
+        let result = try await ProxyProcess.runToExit(
+            ["forward", "--listen", "127.0.0.1:\(occupier.port)", "--target", "127.0.0.1:9"], timeout: 10)
+        #expect(result.status == 1, "status \(String(describing: result.status)); stderr:\n\(result.stderr)")
+        #expect(result.stderr.contains("address already in use"), "stderr:\n\(result.stderr)")
+        #expect(result.stderr.contains("\(occupier.port)"), "names the address; stderr:\n\(result.stderr)")
+        #expect(!result.stderr.contains("Fatal error"))
+    }
+
+    @Test("Seed form 1: tcpproxy LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT forwards")
+    func seedFormFourArguments() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.start(["127.0.0.1", "0", "127.0.0.1", "\(server.port)"])
+        defer { proxy.kill() }
+        #expect(proxy.listenHost == "127.0.0.1")
+        try Self.expectEcho(port: proxy.port)
+    }
+
+    @Test("Seed form 2: tcpproxy TARGET_HOST TARGET_PORT LISTEN_PORT listens on all interfaces and forwards")
+    func seedFormThreeArguments() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.start(["127.0.0.1", "\(server.port)", "0"])
+        defer { proxy.kill() }
+        #expect(proxy.listenHost == "0.0.0.0" || proxy.listenHost == "[::]", "listening on \(proxy.listenHost)")
+        try Self.expectEcho(port: proxy.port)
+    }
+
+    @Test("--listen :0 (port only) listens on all interfaces and forwards")
+    func listenPortOnly() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.start(["forward", "--listen", ":0", "--target", "127.0.0.1:\(server.port)"])
+        defer { proxy.kill() }
+        #expect(["0.0.0.0", "[::]", "*"].contains(proxy.listenHost), "listening on \(proxy.listenHost)")
+        try Self.expectEcho(port: proxy.port)
+    }
+
+    @Test("--help and --version exit 0 and print to stdout")
+    func helpAndVersion() async throws {
+        let help = try await ProxyProcess.runToExit(["--help"], timeout: 10)
+        #expect(help.status == 0)
+        #expect(help.stdout.contains("forward"), "help lists the forward mode:\n\(help.stdout)")
+        let forwardHelp = try await ProxyProcess.runToExit(["forward", "--help"], timeout: 10)
+        #expect(forwardHelp.status == 0)
+        #expect(forwardHelp.stdout.contains("--high-water-mark"))
+        let version = try await ProxyProcess.runToExit(["--version"], timeout: 10)
+        #expect(version.status == 0)
+        #expect(!version.stdout.isEmpty)
+    }
+
+    @Test("IPv6: --listen [::1]:0 --target [::1]:PORT forwards", .enabled(if: ipv6LoopbackAvailable, "::1 is not available on this machine"))
+    func ipv6() async throws {
+        let server = try TestServer(host: "::1", handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.start(["forward", "--listen", "[::1]:0", "--target", "[::1]:\(server.port)"])
+        defer { proxy.kill() }
+        #expect(proxy.listenHost == "[::1]", "listening on \(proxy.listenHost)")
+        try Self.expectEcho(host: "::1", port: proxy.port)
+        let accepted = await proxy.waitForLine(containing: "bridge accepted", timeout: 3)
+        #expect(accepted.flatMap { logValue("client.address", in: $0) }?.hasPrefix("[::1]:") == true, "\(accepted ?? "-")")
+    }
+
+    @Test("A host name target: --target localhost:PORT forwards")
+    func hostNameTarget() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.start(["forward", "--listen", "127.0.0.1:0", "--target", "localhost:\(server.port)"])
+        defer { proxy.kill() }
+        try Self.expectEcho(port: proxy.port)
+        let connected = await proxy.waitForLine(containing: "bridge connected", timeout: 3)
+        #expect(connected.flatMap { logValue("server.address", in: $0) } == "127.0.0.1:\(server.port)", "\(connected ?? "-")")
+    }
+
+    @Test("SIGTERM with an open bridge: it keeps being served, new clients are refused, exit 0 once it ends")
+    func sigtermDrainsOpenBridge() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port)
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send("one")
+        #expect(try client.recvExactly(3, timeout: 5) == bytes("one"))
+        proxy.terminate()
+        #expect(await proxy.waitForLine(containing: "shutting down", timeout: 3) != nil)
+        await delay(seconds: 0.2)
+
+        try client.send("two")
+        #expect(try client.recvExactly(3, timeout: 5) == bytes("two"), "the open bridge is still served")
+        #expect(proxy.isRunning)
+
+        // A new client is refused: the connect fails, or the connection is closed without being bridged.
+        if let late = try? TestSocket.connect(port: proxy.port, timeout: 2) {
+            _ = late.trySend(bytes("late"))
+            let end = await late.waitForEnd(timeout: 3)
+            #expect(end.end.isClosed && end.count == 0, "a new client after SIGTERM is not served: \(end)")
+        }
+        #expect(server.acceptedCount == 1, "no new bridge reached the server")
+
+        client.shutdownWrite()
+        let rest = try await onThread { try client.readToEnd(timeout: 5) }
+        #expect(rest.end == .eof)
+        let status = await proxy.waitForExit(timeout: 5)
+        #expect(status == 0, "exit status \(String(describing: status))")
+        #expect(proxy.terminationReason == .exit)
+        let closed = proxy.closedLines
+        #expect(closed.count == 1 && closed.first.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed)")
+    }
+
+    @Test("SIGTERM with --drain-timeout 1 and a bridge that stays open: exit 0 within 1-4 s, drainTimeout logged")
+    func sigtermDrainTimeout() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--drain-timeout", "1"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send("hold")
+        #expect(try client.recvExactly(4, timeout: 5) == bytes("hold"))
+        let started = now()
+        proxy.terminate()
+        let status = await proxy.waitForExit(timeout: 6)
+        let elapsed = now() - started
+        #expect(status == 0, "exit status \(String(describing: status)); stderr:\n\(proxy.stderr)")
+        #expect((0.8...4).contains(elapsed), "exited after \(elapsed) s")
+        let end = await client.waitForEnd(timeout: 2)
+        #expect(end.end.isClosed, "the client's connection was closed: \(end.end)")
+        await delay(seconds: 0.1)
+        let closed = proxy.closedLines
+        #expect(closed.first.flatMap { logValue("close.reason", in: $0) } == "drainTimeout", "\(closed)")
+    }
+
+    @Test("A second SIGTERM exits at once")
+    func secondSignalExitsAtOnce() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port)  // default drain timeout: 10 s
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send("hold")
+        #expect(try client.recvExactly(4, timeout: 5) == bytes("hold"))
+        proxy.terminate()
+        #expect(await proxy.waitForLine(containing: "shutting down", timeout: 3) != nil)
+        #expect(await proxy.waitForExit(timeout: 0.5) == nil, "still draining after the first signal")
+        let started = now()
+        proxy.terminate()
+        let status = await proxy.waitForExit(timeout: 3)
+        #expect(status != nil, "exited after the second signal")
+        #expect(now() - started < 1.5, "at once: \(now() - started) s")
+        #expect(proxy.terminationReason == .exit, "exited, not killed by the signal")
+    }
+
+    @Test("SIGINT behaves like SIGTERM: an idle proxy exits 0")
+    func sigintExitsCleanly() async throws {
+        let proxy = try await ProxyProcess.forward(to: 9)
+        defer { proxy.kill() }
+        proxy.signal(SIGINT)
+        let status = await proxy.waitForExit(timeout: 5)
+        #expect(status == 0)
+        #expect(proxy.terminationReason == .exit)
+    }
+
+    @Test("--log-format json: every line is a JSON object with time, level and message; bridge events carry their keys")
+    func jsonLogs() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--log-format", "json"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send("json!")
+        #expect(try client.recvExactly(5, timeout: 5) == bytes("json!"))
+        client.shutdownWrite()
+        _ = try client.readToEnd(timeout: 5)
+        #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+
+        var messages: [String: [String: Any]] = [:]
+        for line in proxy.lines where !line.isEmpty {
+            let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+            #expect(object != nil, "not a JSON object: \(line)")
+            guard let object else { continue }
+            for key in ["time", "level", "message"] {
+                #expect(object[key] is String, "\(key) in \(line)")
+            }
+            if let message = object["message"] as? String { messages[message] = object }
+        }
+        let listening = messages.first { $0.key.contains("listening on") }
+        #expect(listening != nil)
+        #expect(messages["bridge accepted"]?["client.address"] is String)
+        #expect(messages["bridge connected"]?["server.address"] as? String == "127.0.0.1:\(server.port)")
+        let closed = try #require(messages["bridge closed"])
+        #expect(closed["close.reason"] as? String == "completed")
+        #expect(Self.number(closed["bytes.upstream"]) == 5)
+        #expect(Self.number(closed["bytes.downstream"]) == 5)
+        #expect(closed["duration"] != nil)
+    }
+
+    // MARK: Helpers
+
+    /// A JSON value that is a number, or a string holding one.
+    static func number(_ value: Any?) -> Int? {
+        if let number = value as? NSNumber { return number.intValue }
+        if let text = value as? String { return Int(text) }
+        return nil
+    }
+
+    static func expectEcho(host: String = "127.0.0.1", port: Int) throws {
+        let client = try TestSocket.connect(host: host, port: port)
+        defer { client.close() }
+        try client.send("echo me")
+        #expect(try client.recvExactly(7, timeout: 5) == bytes("echo me"))
+    }
+}

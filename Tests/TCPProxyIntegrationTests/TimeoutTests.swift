@@ -1,0 +1,157 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SPEC §2.6-7: the stall timeout is judged per direction; progress (however slow) is not a stall;
+/// the idle timeout counts traffic either way.
+@Suite("Stall and idle timeouts")
+struct TimeoutTests {
+    /// A server handler that reads (and discards) on a second thread while `write` runs; returns once both end.
+    static func readingWhile(_ write: @escaping @Sendable (TestSocket, TestServer) -> Void) -> TestServer.Handler {
+        { socket, _, server in
+            let done = DispatchSemaphore(value: 0)
+            let reader = Thread {
+                let end = server.readLoop(socket) { data in
+                    server.countReceived(data.count)
+                    return true
+                }
+                server.recordEnd(end)
+                done.signal()
+            }
+            reader.start()
+            write(socket, server)
+            done.wait()
+        }
+    }
+
+    @Test("Downstream stalled (client never reads) while upstream stays busy: still closed by the stall timeout")
+    func downstreamStallWithUpstreamActive() async throws {
+        let server = try TestServer(handler: Self.readingWhile { socket, server in
+            TestServer.writeForever(socket, 0, server)
+        })
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        client.setReceiveBufferSize(4096)
+        let started = now()
+        var closed: String?
+        // The client keeps sending a little upstream (which the server reads) but never reads downstream.
+        while now() - started < 8 {
+            if case .failure = client.trySend(bytes("tick")) { break }
+            closed = proxy.closedLines.first
+            if closed != nil { break }
+            await delay(seconds: 0.2)
+        }
+        closed = await proxy.waitForLine(containing: "bridge closed", timeout: 1)
+        let elapsed = now() - started
+        let line = try #require(closed, "the bridge was not closed within 8 s although downstream was stalled")
+        #expect(logValue("close.reason", in: line) == "stallTimeout", "\(line)")
+        #expect((1.5...6).contains(elapsed), "closed after \(elapsed) s")
+        #expect(server.receivedBytes > 0, "upstream was flowing")
+    }
+
+    @Test("Upstream stalled (server never reads) while downstream stays busy: still closed by the stall timeout")
+    func upstreamStallWithDownstreamActive() async throws {
+        // The server never reads; it sends a byte every 0.2 s, which the client reads.
+        let server = try TestServer { socket, _, server in
+            let started = now()
+            while !server.shouldStop(since: started) {
+                if (try? socket.send([0x2E], timeout: 1)) == nil { return }
+                usleep(200_000)
+            }
+        }
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        let started = now()
+        async let writer = client.writeAsMuchAsPossibleAsync(for: 8)
+        var downstream = 0
+        var closed: String?
+        while now() - started < 8 {
+            if case .data(let data) = client.tryRecv() { downstream += data.count }
+            closed = proxy.closedLines.first
+            if closed != nil { break }
+            await delay(seconds: 0.05)
+        }
+        let elapsed = now() - started
+        let line = try #require(closed, "the bridge was not closed within 8 s although upstream was stalled")
+        #expect(logValue("close.reason", in: line) == "stallTimeout", "\(line)")
+        #expect((1.5...6).contains(elapsed), "closed after \(elapsed) s")
+        #expect(downstream > 0, "downstream was flowing")
+        _ = await writer
+    }
+
+    @Test("A fractional stall timeout (0.5 s) fires")
+    func fractionalStallTimeout() async throws {
+        let server = try TestServer(handler: TestServer.sinkNeverReads)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "0.5"])
+        defer { proxy.kill() }
+        try await SeedChecksTests.expectStallTimeout(proxy: proxy, direction: .forward, within: 0.3...3)
+    }
+
+    @Test("A slow server that keeps reading (upstream) is never stall-timed-out (stall timeout 1 s, ~4 s transfer)")
+    func slowUpstreamProgressIsNotAStall() async throws {
+        let total = 3 * megabyte
+        let payload = pattern(count: total, seed: 71)
+        let received = Shared<[UInt8]>([])
+        let server = try TestServer(receiveBufferSize: 16 * 1024) { socket, _, server in
+            let end = server.readLoop(socket, max: 8192) { data in
+                received.update { $0 += data }
+                usleep(10_000)  // ~800 KB/s
+                return true
+            }
+            server.recordEnd(end)
+            if end == .eof { socket.shutdownWrite() }
+        }
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "1"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        try await onThread {
+            var offset = 0
+            while offset < total {
+                try client.send(Array(payload[offset..<min(total, offset + 65536)]), timeout: 20)
+                offset += 65536
+            }
+            client.shutdownWrite()
+        }
+        let end = await client.waitForEnd(timeout: 20)
+        #expect(end.end == .eof, "the bridge ends normally: \(end.end)")
+        #expect(received.value.count == total)
+        #expect(sameBytes(received.value, payload))
+        let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 3)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
+    }
+
+    @Test("--idle-timeout 1: traffic in one direction only keeps the bridge open; silence then closes it")
+    func idleTimeoutCountsOneWayTraffic() async throws {
+        let server = try TestServer(handler: TestServer.discard)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--idle-timeout", "1"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        let started = now()
+        while now() - started < 2.5 {
+            try client.send("z")
+            await delay(seconds: 0.3)
+        }
+        #expect(proxy.closedLines.isEmpty, "closed while upstream traffic flowed: \(proxy.closedLines)")
+        #expect(client.peekEnd() == nil)
+        let silence = now()
+        let end = await client.waitForEnd(timeout: 5)
+        #expect(end.end.isClosed)
+        #expect((0.7...4).contains(now() - silence), "closed \(now() - silence) s after the traffic stopped")
+        let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 2)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "idleTimeout", "\(closed ?? "no close line")")
+    }
+}
