@@ -43,6 +43,9 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Log line format: text or json.")
     var logFormat: LogFormat = .text
 
+    @OptionGroup(title: "Shaping, visibility and faults")
+    var observability: ObservabilityOptions
+
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 {
             throw ValidationError("invalid value '\(threads)' for --threads (use a number from 1 to 1024)")
@@ -70,6 +73,7 @@ struct CommonOptions: ParsableArguments {
         configuration.idleTimeout = CommonOptions.timeAmount(self.idleTimeout)
         configuration.connectTimeout = CommonOptions.timeAmount(self.connectTimeout) ?? .seconds(10)
         configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
+        self.observability.apply(to: &configuration)
         return configuration
     }
 

@@ -1,7 +1,10 @@
 import ArgumentParser
 import Logging
+import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Prometheus
 import ServiceLifecycle
 import TCPProxyCore
 import UnixSignals
@@ -21,10 +24,43 @@ enum ProxyRunner {
 
         let threads = options.threads ?? System.coreCount
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
-        let listeners = configurations.map { Listener(configuration: $0, group: group, logger: logger) }
+
+        var capture: CaptureWriter?
+        if let path = options.observability.capture {
+            do {
+                capture = try CaptureWriter(path: path)
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+            logger.info("capturing to \(path)")
+        }
+        defer { capture?.close() }
+
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        var metricsFactory: PrometheusMetricsFactory?
+        if let endpoint = options.observability.metrics {
+            let registry = PrometheusCollectorRegistry()
+            metricsFactory = PrometheusMetricsFactory(registry: registry)
+            services.append(.init(service: MetricsEndpoint(endpoint: endpoint, registry: registry, group: group, logger: logger)))
+        }
+        let listeners = configurations.map { configuration in
+            Listener(
+                configuration: configuration,
+                group: group,
+                logger: logger,
+                capture: capture,
+                metrics: metricsFactory.map {
+                    ProxyMetrics(listener: configuration.name, target: configuration.mode.targetLabel, factory: $0)
+                }
+            )
+        }
+        services += listeners.map { .init(service: $0) }
+        let dropReporter = Self.reportCaptureDrops(capture, to: listeners.first?.metrics, group: group, logger: logger)
+        defer { dropReporter?.cancel() }
         let serviceGroup = ServiceGroup(
             configuration: .init(
-                services: listeners.map { .init(service: $0) },
+                services: services,
                 gracefulShutdownSignals: [],
                 cancellationSignals: [],
                 logger: Logger(label: "tcpproxy.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
@@ -56,6 +92,29 @@ enum ProxyRunner {
             throw ExitCode(1)
         }
         try? await group.shutdownGracefully()
+    }
+
+    /// Adds capture records dropped since the last second to the metrics, and says so in the log once.
+    private static func reportCaptureDrops(
+        _ capture: CaptureWriter?,
+        to metrics: ProxyMetrics?,
+        group: EventLoopGroup,
+        logger: Logger
+    ) -> RepeatedTask? {
+        guard let capture else { return nil }
+        let reported = NIOLockedValueBox(0)
+        return group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            let dropped = capture.droppedRecords
+            let delta = reported.withLockedValue { previous in
+                defer { previous = dropped }
+                return dropped - previous
+            }
+            guard delta > 0 else { return }
+            if dropped == delta {
+                logger.warning("capture is dropping records: the disk cannot keep up", metadata: ["dropped": "\(delta)"])
+            }
+            metrics?.captureDropped(delta)
+        }
     }
 
     static func printError(_ message: String) {

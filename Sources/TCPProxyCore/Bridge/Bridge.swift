@@ -17,22 +17,42 @@ final class Bridge {
         var finished: (_ reason: CloseReason) -> Void
     }
 
+    /// Where the bridge reports what it carries: the process's capture file, the listener's metrics.
+    struct Observers {
+        var capture: CaptureWriter? = nil
+        var metrics: ProxyMetrics? = nil
+    }
+
     let id: UInt64
-    private let configuration: BridgeConfiguration
+    let configuration: BridgeConfiguration
     private let connector: any ServerConnector
-    private let eventLoop: EventLoop
-    private let logger: Logger
+    let eventLoop: EventLoop
+    let logger: Logger
     private let hooks: Hooks
+    private let observers: Observers
     private let startTime: NIODeadline
+    /// This bridge's conversation in the `--capture` file, once the server is connected.
+    var conversation: CaptureConversation?
+    /// Whether chunks go straight from one socket to the other (no option needs to see them).
+    var isPlainPath = true
+    /// Bytes already added to the metrics.
+    private var reportedUpstream: UInt64 = 0
+    private var reportedDownstream: UInt64 = 0
 
     private var machine = BridgeStateMachine()
     private var timeouts: BridgeTimeouts
     private var timer: Scheduled<Void>?
     private var drainTimer: Scheduled<Void>?
 
-    private let clientHandler: BridgeHandler
-    private let serverHandler: BridgeHandler
+    let clientHandler: BridgeHandler
+    let serverHandler: BridgeHandler
     private var serverChannel: Channel?
+
+    /// Rate limits, latency and corruption, when an option asks for them (see `Bridge+Shaping.swift`).
+    var shaping: BridgeShaping?
+    /// Per direction: the timer that resumes a rate-limited read, and the one that delivers delayed chunks.
+    var rateTimers: [Scheduled<Void>?] = [nil, nil]
+    var delayTimers: [Scheduled<Void>?] = [nil, nil]
 
     /// What the client sent before the server connection was up (SPEC §2 rule 2), at most about one
     /// high-water mark: reading pauses once it is full.
@@ -56,7 +76,8 @@ final class Bridge {
         connector: any ServerConnector,
         configuration: BridgeConfiguration,
         logger: Logger,
-        hooks: Hooks
+        hooks: Hooks,
+        observers: Observers = .init()
     ) {
         self.id = id
         self.connector = connector
@@ -64,6 +85,7 @@ final class Bridge {
         self.eventLoop = clientChannel.eventLoop
         self.logger = logger
         self.hooks = hooks
+        self.observers = observers
         let now = clientChannel.eventLoop.now
         self.startTime = now
         self.timeouts = BridgeTimeouts(
@@ -71,6 +93,10 @@ final class Bridge {
             idleTimeout: configuration.idleTimeout,
             now: now
         )
+        if configuration.shapesChunks {
+            self.shaping = BridgeShaping(configuration: configuration, now: now)
+            self.isPlainPath = false
+        }
         self.clientHandler = BridgeHandler(side: .client)
         self.serverHandler = BridgeHandler(side: .server)
         self.clientHandler.bridge = self
@@ -80,7 +106,7 @@ final class Bridge {
     /// The handler to put into the client channel's pipeline.
     var clientChannelHandler: BridgeHandler { self.clientHandler }
 
-    private func handler(_ side: Side) -> BridgeHandler {
+    func handler(_ side: Side) -> BridgeHandler {
         side == .client ? self.clientHandler : self.serverHandler
     }
 
@@ -101,11 +127,13 @@ final class Bridge {
     /// Whether `side` may be read now: only while what it feeds can take more.
     func mayRead(_ side: Side) -> Bool {
         if self.machine.isForwarding {
-            return self.handler(side.partner).context?.channel.isWritable ?? false
+            guard self.handler(side.partner).context?.channel.isWritable ?? false else { return false }
+            return self.shaping == nil || self.shapingAllowsRead(side)
         }
         if self.machine.isClosing { return false }
         // Connecting: the client may fill the early-data buffer up to the high-water mark.
-        return side == .client && self.earlyDataBytes < self.configuration.highWaterMark
+        guard side == .client, self.earlyDataBytes < self.configuration.highWaterMark else { return false }
+        return self.shaping == nil || self.shapingAllowsRead(side)
     }
 
     /// Bytes arrived from `side`.
@@ -116,12 +144,17 @@ final class Bridge {
             case .client: self.bytesUpstream &+= count
             case .server: self.bytesDownstream &+= count
             }
-            self.handler(side.partner).forward(buffer)
+            if self.isPlainPath {
+                self.handler(side.partner).forward(buffer)
+            } else {
+                self.shape(buffer, from: side, countingRate: true)
+            }
             if self.timer == nil { self.startTimer() }
         } else if !self.machine.isClosing, side == .client {
             self.bytesUpstream &+= count
             self.earlyDataBytes += buffer.readableBytes
             self.earlyData.append(buffer)
+            self.shaping?.consume(buffer.readableBytes, .upstream, now: self.eventLoop.now)
         }
     }
 
@@ -228,19 +261,32 @@ final class Bridge {
                     "server.address": "\(self.serverChannel?.remoteAddress?.logDescription ?? self.connector.targetDescription)",
                 ]
             )
+            if let capture = self.observers.capture, let client = self.clientHandler.context?.channel.remoteAddress,
+                let server = self.serverChannel?.remoteAddress
+            {
+                self.conversation = capture.conversation(client: client, server: server)
+                self.isPlainPath = false
+            }
             while let buffer = self.earlyData.popFirst() {
-                self.serverHandler.forward(buffer)
+                if self.isPlainPath {
+                    self.serverHandler.forward(buffer)
+                } else {
+                    self.shape(buffer, from: .client, countingRate: false)
+                }
             }
             self.earlyDataBytes = 0
             self.serverHandler.flushIfNeeded()
             if thenShutdownServerOutput {
-                self.serverHandler.shutdownOutput()
+                self.perform(.shutdownOutput(.server))
             }
             self.clientHandler.resumeReadingIfPaused()
             self.serverHandler.resumeReadingIfPaused()
             self.startTimer()
 
         case .shutdownOutput(let side):
+            // With --latency, EOF follows the delayed chunks of its direction.
+            self.conversation?.recordEnd(side.partner.readDirection)
+            if self.shaping?.deferShutdown(side.partner.readDirection) == true { break }
             self.handler(side).shutdownOutput()
 
         case .closeChannel(let side):
@@ -249,6 +295,12 @@ final class Bridge {
         case .close(let reason):
             self.cancelTimers()
             self.earlyData.removeAll()
+            self.shaping?.removeAll()
+            switch reason {
+            case .clientReset: self.conversation?.recordReset(.upstream)
+            case .serverReset, .stallTimeout: self.conversation?.recordReset(.downstream)
+            default: break
+            }
             for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {
                 if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
                 channel.close(promise: nil)
@@ -265,6 +317,8 @@ final class Bridge {
                     "duration": "\(duration)",
                 ]
             )
+            self.reportBytes()
+            self.observers.metrics?.bridgeClosed(reason, duration: self.eventLoop.now - self.startTime)
             self.hooks.finished(reason)
         }
     }
@@ -292,6 +346,7 @@ final class Bridge {
             upstream: self.serverHandler.sample(),
             downstream: self.clientHandler.sample()
         )
+        self.reportBytes()
         switch decision {
         case .sampleAgain(let delay):
             self.scheduleTick(in: delay)
@@ -303,9 +358,27 @@ final class Bridge {
         }
     }
 
+    /// Adds the bytes moved since the last report to the metrics (at each timer tick and at the end,
+    /// never per chunk).
+    private func reportBytes() {
+        guard let metrics = self.observers.metrics else { return }
+        let upstream = self.bytesUpstream &- self.reportedUpstream
+        let downstream = self.bytesDownstream &- self.reportedDownstream
+        guard upstream > 0 || downstream > 0 else { return }
+        metrics.addBytes(upstream: upstream, downstream: downstream)
+        self.reportedUpstream = self.bytesUpstream
+        self.reportedDownstream = self.bytesDownstream
+    }
+
     private func cancelTimers() {
         self.timer?.cancel()
         self.timer = nil
+        for index in 0..<2 {
+            self.rateTimers[index]?.cancel()
+            self.rateTimers[index] = nil
+            self.delayTimers[index]?.cancel()
+            self.delayTimers[index] = nil
+        }
         self.drainTimer?.cancel()
         self.drainTimer = nil
     }

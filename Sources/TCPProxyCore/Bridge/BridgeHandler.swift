@@ -143,16 +143,25 @@ enum BridgeChannelOptions {
     /// default high-water mark nothing needs setting, which spares two option calls per socket.
     static let defaultHighWaterMark = 64 * 1024
 
-    /// Sets the write-buffer bounds and a read size that keeps one read within the high-water mark.
-    static func apply(_ configuration: BridgeConfiguration, to channel: Channel) throws {
+    /// Sets the write-buffer bounds, and a read size that keeps one read within the high-water mark and,
+    /// under a rate limit, within the rate's burst (so throttled reads come smoothly, not in lumps).
+    /// - Parameters:
+    ///   - configuration: the bridge options.
+    ///   - channel: the socket, before it is active.
+    ///   - direction: the direction of the data read from this socket.
+    static func apply(_ configuration: BridgeConfiguration, to channel: Channel, reading direction: Direction) throws {
         let high = configuration.highWaterMark
-        guard high != Self.defaultHighWaterMark, let options = channel.syncOptions else { return }
-        try options.setOption(.writeBufferWaterMark, value: .init(low: max(1, high / 2), high: high))
-        if high < Self.defaultHighWaterMark {
-            let maximumRead = max(1024, high)
+        let rateLimit = BridgeShaping.readLimit(configuration, direction)
+        guard high != Self.defaultHighWaterMark || rateLimit != nil, let options = channel.syncOptions else { return }
+        if high != Self.defaultHighWaterMark {
+            try options.setOption(.writeBufferWaterMark, value: .init(low: max(1, high / 2), high: high))
+        }
+        let maximumRead = min(high, rateLimit ?? Int.max, Self.defaultHighWaterMark)
+        if maximumRead < Self.defaultHighWaterMark {
+            let size = max(1024, maximumRead)
             try options.setOption(
                 .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2048, maximumRead), maximum: maximumRead)
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2048, size), maximum: size)
             )
         }
     }

@@ -31,7 +31,7 @@ struct TCPServerConnector: ServerConnector {
             .connectTimeout(configuration.connectTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try BridgeChannelOptions.apply(configuration, to: channel)
+                    try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
                     try initialize(channel)
                 }
             }

@@ -46,6 +46,13 @@ public enum ProxyMode: Sendable, Hashable, CustomStringConvertible {
         case .forward(let target): "forward to \(target)"
         }
     }
+
+    /// The `target` label of this mode's metrics.
+    public var targetLabel: String {
+        switch self {
+        case .forward(let target): target.description
+        }
+    }
 }
 
 /// The limits and timeouts of one bridge (SPEC §2).
@@ -60,6 +67,32 @@ public struct BridgeConfiguration: Sendable, Hashable {
     public var connectTimeout: TimeAmount = .seconds(10)
     /// After a shutdown signal, how long a bridge may go on before it is closed; `nil` waits forever.
     public var drainTimeout: TimeAmount? = .seconds(10)
+    /// Most bytes per second read from the client (`--upstream-rate`); `nil` for no limit.
+    public var upstreamRate: Int? = nil
+    /// Most bytes per second read from the server (`--downstream-rate`); `nil` for no limit.
+    public var downstreamRate: Int? = nil
+    /// Log a hex dump of every chunk (`--log-data`).
+    public var logData = false
+    /// Delay every chunk by this much (`--latency MS`); `nil` for none.
+    public var latency: TimeAmount? = nil
+    /// Up to this much more delay per chunk, uniformly drawn (`--latency MS:JITTER_MS`).
+    public var latencyJitter: TimeAmount = .zero
+    /// Flip one bit in a chunk with this probability (`--corrupt`); 0 for never.
+    public var corruptProbability: Double = 0
+    /// Which directions `--latency` and `--corrupt` apply to (`--fault-direction`).
+    public var faultDirections: Set<Direction> = [.upstream, .downstream]
 
     public init() {}
+
+    /// The byte rate limit of `direction`, if any.
+    func rate(_ direction: Direction) -> Int? {
+        direction == .upstream ? self.upstreamRate : self.downstreamRate
+    }
+
+    /// Whether chunks need more than a plain hand-over between the two sockets. When `false`, the data
+    /// path does nothing but count and forward.
+    var shapesChunks: Bool {
+        self.upstreamRate != nil || self.downstreamRate != nil || self.logData || self.latency != nil
+            || self.corruptProbability > 0
+    }
 }

@@ -18,6 +18,8 @@ struct BridgeSetup {
     var logger: Logger
     /// The listener's bookkeeping.
     var hooks: Bridge.Hooks
+    /// The capture file and metrics.
+    var observers: Bridge.Observers
 
     /// A bridge for `client` that connects through `connector`.
     func makeBridge(client: Channel, connector: any ServerConnector) -> Bridge {
@@ -27,7 +29,8 @@ struct BridgeSetup {
             connector: connector,
             configuration: self.configuration,
             logger: self.logger,
-            hooks: self.hooks
+            hooks: self.hooks,
+            observers: self.observers
         )
     }
 }

@@ -15,14 +15,24 @@ public final class Listener: Service, Sendable {
     private let activeBridges = ManagedAtomic<Int>(0)
     private let nextBridgeID = ManagedAtomic<UInt64>(1)
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
+    private let observers: Bridge.Observers
 
     /// - Parameters:
     ///   - configuration: what to listen on, where to forward, and the limits.
     ///   - group: the event loops to run on.
     ///   - logger: the logger; each bridge adds its id and addresses to the events it logs.
-    public init(configuration: ProxyConfiguration, group: EventLoopGroup, logger: Logger) {
+    ///   - capture: the process's `--capture` file, if any.
+    ///   - metrics: this listener's metrics, if `--metrics` is on.
+    public init(
+        configuration: ProxyConfiguration,
+        group: EventLoopGroup,
+        logger: Logger,
+        capture: CaptureWriter? = nil,
+        metrics: ProxyMetrics? = nil
+    ) {
         self.configuration = configuration
         self.group = group
+        self.observers = .init(capture: capture, metrics: metrics)
         var logger = logger
         logger[metadataKey: "listener"] = "\(configuration.name)"
         self.logger = logger
@@ -30,6 +40,9 @@ public final class Listener: Service, Sendable {
 
     /// The address the socket is bound to, once it is (with the real port when port 0 was asked for).
     public var localAddress: SocketAddress? { self.boundAddress.withLockedValue { $0 } }
+
+    /// This listener's metrics, if `--metrics` is on.
+    public var metrics: ProxyMetrics? { self.observers.metrics }
 
     /// Open bridges right now.
     public var activeBridgeCount: Int { self.activeBridges.load(ordering: .relaxed) }
@@ -98,8 +111,10 @@ public final class Listener: Service, Sendable {
         configuration: BridgeConfiguration
     ) throws {
         let decision = self.admit(channel.remoteAddress)
+        self.observers.metrics?.accepted()
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
+            self.observers.metrics?.rejected(reason)
             self.logger.info(
                 "connection rejected",
                 metadata: [
@@ -111,16 +126,18 @@ public final class Listener: Service, Sendable {
             return
         }
         do {
-            try BridgeChannelOptions.apply(configuration, to: channel)
+            try BridgeChannelOptions.apply(configuration, to: channel, reading: .upstream)
             let setup = BridgeSetup(
                 id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
                 configuration: configuration,
                 logger: self.logger,
                 hooks: .init(finished: { [activeBridges] _ in
                     activeBridges.wrappingDecrement(ordering: .relaxed)
-                })
+                }),
+                observers: self.observers
             )
             try starter.start(client: channel, setup: setup)
+            self.observers.metrics?.bridgeOpened()
         } catch {
             self.activeBridges.wrappingDecrement(ordering: .relaxed)
             throw error

@@ -77,7 +77,10 @@ final class ProxyProcess: @unchecked Sendable {
     /// Starts `tcpproxy ARGUMENTS` and waits for its `listening on` line.
     static func start(_ arguments: [String], timeout: Double = 15) async throws -> ProxyProcess {
         let proxy = try ProxyProcess(arguments: arguments)
-        guard let line = await proxy.waitForLine(containing: "listening on", timeout: timeout) else {
+        // The proxy's own listener line: "listening on ...", not "metrics listening on ...".
+        guard let line = await proxy.waitForLine(containing: "info listening on", timeout: timeout)
+            ?? proxy.lines(containing: "\"listening on").first
+        else {
             proxy.kill()
             throw ProxyProcessError.notListening(proxy.stderr)
         }

@@ -1,0 +1,237 @@
+import CoreMetrics
+import NIOCore
+import Prometheus
+
+/// One metric tcpproxy exports: its name, kind, the labels it adds to `listener` and `target`, and what it
+/// counts.
+public struct ProxyMetricDefinition: Sendable, Hashable {
+    /// What kind of Prometheus metric it is.
+    public enum Kind: String, Sendable, Hashable {
+        case counter, gauge, histogram
+    }
+
+    /// The Prometheus name, snake_case with its unit and `_total` for counters.
+    public var name: String
+    public var kind: Kind
+    /// The labels besides `listener` and `target`, with the values they take.
+    public var labels: [String: [String]]
+    /// One line for a reader of `/metrics` or the docs.
+    public var help: String
+}
+
+/// The metrics of one listener: every metric tcpproxy exports is in ``ProxyMetrics/all``, as Envoy keeps
+/// its TCP proxy statistics in one list (`ALL_TCP_PROXY_STATS`).
+///
+/// Every metric carries the labels `listener` (the listener's name) and `target` (the configured target,
+/// `socks` for SOCKS listeners). All metric objects are made in `init`, so the calls the engine makes from
+/// event-loop threads only touch atomics or a short lock inside the metrics backend: no lookups, no strings.
+public final class ProxyMetrics: Sendable {
+    // MARK: The list
+
+    public static let bridgesActive = ProxyMetricDefinition(
+        name: "tcpproxy_bridges_active",
+        kind: .gauge,
+        labels: [:],
+        help: "Bridges open right now."
+    )
+    public static let connectionsAccepted = ProxyMetricDefinition(
+        name: "tcpproxy_connections_accepted_total",
+        kind: .counter,
+        labels: [:],
+        help: "Client connections admitted."
+    )
+    public static let connectionsRejected = ProxyMetricDefinition(
+        name: "tcpproxy_connections_rejected_total",
+        kind: .counter,
+        labels: ["reason": rejectReasons.map(\.rawValue)],
+        help: "Client connections closed at accept, by reason."
+    )
+    public static let bytes = ProxyMetricDefinition(
+        name: "tcpproxy_bytes_total",
+        kind: .counter,
+        labels: ["direction": ["upstream", "downstream"]],
+        help: "Bytes read from the source of each direction (upstream: client to server)."
+    )
+    public static let connectFailures = ProxyMetricDefinition(
+        name: "tcpproxy_connect_failures_total",
+        kind: .counter,
+        labels: [:],
+        help: "Server connections that failed or timed out."
+    )
+    public static let timeouts = ProxyMetricDefinition(
+        name: "tcpproxy_timeouts_total",
+        kind: .counter,
+        labels: ["kind": timeoutKinds.map(\.kind)],
+        help: "Bridges ended by a timeout, by kind."
+    )
+    public static let bridgesClosed = ProxyMetricDefinition(
+        name: "tcpproxy_bridges_closed_total",
+        kind: .counter,
+        labels: ["reason": closeReasons.map(\.rawValue)],
+        help: "Bridges ended, by close reason."
+    )
+    public static let bridgeDuration = ProxyMetricDefinition(
+        name: "tcpproxy_bridge_duration_seconds",
+        kind: .histogram,
+        labels: [:],
+        help: "How long bridges lasted, from accept to close."
+    )
+    public static let captureDropped = ProxyMetricDefinition(
+        name: "tcpproxy_capture_dropped_total",
+        kind: .counter,
+        labels: [:],
+        help: "Packets --capture dropped because the writer fell behind."
+    )
+
+    /// Every metric tcpproxy exports.
+    public static let all: [ProxyMetricDefinition] = [
+        bridgesActive, connectionsAccepted, connectionsRejected, bytes, connectFailures, timeouts,
+        bridgesClosed, bridgeDuration, captureDropped,
+    ]
+
+    /// Histogram buckets for ``bridgeDuration``: 1 ms to 1 h.
+    public static let durationBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(50), .milliseconds(100),
+        .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+        .seconds(30), .seconds(60), .seconds(300), .seconds(900), .seconds(1800), .seconds(3600),
+    ]
+
+    /// A Prometheus factory for `registry` with ``durationBuckets`` set for ``bridgeDuration``.
+    public static func prometheusFactory(registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets[bridgeDuration.name] = durationBuckets
+        return factory
+    }
+
+    // MARK: Label values, in index order
+
+    static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed]
+    static let timeoutKinds: [(reason: CloseReason, kind: String)] = [
+        (.connectTimeout, "connect"), (.stallTimeout, "stall"), (.idleTimeout, "idle"), (.drainTimeout, "drain"),
+    ]
+    static let closeReasons: [CloseReason] = [
+        .completed, .clientReset, .serverReset, .connectFailed, .connectTimeout, .stallTimeout, .idleTimeout,
+        .drainTimeout, .limitReached, .notAllowed,
+    ]
+
+    // MARK: The metric objects
+
+    private let active: CoreMetrics.Meter
+    private let acceptedCounter: CoreMetrics.Counter
+    private let rejectedCounters: [CoreMetrics.Counter]  // by rejectIndex
+    private let upstreamBytes: CoreMetrics.Counter
+    private let downstreamBytes: CoreMetrics.Counter
+    private let connectFailureCounter: CoreMetrics.Counter
+    private let timeoutCounters: [CoreMetrics.Counter]  // by timeoutIndex
+    private let closedCounters: [CoreMetrics.Counter]  // by closeIndex
+    private let duration: CoreMetrics.Timer
+    private let captureDroppedCounter: CoreMetrics.Counter
+
+    /// - Parameters:
+    ///   - listener: the listener's name.
+    ///   - target: the configured target (`host:port`), or `socks` for a SOCKS listener.
+    ///   - factory: where the metrics go: a `PrometheusMetricsFactory` in production (its duration buckets are
+    ///     set to ``durationBuckets`` here if not set already), `TestMetrics` in tests.
+    public init(listener: String, target: String, factory: any MetricsFactory) {
+        var factory = factory
+        if var prometheus = factory as? PrometheusMetricsFactory,
+            prometheus.durationHistogramBuckets[Self.bridgeDuration.name] == nil
+        {
+            prometheus.durationHistogramBuckets[Self.bridgeDuration.name] = Self.durationBuckets
+            factory = prometheus
+        }
+        let base = [("listener", listener), ("target", target)]
+        func counter(_ definition: ProxyMetricDefinition, _ extra: (String, String)? = nil) -> CoreMetrics.Counter {
+            CoreMetrics.Counter(label: definition.name, dimensions: base + (extra.map { [$0] } ?? []), factory: factory)
+        }
+
+        self.active = CoreMetrics.Meter(label: Self.bridgesActive.name, dimensions: base, factory: factory)
+        self.acceptedCounter = counter(Self.connectionsAccepted)
+        self.rejectedCounters = Self.rejectReasons.map { counter(Self.connectionsRejected, ("reason", $0.rawValue)) }
+        self.upstreamBytes = counter(Self.bytes, ("direction", "upstream"))
+        self.downstreamBytes = counter(Self.bytes, ("direction", "downstream"))
+        self.connectFailureCounter = counter(Self.connectFailures)
+        self.timeoutCounters = Self.timeoutKinds.map { counter(Self.timeouts, ("kind", $0.kind)) }
+        self.closedCounters = Self.closeReasons.map { counter(Self.bridgesClosed, ("reason", $0.rawValue)) }
+        self.duration = CoreMetrics.Timer(label: Self.bridgeDuration.name, dimensions: base, factory: factory)
+        self.captureDroppedCounter = counter(Self.captureDropped)
+    }
+
+    // MARK: Events
+
+    /// A client connection was accepted.
+    func accepted() {
+        self.acceptedCounter.increment()
+    }
+
+    /// A client was closed at accept: `.limitReached` or `.notAllowed` (other reasons are ignored).
+    func rejected(_ reason: CloseReason) {
+        guard let index = Self.rejectIndex(reason) else { return }
+        self.rejectedCounters[index].increment()
+    }
+
+    /// A bridge was set up.
+    func bridgeOpened() {
+        self.active.increment()
+    }
+
+    /// Bytes read since the last call, per direction; either may be 0.
+    func addBytes(upstream: UInt64, downstream: UInt64) {
+        if upstream > 0 { self.upstreamBytes.increment(by: Int64(truncatingIfNeeded: upstream)) }
+        if downstream > 0 { self.downstreamBytes.increment(by: Int64(truncatingIfNeeded: downstream)) }
+    }
+
+    /// A bridge ended after `duration`, for `reason`.
+    func bridgeClosed(_ reason: CloseReason, duration: TimeAmount) {
+        self.active.decrement()
+        self.closedCounters[Self.closeIndex(reason)].increment()
+        self.duration.recordNanoseconds(max(0, duration.nanoseconds))
+        if reason == .connectFailed || reason == .connectTimeout {
+            self.connectFailureCounter.increment()
+        }
+        if let index = Self.timeoutIndex(reason) {
+            self.timeoutCounters[index].increment()
+        }
+    }
+
+    /// `--capture` dropped `count` packets.
+    public func captureDropped(_ count: Int) {
+        guard count > 0 else { return }
+        self.captureDroppedCounter.increment(by: count)
+    }
+
+    // MARK: Indexes (must match the label lists above)
+
+    static func rejectIndex(_ reason: CloseReason) -> Int? {
+        switch reason {
+        case .limitReached: 0
+        case .notAllowed: 1
+        default: nil
+        }
+    }
+
+    static func timeoutIndex(_ reason: CloseReason) -> Int? {
+        switch reason {
+        case .connectTimeout: 0
+        case .stallTimeout: 1
+        case .idleTimeout: 2
+        case .drainTimeout: 3
+        default: nil
+        }
+    }
+
+    static func closeIndex(_ reason: CloseReason) -> Int {
+        switch reason {
+        case .completed: 0
+        case .clientReset: 1
+        case .serverReset: 2
+        case .connectFailed: 3
+        case .connectTimeout: 4
+        case .stallTimeout: 5
+        case .idleTimeout: 6
+        case .drainTimeout: 7
+        case .limitReached: 8
+        case .notAllowed: 9
+        }
+    }
+}

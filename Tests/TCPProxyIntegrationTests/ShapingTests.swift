@@ -1,0 +1,162 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Rate limits, latency, bit flips and data logging on the real binary (issue: shaping and faults).
+@Suite("Shaping and faults")
+struct ShapingTests {
+    /// Bytes per second of a size text such as `16K`.
+    private static func rate(_ text: String) -> Double {
+        let units: [Character: Double] = ["K": 1024, "M": 1024 * 1024]
+        guard let last = text.last, let unit = units[last] else { return Double(text)! }
+        return Double(text.dropLast())! * unit
+    }
+
+    @Test("--downstream-rate holds the server-to-client flow within 10% over 3 s", arguments: ["16K", "1M", "20M"])
+    func downstreamRate(rate: String) async throws {
+        let server = try TestServer(handler: TestServer.writeForever)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--downstream-rate", rate])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        let received = try await onThread { () -> Int in
+            var total = 0
+            var started: Double?
+            while true {
+                switch try client.recv(max: 1 << 20, timeout: 2) {
+                case .data(let bytes):
+                    if started == nil { started = now() } else { total += bytes.count }
+                    if let started, now() - started >= 3 { return total }
+                case .end: return total
+                }
+            }
+        }
+        let expected = Self.rate(rate) * 3
+        #expect(abs(Double(received) - expected) / expected < 0.10, "received \(received) of \(Int(expected))")
+    }
+
+    @Test("--upstream-rate holds the client-to-server flow within 10% over 3 s", arguments: ["64K", "2M"])
+    func upstreamRate(rate: String) async throws {
+        let server = try TestServer(handler: TestServer.discard)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--upstream-rate", rate])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        // Fill the pipe first so the proxy always has data to read, then measure at the server.
+        let writer = Task { await client.writeAsMuchAsPossibleAsync(for: 4.5) }
+        await delay(seconds: 0.5)
+        let before = server.receivedBytes
+        await delay(seconds: 3)
+        let measured = server.receivedBytes - before
+        _ = await writer.value
+        let expected = Self.rate(rate) * 3
+        #expect(abs(Double(measured) - expected) / expected < 0.10, "measured \(measured) of \(Int(expected))")
+    }
+
+    /// Median round-trip time of `count` small echoes, in seconds.
+    private func roundTrip(through proxy: ProxyProcess, count: Int = 5) async throws -> Double {
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        return try await onThread {
+            var times: [Double] = []
+            for index in 0..<count {
+                let message = "ping \(index)"
+                let started = now()
+                try client.send(message)
+                _ = try client.recvExactly(message.utf8.count, timeout: 5)
+                times.append(now() - started)
+            }
+            return times.sorted()[count / 2]
+        }
+    }
+
+    @Test("--latency 100 adds at least 100 ms each way to a round trip; upstream only adds it once")
+    func latency() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let both = try await ProxyProcess.forward(to: server.port, ["--latency", "100"])
+        defer { both.kill() }
+        let upstream = try await ProxyProcess.forward(to: server.port, ["--latency", "100", "--fault-direction", "upstream"])
+        defer { upstream.kill() }
+        let bothTime = try await self.roundTrip(through: both)
+        let upstreamTime = try await self.roundTrip(through: upstream)
+        #expect(bothTime >= 0.2 && bothTime < 1.5, "round trip \(bothTime) s with both directions delayed")
+        #expect(upstreamTime >= 0.1 && upstreamTime < 0.2 + 0.5, "round trip \(upstreamTime) s with upstream delayed")
+    }
+
+    @Test("--latency with jitter keeps every byte in order and keeps back-pressure (2 MB echo)")
+    func latencyKeepsOrder() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--latency", "5:10", "--high-water-mark", "16K"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        let payload = pattern(count: 2 << 20, seed: 11)
+        let sender = Task { try await onThread { try client.send(payload, timeout: 30); client.shutdownWrite() } }
+        let echoed = try await onThread { try client.readToEnd(timeout: 30) }
+        try await sender.value
+        #expect(echoed.end == .eof)
+        #expect(echoed.bytes == payload, "the echo came back byte for byte, in order")
+    }
+
+    /// Sends `count` small messages one at a time through an echo and counts differing bits in each reply.
+    private func flippedBits(_ extra: [String], count: Int = 20) async throws -> [Int] {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, extra)
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        return try await onThread {
+            var result: [Int] = []
+            for index in 0..<count {
+                let message = pattern(count: 100, seed: UInt64(index))
+                try client.send(message)
+                let echo = try client.recvExactly(100, timeout: 5)
+                result.append(zip(message, echo).map { ($0 ^ $1).nonzeroBitCount }.reduce(0, +))
+            }
+            return result
+        }
+    }
+
+    @Test("--corrupt 1.0 on one direction flips exactly one bit per chunk; --corrupt 0 flips none")
+    func corrupt() async throws {
+        #expect(try await self.flippedBits(["--corrupt", "1.0", "--fault-direction", "upstream"]) == Array(repeating: 1, count: 20))
+        #expect(try await self.flippedBits(["--corrupt", "1", "--fault-direction", "both"]).allSatisfy { $0 == 2 || $0 == 0 })
+        #expect(try await self.flippedBits(["--corrupt", "0"]) == Array(repeating: 0, count: 20))
+    }
+
+    @Test("--log-data logs a hex dump of each chunk with the bridge id and direction")
+    func logData() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--log-data"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        try client.send("LOGDATA-MARK")
+        _ = try client.recvExactly(12, timeout: 5)
+        let hex = "4c 4f 47 44 41 54 41 2d  4d 41 52 4b"
+        let up = await proxy.waitForLine(containing: "direction=upstream", timeout: 5)
+        let down = await proxy.waitForLine(containing: "direction=downstream", timeout: 5)
+        #expect(up?.contains(hex) == true, "upstream dump: \(up ?? "none")")
+        #expect(down?.contains(hex) == true, "downstream dump: \(down ?? "none")")
+        #expect(up?.contains("bridge.id=1") == true)
+    }
+
+    @Test("bad shaping options are usage errors (exit 64)", arguments: [
+        ["--upstream-rate", "fast"], ["--downstream-rate", "0"], ["--latency", "x"], ["--corrupt", "1.5"],
+        ["--corrupt", "-0.1"], ["--fault-direction", "sideways"],
+    ])
+    func badOptions(extra: [String]) async throws {
+        let result = try await ProxyProcess.runToExit(["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9"] + extra)
+        #expect(result.status == 64, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("Error:"))
+    }
+}

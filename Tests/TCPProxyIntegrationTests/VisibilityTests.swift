@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `--capture` and `--metrics` on the real binary.
+@Suite("Capture and metrics")
+struct VisibilityTests {
+    /// Runs a command, returning its exit status and standard output.
+    private func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    @Test("--capture writes a pcap that tcpdump reads, with the payload both ways and the FINs")
+    func capture() async throws {
+        let tcpdump = "/usr/bin/tcpdump"
+        try #require(FileManager.default.isExecutableFile(atPath: tcpdump), "tcpdump is not installed (.ci/run installs it)")
+        let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send("CAPTURE-MARKER-UP")
+        _ = try client.recvExactly(17, timeout: 5)
+        client.shutdownWrite()
+        let end = try await onThread { try client.readToEnd(timeout: 5) }
+        #expect(end.end == .eof)
+        client.close()
+        #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 10) == 0)
+
+        let dump = try self.run(tcpdump, ["-nn", "-A", "-r", path])
+        #expect(dump.status == 0, "tcpdump could not read the file")
+        #expect(dump.output.components(separatedBy: "CAPTURE-MARKER-UP").count - 1 == 2, "payload up and echoed down:\n\(dump.output)")
+        #expect(dump.output.components(separatedBy: "[F.]").count - 1 == 2, "a FIN each way:\n\(dump.output)")
+        #expect(dump.output.contains("[S]"), "the synthesized handshake")
+    }
+
+    @Test("--capture to a file that cannot be written exits 1 with one line")
+    func captureUnwritable() async throws {
+        let result = try await ProxyProcess.runToExit([
+            "forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--capture", "/nonexistent-dir/x.pcap",
+        ])
+        #expect(result.status == 1, "stderr: \(result.stderr)")
+        #expect(result.stderr.contains("/nonexistent-dir/x.pcap"))
+    }
+
+    @Test("--metrics serves Prometheus text whose counters match the traffic; other paths get 404")
+    func metrics() async throws {
+        let curl = "/usr/bin/curl"
+        try #require(FileManager.default.isExecutableFile(atPath: curl), "curl is not installed")
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--metrics", "127.0.0.1:0"])
+        defer { proxy.kill() }
+        let line = try #require(await proxy.waitForLine(containing: "metrics listening on", timeout: 5))
+        let address = line.components(separatedBy: "metrics listening on ")[1].prefix { $0 != " " && $0 != "\"" }
+        let url = "http://\(address)"
+
+        let client = try TestSocket.connect(port: proxy.port)
+        let payload = pattern(count: 12345, seed: 5)
+        try client.send(payload)
+        _ = try client.recvExactly(payload.count, timeout: 5)
+        client.shutdownWrite()
+        _ = try await onThread { try client.readToEnd(timeout: 5) }
+        client.close()
+        #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+
+        let text = try self.run(curl, ["-sS", "\(url)/metrics"]).output
+        func value(_ name: String, _ label: String? = nil) -> Double? {
+            text.split(separator: "\n").first { line in
+                line.hasPrefix(name) && (label.map { line.contains($0) } ?? true)
+            }.flatMap { Double($0.split(separator: " ").last!) }
+        }
+        #expect(value("tcpproxy_bytes_total", "direction=\"upstream\"") == 12345, "\(text)")
+        #expect(value("tcpproxy_bytes_total", "direction=\"downstream\"") == 12345)
+        #expect(value("tcpproxy_connections_accepted_total") == 1)
+        #expect(value("tcpproxy_bridges_active") == 0)
+        #expect(value("tcpproxy_bridges_closed_total", "reason=\"completed\"") == 1)
+        #expect(text.contains("listener=\"forward\""))
+
+        let missing = try self.run(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "\(url)/nope"]).output
+        #expect(missing == "404")
+    }
+}
