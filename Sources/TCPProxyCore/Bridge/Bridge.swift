@@ -11,10 +11,16 @@ import NIOPosix
 final class Bridge {
     typealias Side = BridgeStateMachine.Side
 
-    /// Who the bridge reports to when it ends.
+    /// Who the bridge reports to: when it ends, and (for modes with a handshake) how its connect went.
     struct Hooks {
         /// Called once, when both sockets are closed.
         var finished: (_ reason: CloseReason) -> Void
+        /// Called when the server connection is up, before any byte is forwarded to the client: a SOCKS
+        /// listener writes and flushes its success reply to `client` here.
+        var serverConnected: ((_ client: Channel, _ server: Channel) -> Void)? = nil
+        /// Called when the server connection failed, before the client is closed: a SOCKS listener
+        /// writes and flushes its failure reply to `client` here.
+        var connectFailed: ((_ client: Channel, _ error: Error) -> Void)? = nil
     }
 
     /// Where the bridge reports what it carries: the process's capture file, the listener's metrics.
@@ -210,6 +216,9 @@ final class Bridge {
             case .success(let channel):
                 self.serverChannel = channel
                 self.reportClose(of: channel, as: .server)
+                if self.machine.isConnecting, let client = self.clientHandler.context?.channel {
+                    self.hooks.serverConnected?(client, channel)
+                }
                 self.perform(self.machine.connectSucceeded())
             case .failure(let error):
                 let timedOut = Bridge.isTimeout(error)
@@ -219,6 +228,9 @@ final class Bridge {
                         "bridge.id": "\(self.id)", "server.address": "\(self.connector.targetDescription)", "error": "\(error)",
                     ]
                 )
+                if self.machine.isConnecting, let client = self.clientHandler.context?.channel {
+                    self.hooks.connectFailed?(client, error)
+                }
                 self.perform(self.machine.connectFailed(timedOut: timedOut))
                 self.perform(self.machine.serverNeverOpened())
             }

@@ -64,6 +64,12 @@ struct BridgeStateMachine {
         return false
     }
 
+    /// Whether the server connection is still being made (and the bridge is not ending).
+    var isConnecting: Bool {
+        if case .connecting = self.state { return true }
+        return false
+    }
+
     /// Whether the bridge is ending or has ended.
     var isClosing: Bool {
         switch self.state {
