@@ -43,6 +43,12 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Log line format: text or json.")
     var logFormat: LogFormat = .text
 
+    @Option(help: "Send a PROXY protocol header (v1 or v2) to each server first.")
+    var proxyProtocol: ProxyProtocolVersion?
+
+    @Flag(help: "Require a PROXY protocol header (v1 or v2) from each client and use its addresses.")
+    var acceptProxyProtocol = false
+
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
@@ -74,6 +80,7 @@ struct CommonOptions: ParsableArguments {
         configuration.connectTimeout = CommonOptions.timeAmount(self.connectTimeout) ?? .seconds(10)
         configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
         self.observability.apply(to: &configuration)
+        configuration.sendProxyHeader = self.proxyProtocol
         return configuration
     }
 
@@ -95,4 +102,6 @@ struct CommonOptions: ParsableArguments {
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension BalanceAlgorithm: ExpressibleByArgument {}
+extension ProxyProtocolVersion: ExpressibleByArgument {}
 extension LogFormat: ExpressibleByArgument {}

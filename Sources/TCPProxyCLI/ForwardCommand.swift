@@ -7,7 +7,9 @@ struct ForwardCommand: AsyncParsableCommand {
         commandName: "forward",
         abstract: "Forward every client to a target.",
         discussion: """
-            Example: tcpproxy forward --listen 127.0.0.1:8080 --target 127.0.0.1:80
+            Examples:
+              tcpproxy forward --listen 127.0.0.1:8080 --target 127.0.0.1:80
+              tcpproxy forward --listen :8080 --target 10.0.0.1:80 --target 10.0.0.2:80,weight=2 --health-interval 2
             """
     )
 
@@ -17,18 +19,45 @@ struct ForwardCommand: AsyncParsableCommand {
     )
     var listen: Endpoint
 
-    @Option(help: "The server to forward to: HOST:PORT or [IPV6]:PORT.", transform: { try parseEndpoint($0, option: "--target") })
-    var target: Endpoint
+    @Option(
+        help: "A server to forward to: HOST:PORT or [IPV6]:PORT, optionally ,weight=N (repeatable).",
+        transform: { text in
+            do { return try TargetSpec(parsing: text) } catch { throw ValidationError("\(error)") }
+        }
+    )
+    var target: [TargetSpec]
+
+    @Option(help: "How clients are spread over several targets: roundrobin, leastconn or random (weighted).")
+    var balance: BalanceAlgorithm = .roundrobin
+
+    @Option(help: "Check each target with a TCP connect every this many seconds (2 up, 3 down in a row).")
+    var healthInterval: Double?
+
+    func validate() throws {
+        if self.target.isEmpty {
+            throw ValidationError("missing --target (give at least one)")
+        }
+        if let healthInterval, !(healthInterval > 0 && healthInterval <= 3600) {
+            throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from more than 0 to 3600)")
+        }
+    }
 
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
         let configuration = ProxyConfiguration(
             listen: self.listen,
-            mode: .forward(target: self.target),
+            mode: .forward(
+                ForwardConfiguration(
+                    targets: self.target,
+                    balance: self.balance,
+                    healthInterval: self.healthInterval.flatMap(CommonOptions.timeAmount)
+                )
+            ),
             name: "forward",
             bridge: self.options.bridgeConfiguration,
-            admission: self.options.admissionPolicy
+            admission: self.options.admissionPolicy,
+            acceptProxyProtocol: self.options.acceptProxyProtocol
         )
         try await ProxyRunner.run([configuration], options: self.options)
     }

@@ -52,7 +52,8 @@ enum ProxyRunner {
                 capture: capture,
                 metrics: metricsFactory.map {
                     ProxyMetrics(listener: configuration.name, target: configuration.mode.targetLabel, factory: $0)
-                }
+                },
+                metricsFactory: metricsFactory
             )
         }
         services += listeners.map { .init(service: $0) }

@@ -55,10 +55,11 @@ struct SeedCommand: AsyncParsableCommand {
         let (listen, target) = try self.endpoints()
         let configuration = ProxyConfiguration(
             listen: listen,
-            mode: .forward(target: target),
+            mode: .forward(ForwardConfiguration(target: target)),
             name: "forward",
             bridge: self.options.bridgeConfiguration,
-            admission: self.options.admissionPolicy
+            admission: self.options.admissionPolicy,
+            acceptProxyProtocol: self.options.acceptProxyProtocol
         )
         try await ProxyRunner.run([configuration], options: self.options)
     }

@@ -29,6 +29,10 @@ final class Bridge {
         var metrics: ProxyMetrics? = nil
     }
 
+    /// The client as a PROXY header received from it (`--accept-proxy-protocol`) describes it; `nil` to
+    /// use the socket's own addresses.
+    var announcedClient: ProxyHeader?
+
     let id: UInt64
     let configuration: BridgeConfiguration
     private let connector: any ServerConnector
@@ -124,7 +128,8 @@ final class Bridge {
         self.logger.info(
             "bridge accepted",
             metadata: [
-                "bridge.id": "\(self.id)", "client.address": "\(channel.remoteAddress.logDescription)",
+                "bridge.id": "\(self.id)",
+                "client.address": "\((self.announcedClient?.source ?? channel.remoteAddress).logDescription)",
             ]
         )
         self.connect()
@@ -248,6 +253,24 @@ final class Bridge {
         return false
     }
 
+    /// Writes a PROXY header to the server, before any byte of the client's: the real client (as the
+    /// client socket, or a header received from it, says) and the address it connected to.
+    private func sendProxyHeader(_ version: ProxyProtocolVersion) {
+        let client = self.clientHandler.context?.channel
+        var header = ProxyHeader(addresses: .unknown)
+        if let source = self.announcedClient?.source ?? client?.remoteAddress,
+            let destination = self.announcedClient?.destination ?? client?.localAddress
+        {
+            header = ProxyHeader(source: source, destination: destination)
+        }
+        var buffer = ByteBuffer()
+        switch version {
+        case .v1: buffer.writeProxyHeaderV1(header)
+        case .v2: buffer.writeProxyHeaderV2(header)
+        }
+        self.serverHandler.forward(buffer)
+    }
+
     /// Feeds the close of `channel` to the machine when it happens. A channel's `closeFuture` completes
     /// exactly once however it closes; `channelInactive` is not delivered when a channel is closed from
     /// inside its own connect completion, which is where a bridge whose client already left ends.
@@ -278,6 +301,9 @@ final class Bridge {
             {
                 self.conversation = capture.conversation(client: client, server: server)
                 self.isPlainPath = false
+            }
+            if let version = self.configuration.sendProxyHeader {
+                self.sendProxyHeader(version)
             }
             while let buffer = self.earlyData.popFirst() {
                 if self.isPlainPath {
@@ -332,6 +358,8 @@ final class Bridge {
             self.reportBytes()
             self.observers.metrics?.bridgeClosed(reason, duration: self.eventLoop.now - self.startTime)
             self.hooks.finished(reason)
+            self.clientHandler.bridge = nil
+            self.serverHandler.bridge = nil
         }
     }
 

@@ -12,7 +12,8 @@ final class BridgeHandler: ChannelDuplexHandler {
     typealias OutboundOut = ByteBuffer
 
     let side: BridgeStateMachine.Side
-    /// Set by the bridge right after both handlers exist; cleared when the handler leaves its pipeline.
+    /// Set by the bridge right after both handlers exist; cleared by the bridge when it has ended (which
+    /// breaks the bridge-handler reference cycle).
     var bridge: Bridge?
     private(set) var context: ChannelHandlerContext?
 
@@ -35,8 +36,11 @@ final class BridgeHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        self.context = nil
-        self.bridge = nil
+        // The server-side handler may be installed again: a failed connect to one target is followed by a
+        // connect to the next, with this same handler.
+        if self.context === context {
+            self.context = nil
+        }
     }
 
     func channelActive(context: ChannelHandlerContext) {

@@ -20,6 +20,11 @@ public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
     case limitReached
     /// The client's address is outside every `--allow` network.
     case notAllowed
+    /// Transparent mode: the client's original destination is the proxy's own listener (a loop).
+    case loopRefused
+    /// Transparent mode: the client's original destination could not be read (`redirect`: conntrack
+    /// has no entry, so nothing redirected it).
+    case noOriginalDestination
 
     public var description: String { self.rawValue }
 

@@ -14,6 +14,9 @@ public struct ProxyConfiguration: Sendable {
     public var bridge: BridgeConfiguration
     /// Who may connect, and how many at once.
     public var admission: AdmissionPolicy
+    /// Clients must start with a PROXY protocol header (`--accept-proxy-protocol`); its addresses are used
+    /// for logs, `--allow` and headers sent on.
+    public var acceptProxyProtocol = false
 
     /// - Parameters:
     ///   - listen: where to accept clients.
@@ -26,32 +29,65 @@ public struct ProxyConfiguration: Sendable {
         mode: ProxyMode,
         name: String = "forward",
         bridge: BridgeConfiguration = .init(),
-        admission: AdmissionPolicy = .init()
+        admission: AdmissionPolicy = .init(),
+        acceptProxyProtocol: Bool = false
     ) {
         self.listen = listen
         self.mode = mode
         self.name = name
         self.bridge = bridge
         self.admission = admission
+        self.acceptProxyProtocol = acceptProxyProtocol
     }
 }
 
 /// How a listener finds each client's server (SPEC §3).
 public enum ProxyMode: Sendable, Hashable, CustomStringConvertible {
-    /// Every client goes to this target.
-    case forward(target: Endpoint)
+    /// Every client goes to one of these targets.
+    case forward(ForwardConfiguration)
+    /// Every client goes to its original destination: the address it tried to reach before the firewall
+    /// sent it here (TPROXY or REDIRECT).
+    case transparent(TransparentConfiguration)
+    /// Every client names its own destination in a SOCKS4, SOCKS4a or SOCKS5 handshake.
+    case socks(SOCKSConfiguration)
 
     public var description: String {
         switch self {
-        case .forward(let target): "forward to \(target)"
+        case .forward(let forward): "forward to \(forward.targets.map(\.description).joined(separator: " "))"
+        case .transparent(let transparent): "\(transparent)"
+        case .socks: "socks"
         }
     }
 
     /// The `target` label of this mode's metrics.
     public var targetLabel: String {
         switch self {
-        case .forward(let target): target.description
+        case .forward(let forward): forward.targets.map(\.endpoint.description).joined(separator: ",")
+        case .transparent: "original-destination"
+        case .socks: "socks"
         }
+    }
+}
+
+/// `forward` mode's targets and how clients are spread over them (SPEC §3).
+public struct ForwardConfiguration: Sendable, Hashable {
+    /// One or more targets.
+    public var targets: [TargetSpec]
+    /// `--balance`.
+    public var balance: BalanceAlgorithm
+    /// `--health-interval`: how often each target is checked with a TCP connect; `nil` for no active checks
+    /// (a target that fails a connect is then retried after a few seconds).
+    public var healthInterval: TimeAmount?
+
+    public init(targets: [TargetSpec], balance: BalanceAlgorithm = .roundrobin, healthInterval: TimeAmount? = nil) {
+        self.targets = targets
+        self.balance = balance
+        self.healthInterval = healthInterval
+    }
+
+    /// One target, no balancing.
+    public init(target: Endpoint) {
+        self.init(targets: [TargetSpec(endpoint: target)])
     }
 }
 
@@ -81,6 +117,8 @@ public struct BridgeConfiguration: Sendable, Hashable {
     public var corruptProbability: Double = 0
     /// Which directions `--latency` and `--corrupt` apply to (`--fault-direction`).
     public var faultDirections: Set<Direction> = [.upstream, .downstream]
+    /// Send a PROXY protocol header of this version to each server first (`--proxy-protocol`).
+    public var sendProxyHeader: ProxyProtocolVersion? = nil
 
     public init() {}
 

@@ -60,3 +60,91 @@ enum LinuxSocketOptions {
         return UInt64(limit.rlim_cur)
     }
 }
+
+// MARK: Transparent proxying (docs/TRANSPARENT.md)
+
+extension LinuxSocketOptions {
+    /// `IP_TRANSPARENT` (`SOL_IP`, 19, <linux/in.h>) and `IPV6_TRANSPARENT` (`SOL_IPV6`, 75, <linux/in6.h>):
+    /// the socket may accept connections addressed elsewhere (a TPROXY listener) and bind an address
+    /// that is not local (`--spoof-source`). Both set the same flag; setting it needs CAP_NET_ADMIN
+    /// (or CAP_NET_RAW), else `EPERM`. Set before `bind`.
+    private static let ipTransparent = ChannelOptions.Types.SocketOption(
+        level: NIOBSDSocket.OptionLevel(rawValue: 0),
+        name: NIOBSDSocket.Option(rawValue: 19)
+    )
+    private static let ipv6Transparent = ChannelOptions.Types.SocketOption(
+        level: NIOBSDSocket.OptionLevel(rawValue: 41),
+        name: NIOBSDSocket.Option(rawValue: 75)
+    )
+
+    /// `SO_ORIGINAL_DST` (`SOL_IP`, 80, <linux/netfilter_ipv4.h>) and `IP6T_SO_ORIGINAL_DST` (`SOL_IPV6`, 80,
+    /// <linux/netfilter_ipv6/ip6_tables.h>): the destination conntrack saw before a `REDIRECT`/`DNAT`
+    /// rewrote it, as a `struct sockaddr_in` / `sockaddr_in6`. `ENOENT` when the connection is not tracked.
+    private static let originalDestinationIPv4 = (level: NIOBSDSocket.OptionLevel(rawValue: 0), name: NIOBSDSocket.Option(rawValue: 80))
+    private static let originalDestinationIPv6 = (level: NIOBSDSocket.OptionLevel(rawValue: 41), name: NIOBSDSocket.Option(rawValue: 80))
+
+    /// The transparent option for a socket of `address`'s family, for `ClientBootstrap.channelOption`.
+    static func transparentOption(for address: SocketAddress) -> ChannelOptions.Types.SocketOption {
+        if case .v6 = address { return Self.ipv6Transparent }
+        return Self.ipTransparent
+    }
+
+    /// Sets `IPV6_TRANSPARENT` or `IP_TRANSPARENT` on a socket whose family is not known yet (a listener
+    /// before `bind`): IPv6 first, and IPv4 when the socket refuses the IPv6 level (`ENOPROTOOPT`).
+    /// Must be called on the channel's event loop.
+    /// - Throws: ``TransparentError/transparentNotPermitted(option:)`` without the privilege; the
+    ///   system error otherwise.
+    static func setTransparent(_ channel: Channel) throws {
+        guard let options = channel.syncOptions else { throw ChannelError.operationUnsupported }
+        do {
+            try options.setOption(Self.ipv6Transparent, value: 1)
+        } catch let error as IOError where error.errnoCode == ENOPROTOOPT || error.errnoCode == EOPNOTSUPP {
+            do {
+                try options.setOption(Self.ipTransparent, value: 1)
+            } catch let error as IOError where error.errnoCode == EPERM {
+                throw TransparentError.transparentNotPermitted(option: "IP_TRANSPARENT")
+            }
+        } catch let error as IOError where error.errnoCode == EPERM {
+            throw TransparentError.transparentNotPermitted(option: "IPV6_TRANSPARENT")
+        }
+    }
+
+    /// Checks, on a throwaway IPv4 socket, that this process may set `IP_TRANSPARENT` (for
+    /// `--spoof-source` in `redirect` mode, whose listener does not need it).
+    /// - Throws: ``TransparentError/transparentNotPermitted(option:)`` without the privilege.
+    static func checkTransparentPermitted() throws {
+        #if os(Linux)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var on: CInt = 1
+        if setsockopt(fd, 0, 19, &on, socklen_t(MemoryLayout<CInt>.size)) != 0 && errno == EPERM {
+            throw TransparentError.transparentNotPermitted(option: "IP_TRANSPARENT")
+        }
+        #endif
+    }
+
+    /// The raw `struct sockaddr_in` (or `sockaddr_in6` when `ipv6`) that `SO_ORIGINAL_DST`
+    /// (`IP6T_SO_ORIGINAL_DST`) returns for an accepted connection; read it with ``IPEndpoint/init(sockaddr:)``.
+    /// Must be called on the channel's event loop.
+    /// - Throws: the system error (`ENOENT`: conntrack knows no such connection, so nothing redirected it).
+    static func originalDestination(_ channel: Channel, ipv6: Bool) throws -> [UInt8] {
+        guard let provider = channel as? SocketOptionProvider else { throw ChannelError.operationUnsupported }
+        var result: Result<[UInt8], Error> = .failure(ChannelError.operationUnsupported)
+        // In the event loop the future is already complete, so the callback runs before we return.
+        if ipv6 {
+            let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(
+                level: Self.originalDestinationIPv6.level,
+                name: Self.originalDestinationIPv6.name
+            )
+            future.assumeIsolated().whenComplete { result = $0.map { address in withUnsafeBytes(of: address) { Array($0) } } }
+        } else {
+            let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
+                level: Self.originalDestinationIPv4.level,
+                name: Self.originalDestinationIPv4.name
+            )
+            future.assumeIsolated().whenComplete { result = $0.map { address in withUnsafeBytes(of: address) { Array($0) } } }
+        }
+        return try result.get()
+    }
+}

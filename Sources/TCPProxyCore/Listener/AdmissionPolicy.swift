@@ -22,13 +22,21 @@ public struct AdmissionPolicy: Sendable, Hashable {
         case limitReached
     }
 
+    /// Whether `address` passes `--allow`.
+    public func allows(_ address: SocketAddress?) -> Bool {
+        guard !self.allow.isEmpty else { return true }
+        guard let address else { return false }
+        return self.allow.contains { $0.contains(address) }
+    }
+
     /// Decides on a new client.
     /// - Parameters:
     ///   - address: the client's address, `nil` if the kernel could not tell.
     ///   - activeBridges: how many bridges are open now, not counting this client.
     /// - Returns: whether to admit it, and if not, why.
-    public func decide(address: SocketAddress?, activeBridges: Int) -> Decision {
-        if !self.allow.isEmpty {
+    ///   - checkAllow: whether to apply `--allow` now (not when the address comes later, in a PROXY header).
+    public func decide(address: SocketAddress?, activeBridges: Int, checkAllow: Bool = true) -> Decision {
+        if checkAllow, !self.allow.isEmpty {
             guard let address, self.allow.contains(where: { $0.contains(address) }) else { return .notAllowed }
         }
         if let maxConnections, activeBridges >= maxConnections {

@@ -20,10 +20,12 @@ struct BridgeSetup {
     var hooks: Bridge.Hooks
     /// The capture file and metrics.
     var observers: Bridge.Observers
+    /// The client as its PROXY header described it (`--accept-proxy-protocol`).
+    var announcedClient: ProxyHeader? = nil
 
     /// A bridge for `client` that connects through `connector`.
     func makeBridge(client: Channel, connector: any ServerConnector) -> Bridge {
-        Bridge(
+        let bridge = Bridge(
             id: self.id,
             clientChannel: client,
             connector: connector,
@@ -32,12 +34,14 @@ struct BridgeSetup {
             hooks: self.hooks,
             observers: self.observers
         )
+        bridge.announcedClient = self.announcedClient
+        return bridge
     }
 }
 
 /// `forward` mode: every client is bridged to one target.
 struct ForwardStarter: BridgeStarter {
-    let connector: TCPServerConnector
+    let connector: any ServerConnector
 
     func start(client: Channel, setup: BridgeSetup) throws {
         let bridge = setup.makeBridge(client: client, connector: self.connector)

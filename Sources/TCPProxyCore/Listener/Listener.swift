@@ -1,4 +1,5 @@
 import Atomics
+import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -16,6 +17,9 @@ public final class Listener: Service, Sendable {
     private let nextBridgeID = ManagedAtomic<UInt64>(1)
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
     private let observers: Bridge.Observers
+    /// With several targets or health checks: the targets and what is known of them.
+    private let targetPool: TargetPool?
+    private let healthChecker: HealthChecker?
 
     /// - Parameters:
     ///   - configuration: what to listen on, where to forward, and the limits.
@@ -28,7 +32,8 @@ public final class Listener: Service, Sendable {
         group: EventLoopGroup,
         logger: Logger,
         capture: CaptureWriter? = nil,
-        metrics: ProxyMetrics? = nil
+        metrics: ProxyMetrics? = nil,
+        metricsFactory: (any MetricsFactory)? = nil
     ) {
         self.configuration = configuration
         self.group = group
@@ -36,6 +41,21 @@ public final class Listener: Service, Sendable {
         var logger = logger
         logger[metadataKey: "listener"] = "\(configuration.name)"
         self.logger = logger
+        if case .forward(let forward) = configuration.mode, forward.targets.count > 1 || forward.healthInterval != nil {
+            let pool = TargetPool(
+                specs: forward.targets,
+                algorithm: forward.balance,
+                healthChecked: forward.healthInterval != nil,
+                logger: logger,
+                listener: configuration.name,
+                factory: metricsFactory
+            )
+            self.targetPool = pool
+            self.healthChecker = forward.healthInterval.map { HealthChecker(pool: pool, interval: $0, group: group) }
+        } else {
+            self.targetPool = nil
+            self.healthChecker = nil
+        }
     }
 
     /// The address the socket is bound to, once it is (with the real port when port 0 was asked for).
@@ -57,8 +77,10 @@ public final class Listener: Service, Sendable {
             metadata: ["mode": "\(self.configuration.mode)"]
         )
 
+        self.healthChecker?.start()
         // Runs until the service group starts a graceful shutdown (or is cancelled).
         try? await gracefulShutdown()
+        self.healthChecker?.stop()
 
         self.logger.notice(
             "draining",
@@ -84,6 +106,8 @@ public final class Listener: Service, Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { [logger] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        // Transparent mode: IP_TRANSPARENT must be set before bind.
+                        try (starter as? TransparentStarter)?.prepareListeningSocket(channel)
                         try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
                         try channel.pipeline.syncOperations.addHandler(
                             quiescing.makeServerChannelHandler(channel: channel)
@@ -110,7 +134,9 @@ public final class Listener: Service, Sendable {
         starter: any BridgeStarter,
         configuration: BridgeConfiguration
     ) throws {
-        let decision = self.admit(channel.remoteAddress)
+        let acceptsHeader = self.configuration.acceptProxyProtocol
+        // With --accept-proxy-protocol, --allow applies to the address in the header, once it arrives.
+        let decision = self.admit(channel.remoteAddress, checkAllow: !acceptsHeader)
         self.observers.metrics?.accepted()
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
@@ -136,8 +162,12 @@ public final class Listener: Service, Sendable {
                 }),
                 observers: self.observers
             )
-            try starter.start(client: channel, setup: setup)
-            self.observers.metrics?.bridgeOpened()
+            if acceptsHeader {
+                try channel.pipeline.syncOperations.addHandler(self.proxyHeaderReceiver(starter: starter, setup: setup))
+            } else {
+                try starter.start(client: channel, setup: setup)
+                self.observers.metrics?.bridgeOpened()
+            }
         } catch {
             self.activeBridges.wrappingDecrement(ordering: .relaxed)
             throw error
@@ -146,21 +176,70 @@ public final class Listener: Service, Sendable {
 }
 
 extension Listener {
+    /// `--accept-proxy-protocol`: reads the client's PROXY header, applies `--allow` to the address it
+    /// carries, then starts the bridge with those addresses. A client that never becomes a bridge gives
+    /// its `--max-connections` slot back.
+    private func proxyHeaderReceiver(starter: any BridgeStarter, setup: BridgeSetup) -> ProxyHeaderReceiver {
+        let admission = self.configuration.admission
+        let metrics = self.observers.metrics
+        let logger = self.logger
+        let activeBridges = self.activeBridges
+        return ProxyHeaderReceiver(
+            timeout: .seconds(10),
+            logger: logger,
+            outcome: .init(
+                received: { header, channel in
+                    let client = header.source ?? channel.remoteAddress
+                    guard admission.allows(client) else {
+                        metrics?.rejected(.notAllowed)
+                        logger.info(
+                            "connection rejected",
+                            metadata: ["client.address": "\(client.logDescription)", "close.reason": "notAllowed"]
+                        )
+                        return false
+                    }
+                    var setup = setup
+                    setup.announcedClient = header
+                    do {
+                        try starter.start(client: channel, setup: setup)
+                    } catch {
+                        return false
+                    }
+                    metrics?.bridgeOpened()
+                    return true
+                },
+                abandoned: { activeBridges.wrappingDecrement(ordering: .relaxed) }
+            )
+        )
+    }
+
     /// What this listener's mode gives each admitted client.
     private func makeStarter() -> any BridgeStarter {
         switch self.configuration.mode {
-        case .forward(let target):
-            ForwardStarter(connector: TCPServerConnector(target: ConnectTarget(target)))
+        case .forward(let forward):
+            if let pool = self.targetPool {
+                ForwardStarter(connector: PooledServerConnector(pool: pool))
+            } else {
+                ForwardStarter(connector: TCPServerConnector(target: ConnectTarget(forward.targets[0].endpoint)))
+            }
+        case .transparent(let transparent):
+            TransparentStarter(configuration: transparent)
+        case .socks(let socks):
+            SOCKSStarter(socks, listener: self.configuration, logger: self.logger)
         }
     }
 
     /// Decides on a new client and, when it is admitted, counts it as an open bridge. The count is
     /// claimed with a compare-and-exchange so that clients accepted at once on several event loops
     /// cannot together exceed `--max-connections`.
-    private func admit(_ address: SocketAddress?) -> AdmissionPolicy.Decision {
+    private func admit(_ address: SocketAddress?, checkAllow: Bool) -> AdmissionPolicy.Decision {
         while true {
             let active = self.activeBridges.load(ordering: .relaxed)
-            let decision = self.configuration.admission.decide(address: address, activeBridges: active)
+            let decision = self.configuration.admission.decide(
+                address: address,
+                activeBridges: active,
+                checkAllow: checkAllow
+            )
             guard decision == .admit else { return decision }
             if self.activeBridges.compareExchange(expected: active, desired: active + 1, ordering: .relaxed).exchanged {
                 return .admit

@@ -83,7 +83,31 @@ public final class ProxyMetrics: Sendable {
         help: "Packets --capture dropped because the writer fell behind."
     )
 
-    /// Every metric tcpproxy exports.
+    // SOCKS listeners only (target `socks`): made there and nowhere else, so other listeners export none.
+
+    public static let socksHandshakes = ProxyMetricDefinition(
+        name: "tcpproxy_socks_handshakes_total",
+        kind: .counter,
+        labels: ["version": socksVersions.map(\.rawValue)],
+        help: "SOCKS requests read in full, by protocol version (4, 4a, 5)."
+    )
+    public static let socksAuthenticationFailures = ProxyMetricDefinition(
+        name: "tcpproxy_socks_auth_failures_total",
+        kind: .counter,
+        labels: [:],
+        help: "SOCKS clients refused at authentication: wrong user or password, no acceptable method, SOCKS4 with --users."
+    )
+    public static let socksReplies = ProxyMetricDefinition(
+        name: "tcpproxy_socks_replies_total",
+        kind: .counter,
+        labels: ["code": socksReplyCodes.map(SOCKSReply.label)],
+        help: "SOCKS request replies sent, by code: SOCKS5 0x00 to 0x08, SOCKS4 0x5a (granted) and 0x5b (rejected)."
+    )
+
+    /// The metrics a SOCKS listener exports besides ``all``.
+    public static let socks: [ProxyMetricDefinition] = [socksHandshakes, socksAuthenticationFailures, socksReplies]
+
+    /// Every metric tcpproxy exports on every listener (SOCKS listeners add ``socks``).
     public static let all: [ProxyMetricDefinition] = [
         bridgesActive, connectionsAccepted, connectionsRejected, bytes, connectFailures, timeouts,
         bridgesClosed, bridgeDuration, captureDropped,
@@ -105,13 +129,13 @@ public final class ProxyMetrics: Sendable {
 
     // MARK: Label values, in index order
 
-    static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed]
+    static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed, .loopRefused, .noOriginalDestination]
     static let timeoutKinds: [(reason: CloseReason, kind: String)] = [
         (.connectTimeout, "connect"), (.stallTimeout, "stall"), (.idleTimeout, "idle"), (.drainTimeout, "drain"),
     ]
     static let closeReasons: [CloseReason] = [
         .completed, .clientReset, .serverReset, .connectFailed, .connectTimeout, .stallTimeout, .idleTimeout,
-        .drainTimeout, .limitReached, .notAllowed,
+        .drainTimeout, .limitReached, .notAllowed, .loopRefused, .noOriginalDestination,
     ]
 
     // MARK: The metric objects
@@ -126,6 +150,7 @@ public final class ProxyMetrics: Sendable {
     private let closedCounters: [CoreMetrics.Counter]  // by closeIndex
     private let duration: CoreMetrics.Timer
     private let captureDroppedCounter: CoreMetrics.Counter
+    private let socksCounters: SOCKSCounters?  // SOCKS listeners only
 
     /// - Parameters:
     ///   - listener: the listener's name.
@@ -155,6 +180,13 @@ public final class ProxyMetrics: Sendable {
         self.closedCounters = Self.closeReasons.map { counter(Self.bridgesClosed, ("reason", $0.rawValue)) }
         self.duration = CoreMetrics.Timer(label: Self.bridgeDuration.name, dimensions: base, factory: factory)
         self.captureDroppedCounter = counter(Self.captureDropped)
+        self.socksCounters =
+            target == "socks"
+            ? SOCKSCounters(
+                handshakes: Self.socksVersions.map { counter(Self.socksHandshakes, ("version", $0.rawValue)) },
+                authenticationFailures: counter(Self.socksAuthenticationFailures),
+                replies: Self.socksReplyCodes.map { counter(Self.socksReplies, ("code", SOCKSReply.label($0))) }
+            ) : nil
     }
 
     // MARK: Events
@@ -200,12 +232,40 @@ public final class ProxyMetrics: Sendable {
         self.captureDroppedCounter.increment(by: count)
     }
 
+    /// A SOCKS client's request was read in full.
+    func socksHandshake(_ version: SOCKSVersion) {
+        self.socksCounters?.handshakes[Self.socksVersions.firstIndex(of: version)!].increment()
+    }
+
+    /// A SOCKS client was refused at authentication.
+    func socksAuthenticationFailed() {
+        self.socksCounters?.authenticationFailures.increment()
+    }
+
+    /// A SOCKS request reply with this code was sent.
+    func socksReplied(_ code: UInt8) {
+        guard let index = Self.socksReplyCodes.firstIndex(of: code) else { return }
+        self.socksCounters?.replies[index].increment()
+    }
+
+    /// The SOCKS counters, by the index of their label value.
+    private struct SOCKSCounters: Sendable {
+        var handshakes: [CoreMetrics.Counter]
+        var authenticationFailures: CoreMetrics.Counter
+        var replies: [CoreMetrics.Counter]
+    }
+
+    static let socksVersions = SOCKSVersion.allCases
+    static let socksReplyCodes: [UInt8] = Array(0x00...0x08) + [0x5A, 0x5B]
+
     // MARK: Indexes (must match the label lists above)
 
     static func rejectIndex(_ reason: CloseReason) -> Int? {
         switch reason {
         case .limitReached: 0
         case .notAllowed: 1
+        case .loopRefused: 2
+        case .noOriginalDestination: 3
         default: nil
         }
     }
@@ -232,6 +292,8 @@ public final class ProxyMetrics: Sendable {
         case .drainTimeout: 7
         case .limitReached: 8
         case .notAllowed: 9
+        case .loopRefused: 10
+        case .noOriginalDestination: 11
         }
     }
 }

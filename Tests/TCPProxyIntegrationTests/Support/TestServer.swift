@@ -31,14 +31,21 @@ final class TestServer: @unchecked Sendable {
     /// - Parameters:
     ///   - backlog: listen() backlog; 0 lets one connection queue, so a second connect's SYN is dropped.
     ///   - receiveBufferSize: SO_RCVBUF set on the listener (inherited by accepted sockets).
-    init(host: String = "127.0.0.1", backlog: Int32 = 256, receiveBufferSize: Int? = nil, handler: Handler? = nil) throws {
+    ///   - port: the port to listen on; 0 (the default) for a free one.
+    init(
+        host: String = "127.0.0.1",
+        port: Int = 0,
+        backlog: Int32 = 256,
+        receiveBufferSize: Int? = nil,
+        handler: Handler? = nil
+    ) throws {
         _ = ignoreSIGPIPE
         let fd = try TestSocket.makeSocket(family: host.contains(":") ? AF_INET6 : AF_INET)
         let listener = TestSocket(adopting: fd)
         listener.setOption(SOL_SOCKET, SO_REUSEADDR, 1)
         if let receiveBufferSize { listener.setReceiveBufferSize(receiveBufferSize) }
-        let bound = try TestSocket.withAddress(host: host, port: 0) { address, length, _ in bind(fd, address, length) }
-        guard bound == 0 else { throw SocketError.system("bind \(host):0", errno) }
+        let bound = try TestSocket.withAddress(host: host, port: port) { address, length, _ in bind(fd, address, length) }
+        guard bound == 0 else { throw SocketError.system("bind \(host):\(port)", errno) }
         guard listen(fd, backlog) == 0 else { throw SocketError.system("listen", errno) }
         self.host = host
         self.listener = listener

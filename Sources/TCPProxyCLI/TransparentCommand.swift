@@ -1,0 +1,52 @@
+import ArgumentParser
+import TCPProxyCore
+
+/// `tcpproxy transparent --listen HOST:PORT [--mode tproxy|redirect] [--spoof-source]`: connections the
+/// Linux firewall sends here go on to their original destination (SPEC §3, docs/TRANSPARENT.md).
+struct TransparentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "transparent",
+        abstract: "Forward intercepted connections to their original destination (TPROXY or REDIRECT).",
+        discussion: """
+            --mode redirect (the default) takes connections from an iptables REDIRECT or DNAT rule (nftables \
+            redirect, dnat) and reads each one's original destination from conntrack; it needs no privilege \
+            and no special routing. --mode tproxy takes connections from an iptables TPROXY rule (nftables \
+            tproxy); it needs CAP_NET_ADMIN and a policy route. --spoof-source connects to each server from \
+            the client's own address; it needs CAP_NET_ADMIN, and the server's replies must be routed back \
+            through this host. A connection whose original destination is this listener itself is refused. \
+            The rules and routes, for IPv4 and IPv6, are in docs/TRANSPARENT.md.
+
+            Examples:
+              tcpproxy transparent --listen :15001
+              tcpproxy transparent --listen [::]:15001 --mode tproxy --spoof-source
+            """
+    )
+
+    @Option(
+        help: "Where to accept intercepted clients: HOST:PORT, [IPV6]:PORT ([::]:PORT takes IPv4 too), or :PORT.",
+        transform: { try parseEndpoint($0, option: "--listen") }
+    )
+    var listen: Endpoint
+
+    @Option(help: "How clients are intercepted: redirect (iptables REDIRECT/DNAT) or tproxy (iptables TPROXY).")
+    var mode: TransparentConfiguration.Interception = .redirect
+
+    @Flag(help: "Connect to servers from the client's address, so they see the real client (needs CAP_NET_ADMIN and routing).")
+    var spoofSource = false
+
+    @OptionGroup var options: CommonOptions
+
+    func run() async throws {
+        let configuration = ProxyConfiguration(
+            listen: self.listen,
+            mode: .transparent(TransparentConfiguration(interception: self.mode, spoofSource: self.spoofSource)),
+            name: "transparent",
+            bridge: self.options.bridgeConfiguration,
+            admission: self.options.admissionPolicy,
+            acceptProxyProtocol: self.options.acceptProxyProtocol
+        )
+        try await ProxyRunner.run([configuration], options: self.options)
+    }
+}
+
+extension TransparentConfiguration.Interception: ExpressibleByArgument {}

@@ -1,0 +1,35 @@
+import CoreMetrics
+
+/// The per-target metrics of a `forward` listener with several targets: up or down, open bridges,
+/// connects and connect failures. Labelled `listener` and `target`.
+final class TargetMetrics: Sendable {
+    /// `tcpproxy_target_up`: 1 while the target takes clients first, 0 while it is down.
+    static let upName = "tcpproxy_target_up"
+    /// `tcpproxy_target_bridges_active`: bridges open to the target.
+    static let activeName = "tcpproxy_target_bridges_active"
+    /// `tcpproxy_target_connects_total`: server connections made to the target.
+    static let connectsName = "tcpproxy_target_connects_total"
+    /// `tcpproxy_target_connect_failures_total`: connects to the target that failed.
+    static let failuresName = "tcpproxy_target_connect_failures_total"
+
+    private let up: CoreMetrics.Gauge
+    private let active: CoreMetrics.Meter
+    private let connects: CoreMetrics.Counter
+    private let failures: CoreMetrics.Counter
+
+    init(listener: String, target: String, factory: any MetricsFactory) {
+        let dimensions = [("listener", listener), ("target", target)]
+        self.up = CoreMetrics.Gauge(label: Self.upName, dimensions: dimensions, factory: factory)
+        self.active = CoreMetrics.Meter(label: Self.activeName, dimensions: dimensions, factory: factory)
+        self.connects = CoreMetrics.Counter(label: Self.connectsName, dimensions: dimensions, factory: factory)
+        self.failures = CoreMetrics.Counter(label: Self.failuresName, dimensions: dimensions, factory: factory)
+    }
+
+    func setUp(_ isUp: Bool) { self.up.record(isUp ? 1 : 0) }
+    func connected() {
+        self.connects.increment()
+        self.active.increment()
+    }
+    func released() { self.active.decrement() }
+    func connectFailed() { self.failures.increment() }
+}

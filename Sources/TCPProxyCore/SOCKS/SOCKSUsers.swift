@@ -1,0 +1,104 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The users of `--users FILE`: one `user:password` per line, for RFC 1929 username/password authentication.
+///
+/// Blank lines and lines starting with `#` are skipped; a password may contain `:` (the first one ends the
+/// user name); CRLF line ends work too. User names and passwords are 1 to 255 bytes, as RFC 1929 carries
+/// them. Anything else is an error naming the line, so a typo cannot silently lock users out or let them in.
+public struct SOCKSUsers: Sendable, Hashable {
+    /// Password by user name, both as bytes.
+    private var passwords: [[UInt8]: [UInt8]]
+
+    /// How many users there are.
+    public var count: Int { self.passwords.count }
+
+    /// The most bytes read from a users file.
+    static let maximumFileSize = 1 << 20
+
+    /// Parses the text of a users file.
+    /// - Parameters:
+    ///   - text: the file's contents.
+    ///   - path: the file's name, for error messages.
+    /// - Throws: ``SOCKSUsersError`` naming the first bad line, or saying there is no user at all.
+    public init(parsing text: String, path: String = "-") throws {
+        var passwords: [[UInt8]: [UInt8]] = [:]
+        // "\r\n" is one Character in Swift, so CRLF files split like LF ones.
+        let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
+        for (index, line) in lines.enumerated() {
+            if line.allSatisfy({ $0 == " " || $0 == "\t" }) || line.hasPrefix("#") { continue }
+            func fail(_ reason: String) -> SOCKSUsersError {
+                SOCKSUsersError(path: path, line: index + 1, reason: reason)
+            }
+            guard let colon = line.firstIndex(of: ":") else { throw fail("expected user:password") }
+            let user = Array(line[..<colon].utf8)
+            let password = Array(line[line.index(after: colon)...].utf8)
+            guard (1...255).contains(user.count) else { throw fail("the user name must be 1 to 255 bytes") }
+            guard (1...255).contains(password.count) else { throw fail("the password must be 1 to 255 bytes") }
+            guard passwords[user] == nil else { throw fail("user '\(line[..<colon])' appears twice") }
+            passwords[user] = password
+        }
+        guard !passwords.isEmpty else { throw SOCKSUsersError(path: path, line: nil, reason: "no users in the file") }
+        self.passwords = passwords
+    }
+
+    /// Reads and parses a users file.
+    /// - Throws: ``SOCKSUsersError`` when the file cannot be read or parsed.
+    public init(contentsOfFile path: String) throws {
+        try self.init(parsing: try SOCKSUsers.readFile(path), path: path)
+    }
+
+    /// Whether `credentials` name a user and that user's password. Compares the whole password whatever
+    /// its first wrong byte, so the time taken does not tell how much of a guess was right.
+    func authenticate(_ credentials: SOCKS5Credentials) -> Bool {
+        guard let expected = self.passwords[credentials.username] else { return false }
+        guard expected.count == credentials.password.count else { return false }
+        var difference: UInt8 = 0
+        for (a, b) in zip(expected, credentials.password) { difference |= a ^ b }
+        return difference == 0
+    }
+
+    private static func readFile(_ path: String) throws -> String {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw SOCKSUsersError(path: path, line: nil, reason: SOCKSUsers.errorText(errno)) }
+        defer { close(descriptor) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw SOCKSUsersError(path: path, line: nil, reason: SOCKSUsers.errorText(errno))
+            }
+            if count == 0 { break }
+            bytes += chunk[0..<count]
+            guard bytes.count <= Self.maximumFileSize else {
+                throw SOCKSUsersError(path: path, line: nil, reason: "larger than 1 MiB")
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    private static func errorText(_ code: Int32) -> String {
+        String(cString: strerror(code)).lowercased()
+    }
+}
+
+/// A `--users` file that cannot be used.
+public struct SOCKSUsersError: Error, Hashable, CustomStringConvertible {
+    /// The file.
+    public var path: String
+    /// The 1-based line at fault, if one is.
+    public var line: Int?
+    /// What is wrong, in a few lowercase words.
+    public var reason: String
+
+    public var description: String {
+        "cannot use users file '\(self.path)': " + (self.line.map { "line \($0): " } ?? "") + self.reason
+    }
+}

@@ -1,0 +1,59 @@
+import NIOCore
+
+/// Connects a client to one of several targets: the pool's pick first; when a connect fails the target
+/// is marked down and the next one is tried, at most once each and within `--connect-timeout` overall,
+/// so no client sees a failure while a healthy target exists.
+struct PooledServerConnector: ServerConnector {
+    let pool: TargetPool
+
+    func connect(
+        on eventLoop: EventLoop,
+        configuration: BridgeConfiguration,
+        initialize: @escaping @Sendable (Channel) throws -> Void
+    ) -> EventLoopFuture<Channel> {
+        let promise = eventLoop.makePromise(of: Channel.self)
+        let deadline = eventLoop.now + configuration.connectTimeout
+        let order = self.pool.order(now: eventLoop.now)
+        self.attempt(order[...], deadline: deadline, lastError: nil, on: eventLoop, configuration, initialize, promise)
+        return promise.futureResult
+    }
+
+    private func attempt(
+        _ remaining: ArraySlice<Int>,
+        deadline: NIODeadline,
+        lastError: Error?,
+        on eventLoop: EventLoop,
+        _ configuration: BridgeConfiguration,
+        _ initialize: @escaping @Sendable (Channel) throws -> Void,
+        _ promise: EventLoopPromise<Channel>
+    ) {
+        let timeLeft = deadline - eventLoop.now
+        guard let index = remaining.first, timeLeft > .zero else {
+            promise.fail(lastError ?? ChannelError.connectTimeout(configuration.connectTimeout))
+            return
+        }
+        var attemptConfiguration = configuration
+        attemptConfiguration.connectTimeout = timeLeft
+        let pool = self.pool
+        TCPServerConnector(target: pool.connectTargets[index])
+            .connect(on: eventLoop, configuration: attemptConfiguration, initialize: initialize)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    pool.connected(index)
+                    channel.closeFuture.whenComplete { _ in pool.released(index) }
+                    promise.succeed(channel)
+                case .failure(let error):
+                    pool.connectFailed(index, error: error, now: eventLoop.now)
+                    self.attempt(
+                        remaining.dropFirst(), deadline: deadline, lastError: error, on: eventLoop,
+                        configuration, initialize, promise
+                    )
+                }
+            }
+    }
+
+    var targetDescription: String {
+        self.pool.specs.map(\.endpoint.description).joined(separator: ",")
+    }
+}

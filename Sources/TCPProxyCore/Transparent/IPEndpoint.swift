@@ -1,0 +1,134 @@
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An IP address and port in network byte order, read from the raw `sockaddr` bytes the kernel gives
+/// (`getsockopt(SO_ORIGINAL_DST)`) or from a NIO `SocketAddress`.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack `[::]` listener sees for IPv4
+/// clients) is read as the IPv4 address it carries, so both spellings compare equal and the proxy
+/// connects over IPv4.
+struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
+    /// 4 bytes (IPv4) or 16 bytes (IPv6).
+    var address: [UInt8]
+    var port: UInt16
+
+    init(address: [UInt8], port: UInt16) {
+        precondition(address.count == 4 || address.count == 16, "an IP address has 4 or 16 bytes")
+        if address.count == 16, address[0..<10].allSatisfy({ $0 == 0 }), address[10] == 0xFF, address[11] == 0xFF {
+            self.address = Array(address[12..<16])
+        } else {
+            self.address = address
+        }
+        self.port = port
+    }
+
+    /// Reads a `struct sockaddr_in` or `struct sockaddr_in6`; `nil` for another family or too few bytes.
+    init?(sockaddr bytes: [UInt8]) {
+        let parsed: IPEndpoint? = bytes.withUnsafeBytes { raw in
+            guard raw.count >= MemoryLayout<sockaddr>.size else { return nil }
+            let family = Int32(raw.loadUnaligned(as: sockaddr.self).sa_family)
+            if family == AF_INET, raw.count >= MemoryLayout<sockaddr_in>.size {
+                let address = raw.loadUnaligned(as: sockaddr_in.self)
+                let ip = withUnsafeBytes(of: address.sin_addr) { Array($0) }
+                return IPEndpoint(address: ip, port: UInt16(bigEndian: address.sin_port))
+            }
+            if family == AF_INET6, raw.count >= MemoryLayout<sockaddr_in6>.size {
+                let address = raw.loadUnaligned(as: sockaddr_in6.self)
+                let ip = withUnsafeBytes(of: address.sin6_addr) { Array($0) }
+                return IPEndpoint(address: ip, port: UInt16(bigEndian: address.sin6_port))
+            }
+            return nil
+        }
+        guard let parsed else { return nil }
+        self = parsed
+    }
+
+    /// The endpoint of an IPv4 or IPv6 `SocketAddress`; `nil` for a Unix socket address.
+    init?(_ socketAddress: SocketAddress) {
+        switch socketAddress {
+        case .v4, .v6:
+            let bytes = socketAddress.withSockAddr { pointer, size in
+                Array(UnsafeRawBufferPointer(start: pointer, count: size))
+            }
+            self.init(sockaddr: bytes)
+        default:
+            return nil
+        }
+    }
+
+    var isIPv4: Bool { self.address.count == 4 }
+
+    /// `0.0.0.0` or `::`: a listener bound here accepts on every local address.
+    var isUnspecified: Bool { self.address.allSatisfy { $0 == 0 } }
+
+    /// `127.0.0.0/8` or `::1`: always this host.
+    var isLoopback: Bool {
+        self.isIPv4 ? self.address[0] == 127 : self.address == [UInt8](repeating: 0, count: 15) + [1]
+    }
+
+    /// The same endpoint with another port (`0` lets the kernel pick one).
+    func with(port: UInt16) -> IPEndpoint {
+        IPEndpoint(address: self.address, port: port)
+    }
+
+    /// The NIO address, for connecting and binding.
+    var socketAddress: SocketAddress {
+        let host = self.hostDescription
+        if self.isIPv4 {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = self.port.bigEndian
+            withUnsafeMutableBytes(of: &address.sin_addr) { $0.copyBytes(from: self.address) }
+            return SocketAddress(address, host: host)
+        }
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_port = self.port.bigEndian
+        withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: self.address) }
+        return SocketAddress(address, host: host)
+    }
+
+    /// `10.0.0.1:80`, `[fd00::1]:80`.
+    var description: String {
+        self.isIPv4 ? "\(self.hostDescription):\(self.port)" : "[\(self.hostDescription)]:\(self.port)"
+    }
+
+    /// The address alone: `10.0.0.1`, `fd00::1`.
+    var hostDescription: String {
+        if self.isIPv4 {
+            return self.address.map(String.init).joined(separator: ".")
+        }
+        var groups: [String] = []
+        for index in stride(from: 0, to: 16, by: 2) {
+            groups.append(String(UInt16(self.address[index]) << 8 | UInt16(self.address[index + 1]), radix: 16))
+        }
+        return Self.compress(groups)
+    }
+
+    /// RFC 5952 text: the longest run (two or more) of zero groups becomes `::`.
+    private static func compress(_ groups: [String]) -> String {
+        var best = (start: -1, length: 0)
+        var index = 0
+        while index < groups.count {
+            guard groups[index] == "0" else {
+                index += 1
+                continue
+            }
+            var end = index
+            while end < groups.count, groups[end] == "0" { end += 1 }
+            if end - index > best.length { best = (index, end - index) }
+            index = end
+        }
+        guard best.length >= 2 else { return groups.joined(separator: ":") }
+        let head = groups[..<best.start].joined(separator: ":")
+        let tail = groups[(best.start + best.length)...].joined(separator: ":")
+        return "\(head)::\(tail)"
+    }
+}

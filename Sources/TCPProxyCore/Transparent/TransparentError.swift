@@ -1,0 +1,13 @@
+/// Why a transparent listener cannot start.
+enum TransparentError: Error, Hashable, CustomStringConvertible {
+    /// Setting `IP_TRANSPARENT` (or `IPV6_TRANSPARENT`) failed with `EPERM`: `--mode tproxy` and
+    /// `--spoof-source` need CAP_NET_ADMIN.
+    case transparentNotPermitted(option: String)
+
+    var description: String {
+        switch self {
+        case .transparentNotPermitted(let option):
+            "\(option) needs CAP_NET_ADMIN (run as root or grant the capability)"
+        }
+    }
+}
