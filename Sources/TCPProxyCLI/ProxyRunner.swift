@@ -15,7 +15,16 @@ import Glibc
 
 /// Runs listeners until a signal: the first SIGINT/SIGTERM drains, a second one exits at once.
 enum ProxyRunner {
-    static func run(_ configurations: [ProxyConfiguration], options: CommonOptions) async throws {
+    /// - Parameters:
+    ///   - configurations: the listeners to run.
+    ///   - options: the common options (threads, logging, metrics).
+    ///   - extraServices: more services to run beside the listeners (mux, demux), given the event loops, the
+    ///     logger and the metrics factory (`--metrics`); they drain with the rest on the first signal.
+    static func run(
+        _ configurations: [ProxyConfiguration],
+        options: CommonOptions,
+        extraServices: (_ group: EventLoopGroup, _ logger: Logger, _ metrics: (any MetricsFactory)?) -> [any Service] = { _, _, _ in [] }
+    ) async throws {
         let format = options.logFormat
         let level = options.logLevel
         LoggingSystem.bootstrap { label in ProxyLogHandler(label: label, format: format, level: level) }
@@ -57,6 +66,7 @@ enum ProxyRunner {
             )
         }
         services += listeners.map { .init(service: $0) }
+        services += extraServices(group, logger, metricsFactory).map { .init(service: $0) }
         let dropReporter = Self.reportCaptureDrops(capture, to: listeners.first?.metrics, group: group, logger: logger)
         defer { dropReporter?.cancel() }
         let serviceGroup = ServiceGroup(

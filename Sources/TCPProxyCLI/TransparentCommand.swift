@@ -31,7 +31,7 @@ struct TransparentCommand: AsyncParsableCommand {
     @Option(help: "How clients are intercepted: redirect (iptables REDIRECT/DNAT) or tproxy (iptables TPROXY).")
     var mode: TransparentConfiguration.Interception = .redirect
 
-    @Flag(help: "Connect to servers from the client's address, so they see the real client (needs CAP_NET_ADMIN and routing).")
+    @Flag(help: "Connect to servers from the client's address, so they see the real client (CAP_NET_ADMIN, routing).")
     var spoofSource = false
 
     @OptionGroup var options: CommonOptions

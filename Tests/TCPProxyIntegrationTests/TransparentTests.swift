@@ -136,6 +136,24 @@ struct TransparentTests {
         #expect(await lab.proxy.waitForLine(containing: "close.reason=serverReset", timeout: 5) != nil)
     }
 
+    @Test(
+        "The original destination refuses the connection: the client is closed promptly and the log says connectFailed",
+        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+    )
+    func connectFailed(interception: Interception, family: Family) async throws {
+        let lab = try await TransparentLab.start(interception)
+        defer { lab.close() }
+        // Nothing listens on the server's port 7001: the server answers the proxy's SYN with a reset.
+        let client = try await lab.topology.connect(from: .client, to: Topology.serverAddress[family]!, port: Topology.serverPort + 1)
+        defer { client.close() }
+        let end = await client.waitForEnd(timeout: 5)
+        #expect(end.end == .eof || end.end == .reset, "the client is closed, got \(end.end)")
+        let closed = try #require(await lab.proxy.waitForLine(containing: "bridge closed", timeout: 5))
+        #expect(logValue("close.reason", in: closed) == "connectFailed")
+        let failed = try #require(lab.proxy.lines(containing: "bridge connect failed").first)
+        #expect(logValue("server.address", in: failed) == Topology.endpoint(Topology.serverAddress[family]!, Topology.serverPort + 1))
+    }
+
     // MARK: --spoof-source
 
     @Test(
@@ -143,12 +161,9 @@ struct TransparentTests {
         arguments: Interception.all.map(\.spoofing), [Family.ipv4, .ipv6]
     )
     func spoofSource(interception: Interception, family: Family) async throws {
-        let t0 = now()
         let lab = try await TransparentLab.start(interception)
-        print("DEBUG start", now() - t0)
-        defer { lab.close(); print("DEBUG total", now() - t0); print(lab.proxy.stderr) }
+        defer { lab.close() }
         let bridge = try await lab.open(family)
-        print("DEBUG open", now() - t0)
         defer { bridge.close() }
         #expect(bridge.peer == Topology.clientAddress[family], "the server sees the real client")
 

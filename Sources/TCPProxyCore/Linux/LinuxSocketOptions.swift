@@ -80,8 +80,14 @@ extension LinuxSocketOptions {
     /// `SO_ORIGINAL_DST` (`SOL_IP`, 80, <linux/netfilter_ipv4.h>) and `IP6T_SO_ORIGINAL_DST` (`SOL_IPV6`, 80,
     /// <linux/netfilter_ipv6/ip6_tables.h>): the destination conntrack saw before a `REDIRECT`/`DNAT`
     /// rewrote it, as a `struct sockaddr_in` / `sockaddr_in6`. `ENOENT` when the connection is not tracked.
-    private static let originalDestinationIPv4 = (level: NIOBSDSocket.OptionLevel(rawValue: 0), name: NIOBSDSocket.Option(rawValue: 80))
-    private static let originalDestinationIPv6 = (level: NIOBSDSocket.OptionLevel(rawValue: 41), name: NIOBSDSocket.Option(rawValue: 80))
+    private static let originalDestinationIPv4 = (
+        level: NIOBSDSocket.OptionLevel(rawValue: 0),
+        name: NIOBSDSocket.Option(rawValue: 80)
+    )
+    private static let originalDestinationIPv6 = (
+        level: NIOBSDSocket.OptionLevel(rawValue: 41),
+        name: NIOBSDSocket.Option(rawValue: 80)
+    )
 
     /// The transparent option for a socket of `address`'s family, for `ClientBootstrap.channelOption`.
     static func transparentOption(for address: SocketAddress) -> ChannelOptions.Types.SocketOption {
@@ -137,14 +143,19 @@ extension LinuxSocketOptions {
                 level: Self.originalDestinationIPv6.level,
                 name: Self.originalDestinationIPv6.name
             )
-            future.assumeIsolated().whenComplete { result = $0.map { address in withUnsafeBytes(of: address) { Array($0) } } }
+            future.assumeIsolated().whenComplete { result = $0.map(Self.bytes(of:)) }
         } else {
             let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(
                 level: Self.originalDestinationIPv4.level,
                 name: Self.originalDestinationIPv4.name
             )
-            future.assumeIsolated().whenComplete { result = $0.map { address in withUnsafeBytes(of: address) { Array($0) } } }
+            future.assumeIsolated().whenComplete { result = $0.map(Self.bytes(of:)) }
         }
         return try result.get()
+    }
+
+    /// The bytes of a C struct, as the kernel wrote them.
+    private static func bytes<Value>(of value: Value) -> [UInt8] {
+        withUnsafeBytes(of: value) { Array($0) }
     }
 }

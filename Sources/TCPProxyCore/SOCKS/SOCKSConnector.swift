@@ -32,6 +32,10 @@ struct SOCKSConnector: ServerConnector {
         configuration: BridgeConfiguration,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
+        // The bridge calls this on its event loop; anyone else gets there first.
+        guard eventLoop.inEventLoop else {
+            return eventLoop.flatSubmit { self.connect(on: eventLoop, configuration: configuration, initialize: initialize) }
+        }
         let promise = eventLoop.makePromise(of: Channel.self)
         let timeout = configuration.connectTimeout
         let deadline = NIODeadline.now() + timeout

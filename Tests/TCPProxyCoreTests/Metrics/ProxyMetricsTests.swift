@@ -37,8 +37,11 @@ struct ProxyMetricsTests {
     @Test("init creates every metric of the list, all at zero, with listener and target labels")
     func creation() throws {
         let (_, factory) = self.make()
-        // 1 accepted + 2 rejected + 2 bytes + 1 connect failures + 4 timeouts + 10 closed + 1 capture dropped.
-        #expect(factory.counters.count == 21)
+        // 1 accepted + one per reject reason + 2 bytes + 1 connect failures + 4 timeouts + one per close
+        // reason + 1 capture dropped.
+        let expected = 1 + ProxyMetrics.rejectReasons.count + 2 + 1 + ProxyMetrics.timeoutKinds.count
+            + ProxyMetrics.closeReasons.count + 1
+        #expect(factory.counters.count == expected)
         #expect(Self.nonZeroCounters(factory).isEmpty)
         for counter in factory.counters {
             #expect(Array(counter.dimensions.prefix(2).map(\.0)) == ["listener", "target"])

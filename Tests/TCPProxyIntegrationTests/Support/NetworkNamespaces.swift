@@ -203,6 +203,11 @@ final class Topology: @unchecked Sendable {
         let (c, r, s) = (self.client, self.router, self.server)
         let steps: [[String]] = [
             ["ip", "netns", "add", c], ["ip", "netns", "add", r], ["ip", "netns", "add", s],
+        ]
+        // No duplicate address detection: with it, new links keep tentative link-local addresses for
+        // a second or two, and neighbour discovery for spoofed IPv6 sources waits for them.
+        let noDAD = "echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad; echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad"
+        let links: [[String]] = [c, r, s].map { ["ip", "netns", "exec", $0, "sh", "-c", noDAD] } + [
             ["ip", "link", "add", "c0", "netns", c, "type", "veth", "peer", "name", "r1", "netns", r],
             ["ip", "link", "add", "s0", "netns", s, "type", "veth", "peer", "name", "r2", "netns", r],
             ["ip", "-n", c, "link", "set", "lo", "up"], ["ip", "-n", r, "link", "set", "lo", "up"],
@@ -226,7 +231,7 @@ final class Topology: @unchecked Sendable {
                 "echo 1 > /proc/sys/net/ipv4/ip_forward; echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
             ],
         ]
-        for step in steps {
+        for step in steps + links {
             let result = Command.run(step)
             guard result.status == 0 else {
                 throw TopologyError.command(step.joined(separator: " "), result.output)
@@ -344,7 +349,7 @@ final class NamespaceListener: @unchecked Sendable {
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         var address = storage.sin6_addr
         inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
-        var peer = String(cString: text)
+        var peer = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         if peer.hasPrefix("::ffff:") { peer.removeFirst("::ffff:".count) }
         return (TestSocket(adopting: fd), peer)
     }
