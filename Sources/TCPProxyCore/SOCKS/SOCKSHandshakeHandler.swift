@@ -224,8 +224,8 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
             self.setup.logger.info(
                 "socks handshake failed",
                 metadata: [
-                    "bridge.id": "\(self.setup.id)", "error": "client closed during the handshake",
-                    "close.reason": "\(reason)",
+                    "bridge.id": "\(self.setup.id)", "client.address": "\(self.clientAddress(context).logDescription)",
+                    "error": "client closed during the handshake", "close.reason": "\(reason)",
                 ]
             )
         }

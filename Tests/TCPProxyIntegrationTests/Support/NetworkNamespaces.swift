@@ -34,8 +34,22 @@ enum NetworkNamespaces {
         } catch {
             return "cannot enter a network namespace here (setns: \(error))"
         }
+        Self.removeStaleNamespaces()
         return nil
     }()
+
+    /// Deletes namespaces that an earlier test process (`tcpproxy-PID-…`, PID no longer running) left
+    /// behind because it was killed before its `defer`s ran.
+    private static func removeStaleNamespaces() {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []
+        for name in names where name.hasPrefix("tcpproxy-") {
+            let fields = name.split(separator: "-")
+            guard fields.count >= 3, let pid = Int32(fields[fields[1] == "probe" ? 2 : 1]), pid != getpid() else { continue }
+            if kill(pid, 0) != 0 && errno == ESRCH {
+                Command.run(["ip", "netns", "del", name])
+            }
+        }
+    }
 
     static var available: Bool { unavailableReason == nil }
 

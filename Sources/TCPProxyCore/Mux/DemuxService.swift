@@ -1,0 +1,102 @@
+import Atomics
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+/// `tcpproxy demux`: accepts tunnel connections from muxes; each stream opened on one becomes a connection
+/// to the target. A `Service` that runs until graceful shutdown, then stops accepting tunnels, sends GOAWAY
+/// on each, and lets open streams finish within the drain timeout.
+public final class DemuxService: Service, Sendable {
+    private let configuration: MuxConfiguration
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let environment: MuxStreamEnvironment
+    private let activeTunnels = ManagedAtomic<Int>(0)
+
+    /// - Parameters:
+    ///   - configuration: the listener, the target and the limits.
+    ///   - group: the event loops; each tunnel and its streams' server connections share one.
+    ///   - logger: the logger.
+    ///   - metrics: the listener's metrics; each stream counts as a bridge.
+    public init(configuration: MuxConfiguration, group: EventLoopGroup, logger: Logger, metrics: ProxyMetrics? = nil) {
+        precondition(configuration.target != nil, "demux needs a target")
+        self.configuration = configuration
+        self.group = group
+        var logger = logger
+        logger[metadataKey: "listener"] = "demux"
+        self.logger = logger
+        self.environment = MuxStreamEnvironment(
+            configuration: configuration,
+            logger: logger,
+            metrics: metrics,
+            bridgeIDs: ManagedAtomic(1),
+            activeStreams: ManagedAtomic(0),
+            target: ConnectTarget(configuration.target!)
+        )
+    }
+
+    /// Open streams right now.
+    public var activeStreamCount: Int { self.environment.activeStreams.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        let quiescing = ServerQuiescingHelper(group: self.group)
+        let channel = try await self.bind(quiescing: quiescing)
+        self.logger.info(
+            "listening on \(channel.localAddress.map(\.logDescription) ?? self.configuration.listen.description)",
+            metadata: ["mode": "demux", "target": "\(self.configuration.target!)"]
+        )
+        try? await gracefulShutdown()
+        self.logger.notice("draining", metadata: ["bridges.active": "\(self.activeStreamCount)"])
+        let drained = self.group.next().makePromise(of: Void.self)
+        quiescing.initiateShutdown(promise: drained)
+        try? await drained.futureResult.get()
+        self.logger.info("listener stopped")
+    }
+
+    private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
+        let listen = self.configuration.listen
+        let logger = self.logger
+        do {
+            return try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                    }
+                }
+                .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try self.initializeTunnel(channel)
+                    }
+                }
+                .bind(host: listen.host, port: listen.port)
+                .get()
+        } catch {
+            throw ListenerError(endpoint: listen, underlying: error)
+        }
+    }
+
+    private func initializeTunnel(_ channel: Channel) throws {
+        let peer = channel.remoteAddress.logDescription
+        guard self.configuration.admission.allows(channel.remoteAddress) else {
+            self.logger.info("tunnel rejected", metadata: ["tunnel.peer": "\(peer)", "close.reason": "notAllowed"])
+            channel.close(promise: nil)
+            return
+        }
+        let session = MuxSession(role: .demux, channel: channel, environment: self.environment)
+        let activeTunnels = self.activeTunnels
+        let logger = self.logger
+        activeTunnels.wrappingIncrement(ordering: .relaxed)
+        logger.info("tunnel accepted", metadata: ["tunnel.peer": "\(peer)"])
+        session.closed = {
+            activeTunnels.wrappingDecrement(ordering: .relaxed)
+            logger.info("tunnel closed", metadata: ["tunnel.peer": "\(peer)"])
+        }
+        try channel.pipeline.syncOperations.addHandler(MuxTunnelHandler(session: session))
+    }
+}

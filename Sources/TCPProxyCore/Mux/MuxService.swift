@@ -1,0 +1,153 @@
+import Atomics
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+/// `tcpproxy mux`: accepts clients and carries each one as a stream over one (or `--tunnels N`) tunnel
+/// connections to a demux. A `Service` that runs until graceful shutdown, then stops accepting, lets open
+/// streams finish within the drain timeout, and closes its tunnels with GOAWAY.
+///
+/// Each tunnel lives on an event loop of the service's own group, and clients are accepted on the same
+/// loops, so a client and the tunnel carrying it share a thread and need no locks.
+public final class MuxService: Service, Sendable {
+    private let configuration: MuxConfiguration
+    private let group: MultiThreadedEventLoopGroup
+    private let logger: Logger
+    private let environment: MuxStreamEnvironment
+    private let connections: [MuxTunnelConnection]
+    private let nextConnection = ManagedAtomic<Int>(0)
+
+    /// - Parameters:
+    ///   - configuration: the listener, the tunnel endpoint and the limits.
+    ///   - threads: the most event-loop threads to use (one per tunnel at most).
+    ///   - logger: the logger.
+    ///   - metrics: the listener's metrics; each stream counts as a bridge.
+    public init(configuration: MuxConfiguration, threads: Int, logger: Logger, metrics: ProxyMetrics? = nil) {
+        precondition(configuration.tunnel != nil, "mux needs a tunnel endpoint")
+        self.configuration = configuration
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(threads, configuration.tunnels)))
+        var logger = logger
+        logger[metadataKey: "listener"] = "mux"
+        self.logger = logger
+        let environment = MuxStreamEnvironment(
+            configuration: configuration,
+            logger: logger,
+            metrics: metrics,
+            bridgeIDs: ManagedAtomic(1),
+            activeStreams: ManagedAtomic(0),
+            target: nil
+        )
+        self.environment = environment
+        let loops = Array(self.group.makeIterator())
+        self.connections = (0..<max(1, configuration.tunnels)).map { index in
+            MuxTunnelConnection(
+                index: index,
+                eventLoop: loops[index % loops.count],
+                tunnel: configuration.tunnel!,
+                environment: environment
+            )
+        }
+    }
+
+    /// Open streams right now.
+    public var activeStreamCount: Int { self.environment.activeStreams.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        let quiescing = ServerQuiescingHelper(group: self.group)
+        let channel: Channel
+        do {
+            channel = try await self.bind(quiescing: quiescing)
+        } catch {
+            try? await self.group.shutdownGracefully()
+            throw error
+        }
+        self.logger.info(
+            "listening on \(channel.localAddress.map(\.logDescription) ?? self.configuration.listen.description)",
+            metadata: ["mode": "mux", "tunnel.address": "\(self.configuration.tunnel!)", "tunnels": "\(self.connections.count)"]
+        )
+        for connection in self.connections { connection.start() }
+
+        try? await gracefulShutdown()
+
+        self.logger.notice("draining", metadata: ["bridges.active": "\(self.activeStreamCount)"])
+        let drained = self.group.next().makePromise(of: Void.self)
+        quiescing.initiateShutdown(promise: drained)
+        try? await drained.futureResult.get()
+        for connection in self.connections { connection.stop() }
+        // Give the GOAWAYs a moment to leave.
+        try? await Task.sleep(for: .milliseconds(50))
+        try? await self.group.shutdownGracefully()
+        self.logger.info("listener stopped")
+    }
+
+    private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
+        let listen = self.configuration.listen
+        let logger = self.logger
+        do {
+            return try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
+                        try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
+                    }
+                }
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try self.initializeClient(channel)
+                    }
+                }
+                .bind(host: listen.host, port: listen.port)
+                .get()
+        } catch {
+            throw ListenerError(endpoint: listen, underlying: error)
+        }
+    }
+
+    /// Admits or turns away a client; an admitted one becomes a stream on a tunnel of its event loop.
+    private func initializeClient(_ channel: Channel) throws {
+        self.environment.metrics?.accepted()
+        let decision = self.configuration.admission.decide(
+            address: channel.remoteAddress,
+            activeBridges: self.activeStreamCount
+        )
+        guard decision == .admit else {
+            let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
+            self.environment.metrics?.rejected(reason)
+            self.logger.info(
+                "connection rejected",
+                metadata: ["client.address": "\(channel.remoteAddress.logDescription)", "close.reason": "\(reason)"]
+            )
+            try channel.pipeline.syncOperations.addHandler(MuxCloseOnActiveHandler())
+            return
+        }
+        try BridgeChannelOptions.apply(self.configuration.bridge, to: channel, reading: .upstream)
+        let stream = MuxStream(role: .mux, environment: self.environment, eventLoop: channel.eventLoop)
+        try channel.pipeline.syncOperations.addHandler(stream.handler)
+        stream.accepted(channel)
+        self.connection(on: channel.eventLoop).attach(stream)
+    }
+
+    /// The least loaded tunnel connection on `eventLoop`.
+    private func connection(on eventLoop: EventLoop) -> MuxTunnelConnection {
+        let local = self.connections.filter { $0.eventLoop === eventLoop }
+        guard let first = local.first else {
+            // Not expected: clients are accepted only on the tunnels' loops.
+            preconditionFailure("no tunnel on the client's event loop")
+        }
+        return local.min { $0.load < $1.load } ?? first
+    }
+}
+
+/// Closes a client that was turned away as soon as it is active.
+private final class MuxCloseOnActiveHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.close(promise: nil)
+    }
+}

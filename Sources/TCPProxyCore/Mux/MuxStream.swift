@@ -1,0 +1,507 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// One stream of a tunnel at one end: its local socket, its state machine and windows, and the glue to the
+/// ``MuxSession`` that carries its frames.
+///
+/// Everything runs on the tunnel's event loop (the local socket is made or accepted on it), so no locks.
+/// Bytes read from the local socket become DATA frames while the stream has credit and the tunnel is
+/// writable; otherwise reading pauses. Bytes from DATA frames are written to the local socket, and their
+/// credit goes back to the peer only once they are written out.
+final class MuxStream {
+    typealias Machine = MuxStreamStateMachine
+
+    /// The `bridge.id` in logs.
+    let bridgeID: UInt64
+    /// The stream id on the tunnel, once opened.
+    private(set) var streamID: UInt32 = 0
+    let role: Machine.Role
+    let environment: MuxStreamEnvironment
+    let eventLoop: EventLoop
+    private(set) var logger: Logger
+    private var configuration: BridgeConfiguration { self.environment.configuration.bridge }
+
+    private var machine: Machine
+    private var window: MuxWindow
+    let handler = MuxStreamHandler()
+    private(set) var localChannel: Channel?
+    private(set) var session: MuxSession?
+    /// Called once when the stream has ended (the mux's tunnel connection forgets a waiting stream).
+    var finished: ((MuxStream) -> Void)?
+
+    /// Read from the local socket, not yet sent (no credit, or the tunnel not up): at most the high-water
+    /// mark while waiting for the tunnel, else one read.
+    private var pendingOut = CircularBuffer<ByteBuffer>(initialCapacity: 1)
+    private var pendingOutBytes = 0
+    /// An EOF frame goes after the pending bytes.
+    private var eofQueued = false
+    private var eofSent = false
+    /// Demux: DATA that arrived before the server was connected (bounded by the window).
+    private var pendingIn = CircularBuffer<ByteBuffer>(initialCapacity: 1)
+    /// Bytes written to the local socket since its last flush.
+    private var unflushed = 0
+    private var connectedLogged = false
+    /// The local socket closed after both EOFs, but bytes it sent still wait for credit: the stream ends,
+    /// for this reason, once they and the EOF frame are sent.
+    private var finishingReason: CloseReason?
+    private var finishTimer: Scheduled<Void>?
+
+    private(set) var bytesFromLocal: UInt64 = 0
+    private(set) var bytesFromTunnel: UInt64 = 0
+    private var bytesSent: UInt64 = 0
+    private var reportedUp: UInt64 = 0
+    private var reportedDown: UInt64 = 0
+    private let startTime: NIODeadline
+    private var timeouts: BridgeTimeouts
+    private var timer: Scheduled<Void>?
+    private var waitTimer: Scheduled<Void>?
+    private var drainTimer: Scheduled<Void>?
+
+    /// - Parameters:
+    ///   - role: which end of the tunnel.
+    ///   - environment: settings, logger and bookkeeping.
+    ///   - eventLoop: the tunnel's event loop.
+    init(role: Machine.Role, environment: MuxStreamEnvironment, eventLoop: EventLoop) {
+        self.role = role
+        self.environment = environment
+        self.eventLoop = eventLoop
+        self.bridgeID = environment.nextBridgeID()
+        self.machine = Machine(role: role)
+        self.window = MuxWindow(initialWindow: environment.configuration.initialWindow)
+        var logger = environment.logger
+        logger[metadataKey: "bridge.id"] = "\(self.bridgeID)"
+        self.logger = logger
+        let now = eventLoop.now
+        self.startTime = now
+        self.timeouts = BridgeTimeouts(
+            stallTimeout: environment.configuration.bridge.stallTimeout,
+            idleTimeout: environment.configuration.bridge.idleTimeout,
+            now: now
+        )
+        self.handler.stream = self
+        environment.streamStarted()
+    }
+
+    /// Bytes from client to server, and back (the names of SPEC §4).
+    private var bytesUpstream: UInt64 { self.role == .mux ? self.bytesFromLocal : self.bytesFromTunnel }
+    private var bytesDownstream: UInt64 { self.role == .mux ? self.bytesFromTunnel : self.bytesFromLocal }
+
+    // MARK: Mux: a client that waits for the tunnel, then is opened on it
+
+    /// Mux: the client is accepted; it waits for a tunnel for at most the connect timeout.
+    func waitForTunnel() {
+        guard self.waitTimer == nil, self.machine.isConnecting else { return }
+        self.waitTimer = self.eventLoop.assumeIsolated().scheduleTask(in: self.configuration.connectTimeout) {
+            self.waitTimer = nil
+            guard self.machine.isConnecting else { return }
+            self.logger.info("bridge connect failed", metadata: ["error": "no tunnel within the connect timeout"])
+            self.perform(self.machine.abort(.connectTimeout))
+        }
+    }
+
+    /// Mux: the stream gets `streamID` on `session`; send OPEN and what the client sent so far.
+    func open(on session: MuxSession, streamID: UInt32) {
+        self.waitTimer?.cancel()
+        self.waitTimer = nil
+        self.session = session
+        self.streamID = streamID
+        self.logger[metadataKey: "stream.id"] = "\(streamID)"
+        session.send(MuxFrame(streamID: streamID, payload: .open(target: self.environment.configuration.openTarget)))
+        self.perform(self.machine.opened())
+    }
+
+    /// Whether the client is still waiting for a tunnel and not ending.
+    var isWaiting: Bool { self.session == nil && self.machine.isConnecting }
+
+    // MARK: Demux: a stream opened by the peer, connecting to the server
+
+    /// Demux: OPEN arrived; connect to `target` with `connector`.
+    func connect(on session: MuxSession, streamID: UInt32, connector: any ServerConnector) {
+        self.session = session
+        self.streamID = streamID
+        self.logger[metadataKey: "stream.id"] = "\(streamID)"
+        self.logger.info(
+            "bridge accepted",
+            metadata: ["client.address": "\(session.channel.remoteAddress.logDescription)"]
+        )
+        let handler = NIOLoopBound(self.handler, eventLoop: self.eventLoop)
+        connector.connect(on: self.eventLoop, configuration: self.configuration) { channel in
+            try channel.pipeline.syncOperations.addHandler(handler.value)
+        }.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let channel):
+                self.localChannel = channel
+                self.watchClose(of: channel)
+                if self.machine.isConnecting {
+                    self.logger.info(
+                        "bridge connected",
+                        metadata: ["server.address": "\(channel.remoteAddress.logDescription)"]
+                    )
+                    self.connectedLogged = true
+                }
+                self.perform(self.machine.opened())
+            case .failure(let error):
+                self.logger.info(
+                    "bridge connect failed",
+                    metadata: ["server.address": "\(connector.targetDescription)", "error": "\(error)"]
+                )
+                self.perform(self.machine.connectFailed(timedOut: Self.isTimeout(error)))
+                self.perform(self.machine.localClosed())
+            }
+        }
+    }
+
+    private static func isTimeout(_ error: Error) -> Bool {
+        if case ChannelError.connectTimeout = error { return true }
+        if let error = error as? NIOConnectionError {
+            return error.connectionErrors.contains { attempt in
+                if case ChannelError.connectTimeout = attempt.error { return true }
+                return false
+            }
+        }
+        return false
+    }
+
+    // MARK: Events from the local socket
+
+    /// Mux: the client was accepted (called in its channel initializer, before it is active).
+    func accepted(_ channel: Channel) {
+        self.localChannel = channel
+        self.watchClose(of: channel)
+        self.logger.info("bridge accepted", metadata: ["client.address": "\(channel.remoteAddress.logDescription)"])
+    }
+
+    private func watchClose(of channel: Channel) {
+        channel.closeFuture.assumeIsolated().whenComplete { _ in
+            self.perform(self.machine.localClosed())
+        }
+    }
+
+    /// Whether the local socket may be read now.
+    func mayReadLocal() -> Bool {
+        guard self.machine.localInputOpen else { return false }
+        if let session = self.session, self.machine.isOpen {
+            return session.isWritable && self.pendingOutBytes == 0 && self.window.sendCredit > 0
+        }
+        // Waiting for the tunnel: keep what the client sends, up to the high-water mark.
+        return self.role == .mux && self.machine.isConnecting && self.pendingOutBytes < self.configuration.highWaterMark
+    }
+
+    func localRead(_ buffer: ByteBuffer) {
+        guard !self.machine.isClosing else { return }
+        self.bytesFromLocal &+= UInt64(buffer.readableBytes)
+        if self.machine.isOpen, self.pendingOutBytes == 0, buffer.readableBytes <= self.window.sendCredit,
+            let session = self.session
+        {
+            self.sendData(buffer, on: session)
+        } else {
+            self.pendingOut.append(buffer)
+            self.pendingOutBytes += buffer.readableBytes
+            if self.machine.isOpen { self.pumpOut() }
+        }
+        if self.timer == nil { self.startTimer() }
+    }
+
+    func localReadComplete() {
+        self.session?.flushIfNeeded()
+    }
+
+    func localInputClosed() {
+        self.perform(self.machine.localInputClosed())
+    }
+
+    func localOutputClosed() {
+        self.perform(self.machine.localOutputClosed())
+    }
+
+    func localError(_ error: Error) {
+        self.logger.debug("bridge error", metadata: ["error": "\(error)"])
+        self.perform(self.machine.localError())
+    }
+
+    /// The listener is draining: give the stream until the drain timeout to end on its own.
+    func quiesceRequested() {
+        guard let drainTimeout = self.configuration.drainTimeout, self.drainTimer == nil else { return }
+        self.drainTimer = self.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) {
+            self.perform(self.machine.abort(.drainTimeout))
+        }
+    }
+
+    // MARK: Events from the tunnel
+
+    /// DATA arrived.
+    /// - Throws: ``MuxProtocolError`` if the peer sent more than its credit.
+    func received(_ buffer: ByteBuffer) throws {
+        try self.window.received(buffer.readableBytes)
+        self.bytesFromTunnel &+= UInt64(buffer.readableBytes)
+        if self.machine.isOpen, self.localChannel != nil {
+            self.handler.write(buffer)
+            if self.unflushed == 0 { self.session?.needsLocalFlush(self) }
+            self.unflushed += buffer.readableBytes
+            if self.timer == nil { self.startTimer() }
+        } else if self.machine.isConnecting {
+            self.pendingIn.append(buffer)
+        }
+    }
+
+    /// Flushes what DATA frames brought since the last flush; grants the credit back once it is written out.
+    func flushLocal() {
+        let count = self.unflushed
+        guard count > 0 else { return }
+        self.unflushed = 0
+        self.handler.flush { [self] written in
+            guard written, !self.machine.isClosing, let session = self.session,
+                let increment = self.window.delivered(count)
+            else { return }
+            session.send(MuxFrame(streamID: self.streamID, payload: .windowUpdate(increment)))
+            session.flushIfNeeded()
+        }
+    }
+
+    func remoteEOF() {
+        self.perform(self.machine.remoteInputClosed())
+    }
+
+    func remoteReset(_ code: MuxErrorCode) {
+        self.logger.debug("bridge reset by peer", metadata: ["code": "\(code)"])
+        self.perform(self.machine.remoteReset(code))
+    }
+
+    /// Mux: the demux connected the server.
+    func openAcknowledged() {
+        guard !self.connectedLogged, !self.machine.isClosing else { return }
+        self.connectedLogged = true
+        self.logger.info("bridge connected", metadata: ["server.address": "\(self.session?.peerDescription ?? "tunnel")"])
+    }
+
+    /// WINDOW_UPDATE arrived.
+    /// - Throws: ``MuxProtocolError`` if it grows the window past 2^31 - 1.
+    func windowUpdate(_ increment: UInt32) throws {
+        try self.window.granted(increment)
+        if self.finishingReason != nil {
+            self.armFinishTimer()
+            self.pumpOut()
+            return
+        }
+        if self.machine.isOpen { self.pumpOut() }
+        self.handler.resumeReadingIfPaused()
+    }
+
+    /// The tunnel became writable again.
+    func tunnelWritable() {
+        self.handler.resumeReadingIfPaused()
+    }
+
+    func tunnelClosed() {
+        if self.finishingReason != nil {
+            self.finish(self.role == .mux ? .serverReset : .clientReset, lastFrame: .none)
+            return
+        }
+        self.perform(self.machine.tunnelClosed())
+    }
+
+    // MARK: Sending
+
+    private func sendData(_ buffer: ByteBuffer, on session: MuxSession) {
+        self.window.sent(buffer.readableBytes)
+        self.bytesSent &+= UInt64(buffer.readableBytes)
+        session.sendData(streamID: self.streamID, buffer)
+    }
+
+    /// Sends pending bytes as far as credit allows, then a queued EOF once nothing is pending.
+    private func pumpOut() {
+        guard let session = self.session else { return }
+        while var first = self.pendingOut.first, self.window.sendCredit > 0 {
+            let count = min(first.readableBytes, self.window.sendCredit)
+            let slice = first.readSlice(length: count)!
+            if first.readableBytes == 0 {
+                self.pendingOut.removeFirst()
+            } else {
+                self.pendingOut[self.pendingOut.startIndex] = first
+            }
+            self.pendingOutBytes -= count
+            self.sendData(slice, on: session)
+        }
+        if self.pendingOutBytes == 0, self.eofQueued, !self.eofSent {
+            self.eofSent = true
+            session.send(MuxFrame(streamID: self.streamID, payload: .eof))
+            if let reason = self.finishingReason {
+                session.flushIfNeeded()
+                self.finish(reason, lastFrame: .none)
+            }
+        }
+    }
+
+    // MARK: Carrying out actions
+
+    private func perform(_ action: Machine.Action) {
+        switch action {
+        case .none:
+            break
+
+        case .startStream(let sendEOF, let shutdownLocalOutput):
+            guard let session = self.session else { return }
+            if self.role == .demux {
+                session.send(MuxFrame(streamID: self.streamID, payload: .openAcknowledged))
+                while let buffer = self.pendingIn.popFirst() {
+                    self.handler.write(buffer)
+                    self.unflushed += buffer.readableBytes
+                }
+                self.flushLocal()
+            }
+            if sendEOF { self.eofQueued = true }
+            self.pumpOut()
+            session.flushIfNeeded()
+            if shutdownLocalOutput { self.handler.shutdownOutput() }
+            self.handler.resumeReadingIfPaused()
+            self.startTimer()
+
+        case .sendEOF:
+            self.eofQueued = true
+            self.pumpOut()
+            self.session?.flushIfNeeded()
+
+        case .shutdownLocalOutput:
+            self.flushLocal()
+            self.handler.shutdownOutput()
+
+        case .closeLocal:
+            self.localChannel?.close(promise: nil)
+
+        case .reset(let code, let reason):
+            if let session = self.session, !self.machine.isConnecting || self.role == .demux {
+                session.send(MuxFrame(streamID: self.streamID, payload: .reset(code)))
+                session.flushIfNeeded()
+            }
+            self.closeLocal(reason)
+
+        case .abortLocal(let reason):
+            self.closeLocal(reason)
+
+        case .report(let reason, let lastFrame):
+            let eofPending = lastFrame == .eof || (self.eofQueued && !self.eofSent)
+            if reason == .completed, eofPending, self.pendingOutBytes > 0, let session = self.session, !session.isClosed {
+                // What the local peer sent before its EOF still waits for credit: send it, then EOF, then end.
+                self.cancelTimers()
+                self.eofQueued = true
+                self.finishingReason = reason
+                self.armFinishTimer()
+                return
+            }
+            self.finish(reason, lastFrame: lastFrame)
+        }
+    }
+
+    /// Ends the stream: sends its last frame, logs, and reports.
+    private func finish(_ reason: CloseReason, lastFrame: Machine.LastFrame) {
+        self.cancelTimers()
+        self.finishTimer?.cancel()
+        self.finishTimer = nil
+        self.finishingReason = nil
+        if let session = self.session {
+            switch lastFrame {
+            case .none: break
+            case .eof: session.send(MuxFrame(streamID: self.streamID, payload: .eof))
+            case .reset(let code): session.send(MuxFrame(streamID: self.streamID, payload: .reset(code)))
+            }
+            session.flushIfNeeded()
+        }
+        let duration = self.eventLoop.now - self.startTime
+        self.logger.info(
+            "bridge closed",
+            metadata: [
+                "close.reason": "\(reason)",
+                "bytes.upstream": "\(self.bytesUpstream)", "bytes.downstream": "\(self.bytesDownstream)",
+                "duration": "\(Double(duration.nanoseconds) / 1e9)",
+            ]
+        )
+        self.reportBytes()
+        self.environment.metrics?.bridgeClosed(reason, duration: duration)
+        self.environment.activeStreams.wrappingDecrement(ordering: .relaxed)
+        self.session?.removeStream(self)
+        self.finished?(self)
+        self.finished = nil
+        self.handler.stream = nil
+    }
+
+    /// While the last bytes wait for credit: without credit for the stall timeout (or the drain timeout when
+    /// the stall timeout is off), the stream is reset.
+    private func armFinishTimer() {
+        self.finishTimer?.cancel()
+        guard let limit = self.configuration.stallTimeout ?? self.configuration.drainTimeout else { return }
+        self.finishTimer = self.eventLoop.assumeIsolated().scheduleTask(in: limit) {
+            self.finishTimer = nil
+            self.finish(.stallTimeout, lastFrame: .reset(.stallTimeout))
+        }
+    }
+
+    private func closeLocal(_ reason: CloseReason) {
+        self.cancelTimers()
+        self.pendingOut.removeAll()
+        self.pendingOutBytes = 0
+        self.pendingIn.removeAll()
+        guard let channel = self.localChannel else { return }
+        if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
+        channel.close(promise: nil)
+    }
+
+    // MARK: Timeouts
+
+    private func startTimer() {
+        guard self.timer == nil, self.timeouts.isEnabled, self.machine.isOpen else { return }
+        self.timeouts.restart(now: self.eventLoop.now)
+        self.scheduleTick(in: self.timeouts.samplingInterval)
+    }
+
+    private func scheduleTick(in delay: TimeAmount) {
+        self.timer = self.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            self.tick()
+        }
+    }
+
+    private func tick() {
+        self.timer = nil
+        guard self.machine.isOpen else { return }
+        // Towards the tunnel, progress is bytes sent; towards the local socket, bytes its peer acknowledged.
+        let outbound = BridgeTimeouts.Sample(held: self.pendingOutBytes, delivered: self.bytesSent)
+        let decision = self.timeouts.tick(
+            now: self.eventLoop.now,
+            trafficBytes: self.bytesFromLocal &+ self.bytesFromTunnel,
+            upstream: outbound,
+            downstream: self.handler.sample()
+        )
+        self.reportBytes()
+        switch decision {
+        case .sampleAgain(let delay):
+            self.scheduleTick(in: delay)
+        case .stop:
+            break
+        case .expire(let reason):
+            self.logger.debug("bridge timed out", metadata: ["close.reason": "\(reason)"])
+            self.perform(self.machine.abort(reason))
+        }
+    }
+
+    private func reportBytes() {
+        guard let metrics = self.environment.metrics else { return }
+        let up = self.bytesUpstream &- self.reportedUp
+        let down = self.bytesDownstream &- self.reportedDown
+        guard up > 0 || down > 0 else { return }
+        metrics.addBytes(upstream: up, downstream: down)
+        self.reportedUp = self.bytesUpstream
+        self.reportedDown = self.bytesDownstream
+    }
+
+    private func cancelTimers() {
+        self.timer?.cancel()
+        self.timer = nil
+        self.waitTimer?.cancel()
+        self.waitTimer = nil
+        self.drainTimer?.cancel()
+        self.drainTimer = nil
+    }
+}
+
+@available(*, unavailable)
+extension MuxStream: Sendable {}

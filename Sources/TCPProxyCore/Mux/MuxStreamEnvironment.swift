@@ -1,0 +1,30 @@
+import Atomics
+import Logging
+import NIOCore
+
+/// What a `mux` or `demux` service gives every tunnel and stream: settings, logger, metrics, bookkeeping.
+struct MuxStreamEnvironment: Sendable {
+    /// The settings.
+    var configuration: MuxConfiguration
+    /// The service's logger (streams add `bridge.id` and `stream.id`).
+    var logger: Logger
+    /// The listener's metrics: each stream counts as a bridge.
+    var metrics: ProxyMetrics?
+    /// Numbers for streams' `bridge.id`.
+    var bridgeIDs: ManagedAtomic<UInt64>
+    /// Open streams in this process.
+    var activeStreams: ManagedAtomic<Int>
+    /// Demux: where streams go.
+    var target: ConnectTarget?
+
+    /// A stream began (accepted at the mux, opened at the demux).
+    func streamStarted() {
+        self.activeStreams.wrappingIncrement(ordering: .relaxed)
+        self.metrics?.bridgeOpened()
+    }
+
+    /// The next `bridge.id`.
+    func nextBridgeID() -> UInt64 {
+        self.bridgeIDs.loadThenWrappingIncrement(ordering: .relaxed)
+    }
+}

@@ -1,0 +1,155 @@
+import Logging
+import NIOCore
+import NIOPosix
+
+/// Mux: one tunnel connection to the demux, kept up: it connects, reconnects with capped exponential
+/// backoff and jitter when the tunnel drops (its streams are reset by the session), and holds clients that
+/// arrive while it is down until it is up again or their connect timeout ends.
+///
+/// All state is touched only on ``eventLoop``; the service calls in through `execute`.
+final class MuxTunnelConnection: @unchecked Sendable {
+    let index: Int
+    let eventLoop: EventLoop
+    private let environment: MuxStreamEnvironment
+    private let tunnel: Endpoint
+    private var logger: Logger
+    private var session: MuxSession?
+    private var waiting: [MuxStream] = []
+    private var backoff: MuxBackoff
+    private var retry: Scheduled<Void>?
+    private var connecting = false
+    private var stopped = false
+    private var failuresLogged = 0
+
+    /// The tunnel's own write buffer: reading local sockets pauses above `high` (SPEC §2 rule 4 for the tunnel).
+    static let writeBufferWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 * 1024, high: 1024 * 1024)
+
+    init(index: Int, eventLoop: EventLoop, tunnel: Endpoint, environment: MuxStreamEnvironment) {
+        self.index = index
+        self.eventLoop = eventLoop
+        self.tunnel = tunnel
+        self.environment = environment
+        self.backoff = MuxBackoff(
+            initial: environment.configuration.reconnectInitial,
+            maximum: environment.configuration.reconnectMaximum
+        )
+        var logger = environment.logger
+        logger[metadataKey: "tunnel"] = "\(index)"
+        self.logger = logger
+    }
+
+    /// Streams here, open or waiting (for spreading clients over tunnels).
+    var load: Int { (self.session?.streamCount ?? 0) + self.waiting.count }
+
+    /// Starts connecting.
+    func start() {
+        self.eventLoop.execute { self.connect() }
+    }
+
+    /// Stops reconnecting and closes the tunnel with GOAWAY.
+    func stop() {
+        self.eventLoop.execute {
+            self.stopped = true
+            self.retry?.cancel()
+            self.retry = nil
+            self.session?.close(goAway: .noError)
+        }
+    }
+
+    /// A new client: open it on the tunnel, or let it wait for one.
+    func attach(_ stream: MuxStream) {
+        if let session = self.session, session.canOpenStream {
+            session.openStream(stream)
+            return
+        }
+        self.waiting.removeAll { !$0.isWaiting }
+        self.waiting.append(stream)
+        stream.waitForTunnel()
+        if self.session == nil && !self.connecting && self.retry == nil && !self.stopped {
+            self.connect()
+        }
+    }
+
+    private func connect() {
+        guard !self.stopped, !self.connecting, self.session == nil else { return }
+        self.connecting = true
+        let environment = self.environment
+        ClientBootstrap(group: self.eventLoop)
+            .connectTimeout(environment.configuration.bridge.connectTimeout)
+            .channelOption(.writeBufferWaterMark, value: Self.writeBufferWaterMark)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let session = MuxSession(role: .mux, channel: channel, environment: environment)
+                    try channel.pipeline.syncOperations.addHandler(MuxTunnelHandler(session: session))
+                }
+            }
+            .connect(host: self.tunnel.host, port: self.tunnel.port)
+            .assumeIsolated()
+            .whenComplete { result in
+                self.connecting = false
+                switch result {
+                case .success(let channel):
+                    self.connected(channel)
+                case .failure(let error):
+                    // Say it once per outage at warning level, then quietly at debug.
+                    let level: Logger.Level = self.failuresLogged == 0 ? .warning : .debug
+                    self.failuresLogged += 1
+                    self.logger.log(
+                        level: level,
+                        "tunnel connect failed",
+                        metadata: ["tunnel.address": "\(self.tunnel)", "error": "\(SystemErrorText.describe(error))"]
+                    )
+                    self.scheduleRetry()
+                }
+            }
+    }
+
+    private func connected(_ channel: Channel) {
+        guard let session = try? channel.pipeline.syncOperations.handler(type: MuxTunnelHandler.self).session,
+            !session.isClosed
+        else {
+            channel.close(promise: nil)
+            self.scheduleRetry()
+            return
+        }
+        if self.stopped {
+            session.close(goAway: .noError)
+            return
+        }
+        self.session = session
+        session.closed = { [self] in self.sessionClosed(session) }
+        self.backoff.reset()
+        self.failuresLogged = 0
+        self.logger.info(
+            "tunnel up",
+            metadata: ["tunnel.address": "\(channel.remoteAddress.logDescription)", "waiting": "\(self.waiting.count)"]
+        )
+        let waiting = self.waiting
+        self.waiting = []
+        for stream in waiting where stream.isWaiting {
+            if session.canOpenStream {
+                session.openStream(stream)
+            } else {
+                self.waiting.append(stream)
+            }
+        }
+        session.flushIfNeeded()
+    }
+
+    private func sessionClosed(_ session: MuxSession) {
+        guard self.session === session else { return }
+        self.session = nil
+        self.logger.info("tunnel down", metadata: ["tunnel.address": "\(self.tunnel)"])
+        if !self.stopped { self.scheduleRetry() }
+    }
+
+    private func scheduleRetry() {
+        guard !self.stopped, self.retry == nil else { return }
+        let delay = self.backoff.nextDelay(random: Double.random(in: 0..<1))
+        self.logger.debug("tunnel reconnect scheduled", metadata: ["delay": "\(delay)"])
+        self.retry = self.eventLoop.assumeIsolated().scheduleTask(in: delay) {
+            self.retry = nil
+            self.connect()
+        }
+    }
+}
