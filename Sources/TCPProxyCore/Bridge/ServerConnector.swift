@@ -17,16 +17,24 @@ protocol ServerConnector: Sendable {
 }
 
 /// Connects over TCP to a fixed target, on the client's event loop.
+///
+/// With a `spoofedSource` (`--spoof-source` in transparent mode) the socket gets `IP_TRANSPARENT`
+/// (`IPV6_TRANSPARENT`) and is bound to the client's address with port 0 (the kernel picks a free port,
+/// as HAProxy's `usesrc clientip` does) before it connects, so the server sees the real client. The
+/// server's replies are addressed to the client, so they must be routed back through the proxy's host
+/// and handed to this socket there: `docs/TRANSPARENT.md` gives the rules.
 struct TCPServerConnector: ServerConnector {
     let target: ConnectTarget
+    /// The client's address to connect from, if the server must see it.
+    var spoofedSource: SocketAddress? = nil
 
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
-        // ClientBootstrap sets TCP_NODELAY by default.
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        // ClientBootstrap applies channel options, then binds, then connects; it sets TCP_NODELAY by default.
+        var bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .connectTimeout(configuration.connectTimeout)
             .channelInitializer { channel in
@@ -35,6 +43,10 @@ struct TCPServerConnector: ServerConnector {
                     try initialize(channel)
                 }
             }
+        if let source = self.spoofedSource {
+            bootstrap = bootstrap.channelOption(LinuxSocketOptions.transparentOption(for: source), value: 1)
+                .bind(to: source)
+        }
         switch self.target {
         case .address(let address): return bootstrap.connect(to: address)
         case .name(let host, let port): return bootstrap.connect(host: host, port: port)

@@ -95,7 +95,10 @@ struct TransparentStarter: BridgeStarter {
         if self.configuration.spoofSource, let source = client.remoteAddress.flatMap(IPEndpoint.init),
             source.isIPv4 == destination.isIPv4
         {
-            return SpoofingServerConnector(target: destination, source: source)
+            return TCPServerConnector(
+                target: .address(destination.socketAddress),
+                spoofedSource: source.with(port: 0).socketAddress
+            )
         }
         return TCPServerConnector(target: .address(destination.socketAddress))
     }
