@@ -39,20 +39,20 @@ final class Bridge {
     let eventLoop: EventLoop
     let logger: Logger
     private let hooks: Hooks
-    private let observers: Observers
+    let observers: Observers
     private let startTime: NIODeadline
     /// This bridge's conversation in the `--capture` file, once the server is connected.
     var conversation: CaptureConversation?
     /// Whether chunks go straight from one socket to the other (no option needs to see them).
     var isPlainPath = true
     /// Bytes already added to the metrics.
-    private var reportedUpstream: UInt64 = 0
-    private var reportedDownstream: UInt64 = 0
+    var reportedUpstream: UInt64 = 0
+    var reportedDownstream: UInt64 = 0
 
-    private var machine = BridgeStateMachine()
-    private var timeouts: BridgeTimeouts
-    private var timer: Scheduled<Void>?
-    private var drainTimer: Scheduled<Void>?
+    var machine = BridgeStateMachine()
+    var timeouts: BridgeTimeouts
+    var timer: Scheduled<Void>?
+    var drainTimer: Scheduled<Void>?
 
     let clientHandler: BridgeHandler
     let serverHandler: BridgeHandler
@@ -282,7 +282,7 @@ final class Bridge {
 
     // MARK: Carrying out actions
 
-    private func perform(_ action: BridgeStateMachine.Action) {
+    func perform(_ action: BridgeStateMachine.Action) {
         self.logger.trace("bridge action", metadata: ["bridge.id": "\(self.id)", "action": "\(action)"])
         switch action {
         case .none:
@@ -361,66 +361,6 @@ final class Bridge {
             self.clientHandler.bridge = nil
             self.serverHandler.bridge = nil
         }
-    }
-
-    // MARK: Timeouts
-
-    private func startTimer() {
-        guard self.timer == nil, self.timeouts.isEnabled, self.machine.isForwarding else { return }
-        self.timeouts.restart(now: self.eventLoop.now)
-        self.scheduleTick(in: self.timeouts.samplingInterval)
-    }
-
-    private func scheduleTick(in delay: TimeAmount) {
-        self.timer = self.eventLoop.assumeIsolated().scheduleTask(in: delay) {
-            self.tick()
-        }
-    }
-
-    private func tick() {
-        self.timer = nil
-        guard self.machine.isForwarding else { return }
-        let decision = self.timeouts.tick(
-            now: self.eventLoop.now,
-            trafficBytes: self.bytesUpstream &+ self.bytesDownstream,
-            upstream: self.serverHandler.sample(),
-            downstream: self.clientHandler.sample()
-        )
-        self.reportBytes()
-        switch decision {
-        case .sampleAgain(let delay):
-            self.scheduleTick(in: delay)
-        case .stop:
-            break
-        case .expire(let reason):
-            self.logger.debug("bridge timed out", metadata: ["bridge.id": "\(self.id)", "close.reason": "\(reason)"])
-            self.perform(self.machine.abort(reason))
-        }
-    }
-
-    /// Adds the bytes moved since the last report to the metrics (at each timer tick and at the end,
-    /// never per chunk).
-    private func reportBytes() {
-        guard let metrics = self.observers.metrics else { return }
-        let upstream = self.bytesUpstream &- self.reportedUpstream
-        let downstream = self.bytesDownstream &- self.reportedDownstream
-        guard upstream > 0 || downstream > 0 else { return }
-        metrics.addBytes(upstream: upstream, downstream: downstream)
-        self.reportedUpstream = self.bytesUpstream
-        self.reportedDownstream = self.bytesDownstream
-    }
-
-    private func cancelTimers() {
-        self.timer?.cancel()
-        self.timer = nil
-        for index in 0..<2 {
-            self.rateTimers[index]?.cancel()
-            self.rateTimers[index] = nil
-            self.delayTimers[index]?.cancel()
-            self.delayTimers[index] = nil
-        }
-        self.drainTimer?.cancel()
-        self.drainTimer = nil
     }
 }
 
