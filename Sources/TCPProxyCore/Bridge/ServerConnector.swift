@@ -37,19 +37,39 @@ struct TCPServerConnector: ServerConnector {
         var bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .connectTimeout(configuration.connectTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
-                    try initialize(channel)
-                }
-            }
         if let source = self.spoofedSource {
             bootstrap = bootstrap.channelOption(LinuxSocketOptions.transparentOption(for: source), value: 1)
                 .bind(to: source)
         }
         switch self.target {
-        case .address(let address): return bootstrap.connect(to: address)
-        case .name(let host, let port): return bootstrap.connect(host: host, port: port)
+        case .address(let address):
+            // One attempt: the bridge's handler goes in before the channel is active.
+            return bootstrap.channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
+                    try initialize(channel)
+                }
+            }.connect(to: address)
+        case .name(let host, let port):
+            // Happy Eyeballs may race several attempts, and a handler can live in one pipeline only: it
+            // goes into the winner, which reads nothing until then (autoRead off, on after).
+            return bootstrap.channelOption(.autoRead, value: false)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
+                    }
+                }
+                .connect(host: host, port: port)
+                .flatMapThrowing { channel in
+                    do {
+                        try initialize(channel)
+                        try channel.syncOptions?.setOption(.autoRead, value: true)
+                        return channel
+                    } catch {
+                        channel.close(promise: nil)
+                        throw error
+                    }
+                }
         }
     }
 

@@ -23,11 +23,6 @@ struct SOCKSStarter: BridgeStarter {
         }
     }
 
-    init(_ socks: SOCKSConfiguration, resolve: @escaping SOCKSResolver) {
-        self.socks = socks
-        self.resolve = resolve
-    }
-
     func start(client: Channel, setup: BridgeSetup) throws {
         let socks = self.socks
         let resolve = self.resolve
