@@ -149,7 +149,10 @@ struct MuxTests {
         let withStall = now() - started
         let written = await stalledWriter.value
         #expect(written.end == nil, "the stalled client's stream is not reset")
-        #expect(written.written < 16 * megabyte, "the stalled client was held back (wrote \(written.written) bytes)")
+        // Kernel buffers on four loopback sockets take several MB; past them, the stalled stream takes nothing.
+        let more = stalled.writeAsMuchAsPossible(for: 0.5)
+        #expect(more.written == 0 && more.end == nil, "the stalled client is held back (wrote \(written.written), then \(more.written) bytes)")
+        print("mux stall test: 16 MiB echo alone \(alone) s, beside a stalled stream \(withStall) s")
         // Flow control per stream: the other stream's throughput stays close to its speed alone.
         #expect(withStall < max(alone * 2, alone + 1), "alone \(alone) s, beside a stalled stream \(withStall) s")
         #expect(Self.establishedConnections(toPort: tunnel.demux.port) == 1)

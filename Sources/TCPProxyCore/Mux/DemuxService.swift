@@ -69,6 +69,7 @@ public final class DemuxService: Service, Sendable {
                     }
                 }
                 .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try self.initializeTunnel(channel)

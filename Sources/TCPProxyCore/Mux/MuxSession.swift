@@ -37,6 +37,8 @@ final class MuxSession {
     private var pingCounter: UInt64 = 0
     /// Called once, when the tunnel has closed.
     var closed: (() -> Void)?
+    /// Mux: called when a stream has ended, so a client waiting for a free slot can be opened.
+    var streamRemoved: (() -> Void)?
 
     init(role: Role, channel: Channel, environment: MuxStreamEnvironment) {
         self.role = role
@@ -72,6 +74,7 @@ final class MuxSession {
         for stream in Array(self.streams.values) {
             stream.tunnelClosed()
         }
+        self.streamRemoved = nil
         self.closed?()
         self.closed = nil
     }
@@ -113,6 +116,8 @@ final class MuxSession {
         self.streams[stream.streamID] = nil
         if self.isDraining && self.streams.isEmpty && !self.isClosed {
             self.channel.close(promise: nil)
+        } else {
+            self.streamRemoved?()
         }
     }
 
@@ -152,16 +157,36 @@ final class MuxSession {
     // MARK: Reading frames
 
     /// Bytes arrived on the tunnel.
+    ///
+    /// Frames are sliced out of the read buffer without copying. Only a frame cut by the end of a read is
+    /// copied: its start goes into a small buffer of its own, which takes just the bytes that complete it
+    /// from the next read (appending whole reads to one buffer would copy everything, and grow it).
     func received(_ buffer: ByteBuffer) {
         guard !self.isClosed else { return }
         var buffer = buffer
-        if var cumulation = self.cumulation {
-            self.cumulation = nil
-            cumulation.writeBuffer(&buffer)
-            buffer = cumulation
-        }
+        let maximumPayload = self.configuration.maximumPayload
         do {
-            while !self.isClosed, let frame = try buffer.readMuxFrame(maximumPayload: self.configuration.maximumPayload) {
+            if var partial = self.cumulation {
+                self.cumulation = nil
+                if partial.readableBytes < MuxFrame.headerSize {
+                    var head = buffer.readSlice(length: min(MuxFrame.headerSize - partial.readableBytes, buffer.readableBytes))!
+                    partial.writeBuffer(&head)
+                }
+                if partial.readableBytes >= MuxFrame.headerSize {
+                    // An oversized length is refused by the parser from the header: never wait for it.
+                    let length = Int(partial.getInteger(at: partial.readerIndex + 7, as: UInt32.self)!)
+                    let total = MuxFrame.headerSize + min(length, maximumPayload + 1)
+                    var rest = buffer.readSlice(length: max(0, min(total - partial.readableBytes, buffer.readableBytes)))!
+                    partial.writeBuffer(&rest)
+                }
+                if let frame = try partial.readMuxFrame(maximumPayload: maximumPayload) {
+                    try self.handle(frame)
+                } else {
+                    self.cumulation = partial
+                    return
+                }
+            }
+            while !self.isClosed, let frame = try buffer.readMuxFrame(maximumPayload: maximumPayload) {
                 try self.handle(frame)
             }
         } catch let error as MuxProtocolError {
@@ -172,7 +197,9 @@ final class MuxSession {
             return
         }
         if buffer.readableBytes > 0 && !self.isClosed {
-            self.cumulation = buffer
+            var partial = self.channel.allocator.buffer(capacity: MuxFrame.headerSize + maximumPayload)
+            partial.writeBuffer(&buffer)
+            self.cumulation = partial
         }
     }
 

@@ -77,6 +77,8 @@ final class MuxTunnelConnection: @unchecked Sendable {
         ClientBootstrap(group: self.eventLoop)
             .connectTimeout(environment.configuration.bridge.connectTimeout)
             .channelOption(.writeBufferWaterMark, value: Self.writeBufferWaterMark)
+            // Small control frames (WINDOW_UPDATE, PONG) must not wait for Nagle behind delayed ACKs.
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let session = MuxSession(role: .mux, channel: channel, environment: environment)
@@ -124,6 +126,15 @@ final class MuxTunnelConnection: @unchecked Sendable {
             "tunnel up",
             metadata: ["tunnel.address": "\(channel.remoteAddress.logDescription)", "waiting": "\(self.waiting.count)"]
         )
+        session.streamRemoved = { [self] in
+            if !self.waiting.isEmpty { self.openWaiting() }
+        }
+        self.openWaiting()
+    }
+
+    /// Opens waiting clients while the tunnel has room for them.
+    private func openWaiting() {
+        guard let session = self.session else { return }
         let waiting = self.waiting
         self.waiting = []
         for stream in waiting where stream.isWaiting {
