@@ -277,13 +277,13 @@ struct RelayConcernsTests {
         #expect(proxy.lines(containing: "stallTimeout").isEmpty, "a slow but steady reader is never stall-timed-out")
     }
 
-    @Test("A slow reader that keeps taking bytes is never stall-timed-out (stall timeout 1 s, 4 s transfer)")
+    @Test("A slow reader that keeps taking bytes is never stall-timed-out (stall timeout 2 s, 4 s transfer)")
     func slowProgressIsNotAStall() async throws {
         let total = 3 * megabyte
         let payload = pattern(count: total, seed: 22)
         let server = try TestServer(handler: TestServer.sendThenClose(payload))
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "1"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
