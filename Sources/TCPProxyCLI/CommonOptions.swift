@@ -49,6 +49,14 @@ struct CommonOptions: ParsableArguments {
     @Flag(help: "Require a PROXY protocol header (v1 or v2) from each client and use its addresses.")
     var acceptProxyProtocol = false
 
+    @Option(
+        help: "With --accept-proxy-protocol: only these peers may connect and send headers (repeatable CIDR).",
+        transform: { text in
+            do { return try CIDR(parsing: text) } catch { throw ValidationError("\(error)") }
+        }
+    )
+    var trustedProxy: [CIDR] = []
+
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
@@ -65,6 +73,9 @@ struct CommonOptions: ParsableArguments {
         ]
         for (name, value) in timeouts where !value.isFinite || value < 0 || value > 86_400 * 365 {
             throw ValidationError("invalid value '\(value)' for \(name) (use seconds from 0 up)")
+        }
+        if !self.trustedProxy.isEmpty && !self.acceptProxyProtocol {
+            throw ValidationError("--trusted-proxy only makes sense with --accept-proxy-protocol")
         }
         if self.connectTimeout == 0 {
             throw ValidationError("invalid value '0' for --connect-timeout (use more than 0 seconds)")
@@ -85,7 +96,7 @@ struct CommonOptions: ParsableArguments {
     }
 
     var admissionPolicy: AdmissionPolicy {
-        AdmissionPolicy(allow: self.allow, maxConnections: self.maxConnections)
+        AdmissionPolicy(allow: self.allow, maxConnections: self.maxConnections, trustedProxies: self.trustedProxy)
     }
 
     /// Seconds as a `TimeAmount`; 0 means off (`nil`).

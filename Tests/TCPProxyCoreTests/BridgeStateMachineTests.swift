@@ -79,12 +79,21 @@ struct BridgeStateMachineTests {
         #expect(machine.outputClosed(on: .server) == .closeChannel(.server))
     }
 
-    @Test("a close after our write shutdown counts as the peer's EOF and is passed on")
+    @Test("a close after our write shutdown took effect counts as the peer's EOF and is passed on")
     func closeAfterOutputShutdownIsEOF() {
         var machine = self.forwarding()
         #expect(machine.inputClosed(on: .client) == .shutdownOutput(.server))
+        #expect(machine.outputClosed(on: .server) == .none)
         #expect(machine.channelClosed(.server) == .shutdownOutput(.client))
         #expect(machine.channelClosed(.client) == .report(.completed))
+    }
+
+    @Test("a close while our write shutdown still waits for writes is a failed write: a reset")
+    func closeBeforeOutputShutdownIsReset() {
+        var machine = self.forwarding()
+        #expect(machine.inputClosed(on: .client) == .shutdownOutput(.server))
+        #expect(machine.channelClosed(.server) == .close(.serverReset))
+        #expect(machine.channelClosed(.client) == .report(.serverReset))
     }
 
     @Test("a socket that closes while its direction is open ends the bridge as a reset")

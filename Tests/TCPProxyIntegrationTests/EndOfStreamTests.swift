@@ -25,6 +25,9 @@ struct EndOfStreamTests {
             do {
                 let client = try TestSocket.connect(port: proxy.port)
                 let upstream = try await onThread { try server.accept(timeout: 5) }
+                // The server's accept can come before the proxy sees its connect complete; a reset
+                // in between would be a failed connect, not the reset these tests are about.
+                _ = await proxy.waitForLine(containing: "bridge connected", timeout: 5)
                 return Pair(server: server, proxy: proxy, client: client, upstream: upstream)
             } catch {
                 proxy.kill()
@@ -167,4 +170,5 @@ struct EndOfStreamTests {
         let closed = await pair.proxy.waitForLine(containing: "bridge closed", timeout: 3)
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "serverReset", "\(closed ?? "no close line")")
     }
+
 }

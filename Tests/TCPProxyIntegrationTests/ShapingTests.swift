@@ -161,4 +161,20 @@ struct ShapingTests {
         #expect(result.status == 64, "stderr: \(result.stderr)")
         #expect(result.stderr.contains("Error:"))
     }
+
+    @Test("--latency and the stall timeout together: a server that never reads still gets the bridge aborted")
+    func latencyKeepsStallTimeout() async throws {
+        // A tiny receive buffer at the server, so the proxy's own write buffer fills once the delayed
+        // chunks come out (the delay line passes one high-water mark per delay).
+        let server = try TestServer(receiveBufferSize: 4096, handler: TestServer.sinkNeverReads)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--latency", "100", "--stall-timeout", "1"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        let writer = Task { await client.writeAsMuchAsPossibleAsync(for: 6) }
+        let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 15)
+        _ = await writer.value
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "stallTimeout", "\(closed ?? "no close line")")
+    }
 }

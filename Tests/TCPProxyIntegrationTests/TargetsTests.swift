@@ -220,4 +220,49 @@ struct TargetsTests {
         #expect(try good.recvExactly(4, timeout: 5) == Array("ping".utf8))
         #expect(await proxy.waitForLine(containing: "client.address=192.0.2.9:4242", timeout: 5) != nil)
     }
+
+    @Test("--trusted-proxy: a peer outside it cannot claim an allowed address in a forged header")
+    func trustedProxy() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let forged = "PROXY TCP4 10.9.9.9 127.0.0.1 1234 80\r\nping"
+        let strict = try await ProxyProcess.forward(to: server.port, [
+            "--accept-proxy-protocol", "--allow", "10.0.0.0/8", "--trusted-proxy", "192.0.2.0/24",
+        ])
+        defer { strict.kill() }
+        let refused = try TestSocket.connect(port: strict.port)
+        defer { refused.close() }
+        try? refused.send(forged)
+        #expect(try refused.readToEnd(timeout: 5).bytes.isEmpty, "a forged header from an untrusted peer is refused")
+        #expect(await strict.waitForLine(containing: "close.reason=notAllowed", timeout: 5) != nil)
+
+        let trusting = try await ProxyProcess.forward(to: server.port, [
+            "--accept-proxy-protocol", "--allow", "10.0.0.0/8", "--trusted-proxy", "127.0.0.1",
+        ])
+        defer { trusting.kill() }
+        let client = try TestSocket.connect(port: trusting.port)
+        defer { client.close() }
+        try client.send(forged)
+        #expect(try client.recvExactly(4, timeout: 5) == Array("ping".utf8), "a trusted sender's header is honoured")
+        #expect(trusting.lines(containing: "accepting PROXY headers from any peer").isEmpty)
+    }
+
+    @Test("an unreachable target does not use up the connect timeout: the next target still serves the client")
+    func unreachableTargetSharesTheBudget() async throws {
+        // A listener with a full accept queue drops SYNs: connects to it hang until they time out.
+        let blackhole = try TestServer(backlog: 0)
+        defer { blackhole.stop() }
+        let filler = try TestSocket.connect(port: blackhole.port)
+        defer { filler.close() }
+        let alive = try self.namedServer("alive")
+        defer { alive.stop() }
+        let proxy = try await ProxyProcess.start([
+            "forward", "--listen", "127.0.0.1:0", "--connect-timeout", "3",
+            "--target", "127.0.0.1:\(blackhole.port)", "--target", "127.0.0.1:\(alive.port)",
+        ])
+        defer { proxy.kill() }
+        let started = now()
+        #expect(try await self.answers(proxy, count: 1) == ["alive"])
+        #expect(now() - started < 3, "served within the connect timeout")
+    }
 }

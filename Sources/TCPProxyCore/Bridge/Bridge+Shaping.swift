@@ -80,5 +80,7 @@ extension Bridge {
         }
         source.resumeReadingIfPaused()
         self.scheduleDelivery(direction)
+        // What was just written may stall at a reader that takes nothing: the stall timer must watch it.
+        if self.timer == nil { self.startTimer() }
     }
 }

@@ -29,7 +29,10 @@ extension Bridge {
         case .sampleAgain(let delay):
             self.scheduleTick(in: delay)
         case .stop:
-            break
+            // Chunks held back by --latency will be written later: keep watching until they are out.
+            if self.shaping?.hasDelayedBytes == true {
+                self.scheduleTick(in: self.timeouts.samplingInterval)
+            }
         case .expire(let reason):
             self.logger.debug("bridge timed out", metadata: ["bridge.id": "\(self.id)", "close.reason": "\(reason)"])
             self.perform(self.machine.abort(reason))

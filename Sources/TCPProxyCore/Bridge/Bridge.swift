@@ -45,6 +45,8 @@ final class Bridge {
     var conversation: CaptureConversation?
     /// Whether chunks go straight from one socket to the other (no option needs to see them).
     var isPlainPath = true
+    /// The client channel became active and the bridge began (or it was given up before that).
+    private var started = false
     /// Bytes already added to the metrics.
     var reportedUpstream: UInt64 = 0
     var reportedDownstream: UInt64 = 0
@@ -122,8 +124,21 @@ final class Bridge {
 
     // MARK: Events from the handlers
 
+    /// The client's channel went away without ever becoming active (its registration failed): the
+    /// bridge never started, so it ends here and gives back its `--max-connections` slot.
+    func clientHandlerRemoved() {
+        guard !self.started else { return }
+        self.started = true
+        self.observers.metrics?.bridgeClosed(.clientReset, duration: .zero)
+        self.hooks.finished(.clientReset)
+        self.clientHandler.bridge = nil
+        self.serverHandler.bridge = nil
+    }
+
     /// The client channel is active: log it, watch for its close, and dial the server.
     func clientActive(_ channel: Channel) {
+        guard !self.started else { return }
+        self.started = true
         self.reportClose(of: channel, as: .client)
         self.logger.info(
             "bridge accepted",

@@ -41,6 +41,9 @@ final class BridgeHandler: ChannelDuplexHandler {
         if self.context === context {
             self.context = nil
         }
+        if self.side == .client {
+            self.bridge?.clientHandlerRemoved()
+        }
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -119,20 +122,32 @@ final class BridgeHandler: ChannelDuplexHandler {
     func shutdownOutput() {
         guard let context else { return }
         self.flushIfNeeded()
+        // A write that fails behind the shutdown (the peer reset) ends the bridge as a reset; NIO closes
+        // such a channel without an `errorCaught`.
+        let side = self.side
         if self.inputClosed {
             let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(self.wrapOutboundOut(ByteBuffer()))
                 .assumeIsolated()
-                .whenComplete { _ in loopBoundContext.value.close(mode: .output, promise: nil) }
+                .whenComplete { result in
+                    switch result {
+                    case .success: loopBoundContext.value.close(mode: .output, promise: nil)
+                    case .failure(let error): self.bridge?.errorCaught(on: side, error)
+                    }
+                }
         } else {
-            context.close(mode: .output, promise: nil)
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            context.close(mode: .output, promise: promise)
+            promise.futureResult.assumeIsolated().whenFailure { error in
+                self.bridge?.errorCaught(on: side, error)
+            }
         }
     }
 
     /// What this channel holds unwritten, and what its peer has acknowledged (for the stall timeout).
     func sample() -> BridgeTimeouts.Sample {
         guard let channel = self.context?.channel,
-            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes), held > 0
+            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes)
         else { return .init(held: 0, delivered: 0) }
         return .init(held: held, delivered: LinuxSocketOptions.bytesAcknowledged(channel) ?? 0)
     }

@@ -188,16 +188,17 @@ struct BridgeStateMachine {
             switch side {
             case .client:
                 client.closed = true
-                if !client.inputClosed && client.outputShutdownRequested {
+                if !client.inputClosed && client.outputClosed {
                     // NIO reports a peer's EOF as a plain close when our write side was already
                     // shut (a read error would have come first as `errorCaught`): pass the EOF on.
+                    // A close while the shutdown was still waiting for writes is a failed write.
                     client.inputClosed = true
                     server.outputShutdownRequested = true
                     action = .shutdownOutput(.server)
                 }
             case .server:
                 server.closed = true
-                if !server.inputClosed && server.outputShutdownRequested {
+                if !server.inputClosed && server.outputClosed {
                     server.inputClosed = true
                     client.outputShutdownRequested = true
                     action = .shutdownOutput(.client)

@@ -78,6 +78,10 @@ struct BridgeTimeouts {
         if let stallTimeout {
             for (index, sample) in [upstream, downstream].enumerated() {
                 var progress = self.directions[index]
+                if sample.held > 0 && sample.delivered != progress.lastDelivered {
+                    // A backlog still draining to a slow reader is traffic too.
+                    self.lastTraffic = now
+                }
                 if sample.held == 0 || sample.delivered != progress.lastDelivered || progress.lastProgress == nil {
                     progress.lastProgress = now
                     progress.lastDelivered = sample.delivered

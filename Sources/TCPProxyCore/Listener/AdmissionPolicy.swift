@@ -6,10 +6,22 @@ public struct AdmissionPolicy: Sendable, Hashable {
     public var allow: [CIDR] = []
     /// At most this many bridges at once; `nil` means no limit.
     public var maxConnections: Int? = nil
+    /// With `--accept-proxy-protocol`: the only peers allowed to connect and send PROXY headers
+    /// (`--trusted-proxy`); empty means any peer. `--allow` then applies to the address in the header,
+    /// so without this list anyone who can reach the port could claim an allowed address.
+    public var trustedProxies: [CIDR] = []
 
-    public init(allow: [CIDR] = [], maxConnections: Int? = nil) {
+    public init(allow: [CIDR] = [], maxConnections: Int? = nil, trustedProxies: [CIDR] = []) {
         self.allow = allow
         self.maxConnections = maxConnections
+        self.trustedProxies = trustedProxies
+    }
+
+    /// Whether `peer` may send a PROXY header.
+    public func trustsProxy(_ peer: SocketAddress?) -> Bool {
+        guard !self.trustedProxies.isEmpty else { return true }
+        guard let peer else { return false }
+        return self.trustedProxies.contains { $0.contains(peer) }
     }
 
     /// What to do with a client that just arrived.
@@ -36,6 +48,9 @@ public struct AdmissionPolicy: Sendable, Hashable {
     /// - Returns: whether to admit it, and if not, why.
     ///   - checkAllow: whether to apply `--allow` now (not when the address comes later, in a PROXY header).
     public func decide(address: SocketAddress?, activeBridges: Int, checkAllow: Bool = true) -> Decision {
+        if !checkAllow, !self.trustsProxy(address) {
+            return .notAllowed
+        }
         if checkAllow, !self.allow.isEmpty {
             guard let address, self.allow.contains(where: { $0.contains(address) }) else { return .notAllowed }
         }

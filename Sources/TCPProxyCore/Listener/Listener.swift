@@ -76,6 +76,11 @@ public final class Listener: Service, Sendable {
             "listening on \(address.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "\(self.configuration.mode)"]
         )
+        if self.configuration.acceptProxyProtocol && self.configuration.admission.trustedProxies.isEmpty {
+            self.logger.warning(
+                "accepting PROXY headers from any peer: a client can claim any address; restrict senders with --trusted-proxy"
+            )
+        }
 
         self.healthChecker?.start()
         // Runs until the service group starts a graceful shutdown (or is cancelled).
@@ -92,6 +97,11 @@ public final class Listener: Service, Sendable {
         let drained = self.group.next().makePromise(of: Void.self)
         quiescing.initiateShutdown(promise: drained)
         try await drained.futureResult.get()
+        // The quiescing helper watches client sockets only; a bridge may still be writing its last bytes
+        // to a slow server. Each bridge closes itself at the drain timeout, so this wait is bounded.
+        while self.activeBridgeCount > 0 {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
         self.logger.info("listener stopped")
     }
 

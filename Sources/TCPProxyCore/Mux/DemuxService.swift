@@ -31,8 +31,6 @@ public final class DemuxService: Service, Sendable {
             configuration: configuration,
             logger: logger,
             metrics: metrics,
-            bridgeIDs: ManagedAtomic(1),
-            activeStreams: ManagedAtomic(0),
             target: ConnectTarget(configuration.target!)
         )
     }

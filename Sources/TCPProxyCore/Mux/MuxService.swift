@@ -31,14 +31,7 @@ public final class MuxService: Service, Sendable {
         var logger = logger
         logger[metadataKey: "listener"] = "mux"
         self.logger = logger
-        let environment = MuxStreamEnvironment(
-            configuration: configuration,
-            logger: logger,
-            metrics: metrics,
-            bridgeIDs: ManagedAtomic(1),
-            activeStreams: ManagedAtomic(0),
-            target: nil
-        )
+        let environment = MuxStreamEnvironment(configuration: configuration, logger: logger, metrics: metrics)
         self.environment = environment
         let loops = Array(self.group.makeIterator())
         self.connections = (0..<max(1, configuration.tunnels)).map { index in

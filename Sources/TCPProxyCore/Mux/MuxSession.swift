@@ -136,15 +136,24 @@ final class MuxSession {
         self.flushNeeded = true
     }
 
-    /// Writes `payload` as DATA frames: one buffer, one copy, per read.
+    /// Writes `payload` as DATA frames without copying it: the headers of all its frames go into one small
+    /// buffer, and each frame is written as a slice of that buffer followed by a slice of the payload
+    /// (NIO sends them with one `writev`).
     func sendData(streamID: UInt32, _ payload: ByteBuffer) {
         guard !self.isClosed, let context else { return }
         let maximum = self.configuration.maximumPayload
-        var buffer = context.channel.allocator.buffer(
-            capacity: ByteBuffer.muxDataFramesSize(bytes: payload.readableBytes, maximumPayload: maximum)
-        )
-        buffer.writeMuxDataFrames(streamID: streamID, payload: payload, maximumPayload: maximum)
-        context.write(NIOAny(buffer), promise: nil)
+        let frames = max(1, (payload.readableBytes + maximum - 1) / maximum)
+        var headers = context.channel.allocator.buffer(capacity: frames * MuxFrame.headerSize)
+        var payload = payload
+        repeat {
+            let chunk = payload.readSlice(length: min(payload.readableBytes, maximum))!
+            let start = headers.writerIndex
+            headers.writeMultipleIntegers(
+                MuxFrame.version, streamID, MuxFrame.FrameType.data.rawValue, UInt8(0), UInt32(chunk.readableBytes)
+            )
+            context.write(NIOAny(headers.getSlice(at: start, length: MuxFrame.headerSize)!), promise: nil)
+            context.write(NIOAny(chunk), promise: nil)
+        } while payload.readableBytes > 0
         self.flushNeeded = true
     }
 

@@ -17,6 +17,20 @@ struct MuxStreamEnvironment: Sendable {
     /// Demux: where streams go.
     var target: ConnectTarget?
 
+    /// - Parameters:
+    ///   - configuration: the settings.
+    ///   - logger: the service's logger.
+    ///   - metrics: the listener's metrics, if `--metrics` is on.
+    ///   - target: demux: where streams go.
+    init(configuration: MuxConfiguration, logger: Logger, metrics: ProxyMetrics? = nil, target: ConnectTarget? = nil) {
+        self.configuration = configuration
+        self.logger = logger
+        self.metrics = metrics
+        self.bridgeIDs = ManagedAtomic(1)
+        self.activeStreams = ManagedAtomic(0)
+        self.target = target
+    }
+
     /// A stream began (accepted at the mux, opened at the demux).
     func streamStarted() {
         self.activeStreams.wrappingIncrement(ordering: .relaxed)

@@ -40,6 +40,11 @@ final class ProxyHeaderReceiver: ChannelInboundHandler, RemovableChannelHandler 
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.timer?.cancel()
+        // Removed without a header or a close (the channel never became active): give the slot back.
+        if !self.finished {
+            self.finished = true
+            self.outcome.abandoned()
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

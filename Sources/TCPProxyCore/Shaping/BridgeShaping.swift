@@ -64,6 +64,11 @@ struct BridgeShaping {
         self.delayLines[direction.index] != nil
     }
 
+    /// Whether `--latency` holds back any chunk, in either direction.
+    var hasDelayedBytes: Bool {
+        self.delayLines.contains { ($0?.heldBytes ?? 0) > 0 }
+    }
+
     /// Bytes held back in `direction` by `--latency`.
     func delayedBytes(_ direction: Direction) -> Int {
         self.delayLines[direction.index]?.heldBytes ?? 0

@@ -32,8 +32,10 @@ struct PooledServerConnector: ServerConnector {
             promise.fail(lastError ?? ChannelError.connectTimeout(configuration.connectTimeout))
             return
         }
+        // An unreachable target (SYNs dropped) must not use up the whole budget: each target left gets an
+        // equal share of the time left.
         var attemptConfiguration = configuration
-        attemptConfiguration.connectTimeout = timeLeft
+        attemptConfiguration.connectTimeout = .nanoseconds(timeLeft.nanoseconds / Int64(remaining.count))
         let pool = self.pool
         TCPServerConnector(target: pool.connectTargets[index])
             .connect(on: eventLoop, configuration: attemptConfiguration, initialize: initialize)
