@@ -17,7 +17,6 @@ public final class MuxService: Service, Sendable {
     private let logger: Logger
     private let environment: MuxStreamEnvironment
     private let connections: [MuxTunnelConnection]
-    private let nextConnection = ManagedAtomic<Int>(0)
 
     /// - Parameters:
     ///   - configuration: the listener, the tunnel endpoint and the limits.

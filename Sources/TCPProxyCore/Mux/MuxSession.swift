@@ -127,9 +127,23 @@ final class MuxSession {
 
     // MARK: Writing frames
 
+    /// Control frames written while the tunnel was not writable; see ``maximumControlBacklog``.
+    private var controlBacklog = 0
+    /// A peer that makes us answer (PING, refused OPENs) without reading the answers could grow our write
+    /// buffer without end: past this many control frames queued behind a full tunnel, it is cut off.
+    static let maximumControlBacklog = 4096
+
     /// Writes a control frame (flushed by ``flushIfNeeded()``).
     func send(_ frame: MuxFrame) {
         guard !self.isClosed, let context else { return }
+        if !self.channel.isWritable, frame.type != .goAway {
+            self.controlBacklog += 1
+            if self.controlBacklog > Self.maximumControlBacklog {
+                self.logger.warning("tunnel peer does not read, closing", metadata: ["frames.queued": "\(self.controlBacklog)"])
+                self.channel.close(promise: nil)
+                return
+            }
+        }
         var buffer = context.channel.allocator.buffer(capacity: MuxFrame.headerSize + 8)
         buffer.writeMuxFrame(frame)
         context.write(NIOAny(buffer), promise: nil)
@@ -222,6 +236,7 @@ final class MuxSession {
 
     func writabilityChanged() {
         guard self.isWritable else { return }
+        self.controlBacklog = 0
         for stream in Array(self.streams.values) { stream.tunnelWritable() }
     }
 
