@@ -241,7 +241,7 @@ final class Bridge {
                 }
                 self.perform(self.machine.connectSucceeded())
             case .failure(let error):
-                let timedOut = Bridge.isTimeout(error)
+                let timedOut = isConnectTimeout(error)
                 self.logger.info(
                     "bridge connect failed",
                     metadata: [
@@ -255,17 +255,6 @@ final class Bridge {
                 self.perform(self.machine.serverNeverOpened())
             }
         }
-    }
-
-    private static func isTimeout(_ error: Error) -> Bool {
-        if case ChannelError.connectTimeout = error { return true }
-        if let error = error as? NIOConnectionError {
-            return error.connectionErrors.contains { attempt in
-                if case ChannelError.connectTimeout = attempt.error { return true }
-                return false
-            }
-        }
-        return false
     }
 
     /// Writes a PROXY header to the server, before any byte of the client's: the real client (as the

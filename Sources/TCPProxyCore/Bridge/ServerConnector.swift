@@ -97,3 +97,16 @@ enum ConnectTarget: Sendable, Hashable, CustomStringConvertible {
         }
     }
 }
+
+/// Whether a failed connect failed by timing out (`--connect-timeout`), for the close reason: NIO reports a
+/// single attempt's timeout directly, and Happy Eyeballs' inside `NIOConnectionError`.
+func isConnectTimeout(_ error: Error) -> Bool {
+    if case ChannelError.connectTimeout = error { return true }
+    if let error = error as? NIOConnectionError {
+        return error.connectionErrors.contains { attempt in
+            if case ChannelError.connectTimeout = attempt.error { return true }
+            return false
+        }
+    }
+    return false
+}

@@ -146,21 +146,10 @@ final class MuxStream {
                     "bridge connect failed",
                     metadata: ["server.address": "\(connector.targetDescription)", "error": "\(error)"]
                 )
-                self.perform(self.machine.connectFailed(timedOut: Self.isTimeout(error)))
+                self.perform(self.machine.connectFailed(timedOut: isConnectTimeout(error)))
                 self.perform(self.machine.localClosed())
             }
         }
-    }
-
-    private static func isTimeout(_ error: Error) -> Bool {
-        if case ChannelError.connectTimeout = error { return true }
-        if let error = error as? NIOConnectionError {
-            return error.connectionErrors.contains { attempt in
-                if case ChannelError.connectTimeout = attempt.error { return true }
-                return false
-            }
-        }
-        return false
     }
 
     // MARK: Events from the local socket

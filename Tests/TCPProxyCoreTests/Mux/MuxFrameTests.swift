@@ -128,7 +128,7 @@ struct MuxFrameTests {
 
     @Test("bounded fuzz: 20,000 seeded random and mutated inputs never crash, and nil or throw leave the buffer as it was")
     func fuzz() throws {
-        var random = MuxFuzzRandom(seed: 0x6D75_7801)
+        var random = RandomSource(seed: 0x6D75_7801)
         let valid = Self.examples.map(\.1)
         var decodedCount = 0
         for _ in 0..<20_000 {
@@ -164,15 +164,3 @@ struct MuxFrameTests {
     }
 }
 
-/// A small seeded generator, so the fuzz test is the same on every run.
-private struct MuxFuzzRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

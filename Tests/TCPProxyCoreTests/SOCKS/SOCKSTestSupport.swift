@@ -2,18 +2,8 @@ import NIOCore
 
 @testable import TCPProxyCore
 
-/// SplitMix64: a small seeded generator, so random splits and fuzz inputs are the same on every run.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// The fuzz and split tests draw from the engine's seeded generator, so they are the same on every run.
+typealias SeededRandom = RandomSource
 
 /// How bytes are handed to a parser or machine: all at once, one at a time, or in random pieces.
 enum Feeding: Hashable, CustomStringConvertible {
