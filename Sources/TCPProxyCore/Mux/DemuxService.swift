@@ -57,15 +57,12 @@ public final class DemuxService: Service, Sendable {
         let listen = self.configuration.listen
         let logger = self.logger
         do {
-            return try await ServerBootstrap(group: self.group)
-                .serverChannelOption(.backlog, value: 256)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
-                        try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
-                    }
-                }
+            return try await ServerBootstrap.tcpproxyListener(
+                group: self.group,
+                backlog: 256,
+                logger: logger,
+                quiescing: quiescing
+            )
                 .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in

@@ -78,15 +78,12 @@ public final class MuxService: Service, Sendable {
         let listen = self.configuration.listen
         let logger = self.logger
         do {
-            return try await ServerBootstrap(group: self.group)
-                .serverChannelOption(.backlog, value: 4096)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger))
-                        try channel.pipeline.syncOperations.addHandler(quiescing.makeServerChannelHandler(channel: channel))
-                    }
-                }
+            return try await ServerBootstrap.tcpproxyListener(
+                group: self.group,
+                backlog: 4096,
+                logger: logger,
+                quiescing: quiescing
+            )
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
