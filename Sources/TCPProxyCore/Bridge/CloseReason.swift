@@ -18,8 +18,12 @@ public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
     case drainTimeout
     /// `--max-connections` bridges were already open.
     case limitReached
-    /// The client's address is outside every `--allow` network.
+    /// The client's address is outside every `--allow` network (or a SOCKS login was refused).
     case notAllowed
+    /// A SOCKS client sent a request that breaks the protocol, or one the proxy does not serve.
+    case handshakeFailed
+    /// A SOCKS client did not complete its handshake within `--handshake-timeout`.
+    case handshakeTimeout
     /// Transparent mode: the client's original destination is the proxy's own listener (a loop).
     case loopRefused
     /// Transparent mode: the client's original destination could not be read (`redirect`: conntrack

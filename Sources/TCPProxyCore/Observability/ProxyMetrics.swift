@@ -132,10 +132,11 @@ public final class ProxyMetrics: Sendable {
     static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed, .loopRefused, .noOriginalDestination]
     static let timeoutKinds: [(reason: CloseReason, kind: String)] = [
         (.connectTimeout, "connect"), (.stallTimeout, "stall"), (.idleTimeout, "idle"), (.drainTimeout, "drain"),
+        (.handshakeTimeout, "handshake"),
     ]
     static let closeReasons: [CloseReason] = [
         .completed, .clientReset, .serverReset, .connectFailed, .connectTimeout, .stallTimeout, .idleTimeout,
-        .drainTimeout, .limitReached, .notAllowed, .loopRefused, .noOriginalDestination,
+        .drainTimeout, .limitReached, .notAllowed, .loopRefused, .noOriginalDestination, .handshakeFailed, .handshakeTimeout,
     ]
 
     // MARK: The metric objects
@@ -276,6 +277,7 @@ public final class ProxyMetrics: Sendable {
         case .stallTimeout: 1
         case .idleTimeout: 2
         case .drainTimeout: 3
+        case .handshakeTimeout: 4
         default: nil
         }
     }
@@ -294,6 +296,8 @@ public final class ProxyMetrics: Sendable {
         case .notAllowed: 9
         case .loopRefused: 10
         case .noOriginalDestination: 11
+        case .handshakeFailed: 12
+        case .handshakeTimeout: 13
         }
     }
 }

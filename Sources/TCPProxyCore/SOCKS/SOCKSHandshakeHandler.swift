@@ -120,7 +120,7 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
             case .fail(let error):
                 self.countRequest()
                 if error.isAuthenticationFailure { self.setup.observers.metrics?.socksAuthenticationFailed() }
-                let reason: CloseReason = error.isAuthenticationFailure ? .notAllowed : .clientReset
+                let reason: CloseReason = error.isAuthenticationFailure ? .notAllowed : .handshakeFailed
                 self.fail(context: context, reason: reason, error: "\(error)", reply: error.reply)
             }
         }
@@ -203,7 +203,7 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
         let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
         self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.socks.handshakeTimeout) {
             self.timer = nil
-            self.fail(context: loopBoundContext.value, reason: .idleTimeout, error: "handshake timed out")
+            self.fail(context: loopBoundContext.value, reason: .handshakeTimeout, error: "handshake timed out")
         }
     }
 

@@ -168,7 +168,7 @@ struct SOCKSHandshakeHandlerTests {
         try harness.send(Self.greeting + [0x05, 0x01, 0x00, 0x02, 0, 0, 0, 0, 0, 0])
         #expect(try harness.writtenToClient() == [0x05, 0x00, 0x05, 0x08, 0x00, 0x01, 0, 0, 0, 0, 0, 0])
         #expect(!harness.client.isActive)
-        #expect(harness.finished == [.clientReset])
+        #expect(harness.finished == [.handshakeFailed])
         #expect(harness.requests.isEmpty)
         #expect(harness.counter("tcpproxy_socks_replies_total", [("code", "0x08")]) == 1)
     }
@@ -193,7 +193,7 @@ struct SOCKSHandshakeHandlerTests {
         harness.loop.advanceTime(by: .milliseconds(1))
         #expect(!harness.client.isActive)
         #expect(try harness.writtenToClient() == [])
-        #expect(harness.finished == [.idleTimeout])
+        #expect(harness.finished == [.handshakeTimeout])
     }
 
     @Test("the handshake timeout stops once the request is read")
