@@ -13,7 +13,7 @@ public final class Listener: Service, Sendable {
     private let configuration: ProxyConfiguration
     private let group: EventLoopGroup
     private let logger: Logger
-    private let activeBridges = ManagedAtomic<Int>(0)
+    private let activeBridges = AdmissionCounter()
     private let nextBridgeID = ManagedAtomic<UInt64>(1)
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
     private let observers: Bridge.Observers
@@ -65,7 +65,7 @@ public final class Listener: Service, Sendable {
     public var metrics: ProxyMetrics? { self.observers.metrics }
 
     /// Open bridges right now.
-    public var activeBridgeCount: Int { self.activeBridges.load(ordering: .relaxed) }
+    public var activeBridgeCount: Int { self.activeBridges.count }
 
     public func run() async throws {
         let quiescing = ServerQuiescingHelper(group: self.group)
@@ -144,7 +144,11 @@ public final class Listener: Service, Sendable {
     ) throws {
         let acceptsHeader = self.configuration.acceptProxyProtocol
         // With --accept-proxy-protocol, --allow applies to the address in the header, once it arrives.
-        let decision = self.admit(channel.remoteAddress, checkAllow: !acceptsHeader)
+        let decision = self.activeBridges.admit(
+            self.configuration.admission,
+            address: channel.remoteAddress,
+            checkAllow: !acceptsHeader
+        )
         self.observers.metrics?.accepted()
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
@@ -165,9 +169,7 @@ public final class Listener: Service, Sendable {
                 id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
                 configuration: configuration,
                 logger: self.logger,
-                hooks: .init(finished: { [activeBridges] _ in
-                    activeBridges.wrappingDecrement(ordering: .relaxed)
-                }),
+                hooks: .init(finished: { [activeBridges] _ in activeBridges.release() }),
                 observers: self.observers
             )
             if acceptsHeader {
@@ -177,7 +179,7 @@ public final class Listener: Service, Sendable {
                 self.observers.metrics?.bridgeOpened()
             }
         } catch {
-            self.activeBridges.wrappingDecrement(ordering: .relaxed)
+            self.activeBridges.release()
             throw error
         }
     }
@@ -216,7 +218,7 @@ extension Listener {
                     metrics?.bridgeOpened()
                     return true
                 },
-                abandoned: { activeBridges.wrappingDecrement(ordering: .relaxed) }
+                abandoned: { activeBridges.release() }
             )
         )
     }
@@ -235,33 +237,6 @@ extension Listener {
         case .socks(let socks):
             SOCKSStarter(socks, listener: self.configuration, logger: self.logger)
         }
-    }
-
-    /// Decides on a new client and, when it is admitted, counts it as an open bridge. The count is
-    /// claimed with a compare-and-exchange so that clients accepted at once on several event loops
-    /// cannot together exceed `--max-connections`.
-    private func admit(_ address: SocketAddress?, checkAllow: Bool) -> AdmissionPolicy.Decision {
-        while true {
-            let active = self.activeBridges.load(ordering: .relaxed)
-            let decision = self.configuration.admission.decide(
-                address: address,
-                activeBridges: active,
-                checkAllow: checkAllow
-            )
-            guard decision == .admit else { return decision }
-            if self.activeBridges.compareExchange(expected: active, desired: active + 1, ordering: .relaxed).exchanged {
-                return .admit
-            }
-        }
-    }
-}
-
-/// Closes a client that was turned away as soon as it is active.
-private final class CloseOnActiveHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.close(promise: nil)
     }
 }
 

@@ -36,7 +36,7 @@ public final class DemuxService: Service, Sendable {
     }
 
     /// Open streams right now.
-    public var activeStreamCount: Int { self.environment.activeStreams.load(ordering: .relaxed) }
+    public var activeStreamCount: Int { self.environment.streams.count }
 
     public func run() async throws {
         let quiescing = ServerQuiescingHelper(group: self.group)

@@ -44,7 +44,7 @@ public final class MuxService: Service, Sendable {
     }
 
     /// Open streams right now.
-    public var activeStreamCount: Int { self.environment.activeStreams.load(ordering: .relaxed) }
+    public var activeStreamCount: Int { self.environment.streams.count }
 
     public func run() async throws {
         let quiescing = ServerQuiescingHelper(group: self.group)
@@ -100,10 +100,8 @@ public final class MuxService: Service, Sendable {
     /// Admits or turns away a client; an admitted one becomes a stream on a tunnel of its event loop.
     private func initializeClient(_ channel: Channel) throws {
         self.environment.metrics?.accepted()
-        let decision = self.configuration.admission.decide(
-            address: channel.remoteAddress,
-            activeBridges: self.activeStreamCount
-        )
+        // Claims the client's slot in the same step, so loops accepting at once cannot exceed the limit.
+        let decision = self.environment.streams.admit(self.configuration.admission, address: channel.remoteAddress)
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
             self.environment.metrics?.rejected(reason)
@@ -111,11 +109,17 @@ public final class MuxService: Service, Sendable {
                 "connection rejected",
                 metadata: ["client.address": "\(channel.remoteAddress.logDescription)", "close.reason": "\(reason)"]
             )
-            try channel.pipeline.syncOperations.addHandler(MuxCloseOnActiveHandler())
+            try channel.pipeline.syncOperations.addHandler(CloseOnActiveHandler())
             return
         }
-        try BridgeChannelOptions.apply(self.configuration.bridge, to: channel, reading: .upstream)
-        let stream = MuxStream(role: .mux, environment: self.environment, eventLoop: channel.eventLoop)
+        let stream: MuxStream
+        do {
+            try BridgeChannelOptions.apply(self.configuration.bridge, to: channel, reading: .upstream)
+            stream = MuxStream(role: .mux, environment: self.environment, eventLoop: channel.eventLoop)
+        } catch {
+            self.environment.streams.release()
+            throw error
+        }
         try channel.pipeline.syncOperations.addHandler(stream.handler)
         stream.accepted(channel)
         self.connection(on: channel.eventLoop).attach(stream)
@@ -129,14 +133,5 @@ public final class MuxService: Service, Sendable {
             preconditionFailure("no tunnel on the client's event loop")
         }
         return local.min { $0.load < $1.load } ?? first
-    }
-}
-
-/// Closes a client that was turned away as soon as it is active.
-private final class MuxCloseOnActiveHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.close(promise: nil)
     }
 }

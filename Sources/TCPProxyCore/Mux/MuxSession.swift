@@ -305,6 +305,7 @@ final class MuxSession {
             self.send(MuxFrame(streamID: id, payload: .reset(.targetNotAllowed)))
             return
         }
+        self.environment.streams.claim()
         let stream = MuxStream(role: .demux, environment: self.environment, eventLoop: self.channel.eventLoop)
         self.streams[id] = stream
         stream.connect(on: self, streamID: id, connector: TCPServerConnector(target: connectTarget))

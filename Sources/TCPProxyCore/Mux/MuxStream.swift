@@ -407,7 +407,7 @@ final class MuxStream {
         )
         self.reportBytes()
         self.environment.metrics?.bridgeClosed(reason, duration: duration)
-        self.environment.activeStreams.wrappingDecrement(ordering: .relaxed)
+        self.environment.streams.release()
         self.session?.removeStream(self)
         self.finished?(self)
         self.finished = nil

@@ -12,8 +12,9 @@ struct MuxStreamEnvironment: Sendable {
     var metrics: ProxyMetrics?
     /// Numbers for streams' `bridge.id`.
     var bridgeIDs: ManagedAtomic<UInt64>
-    /// Open streams in this process.
-    var activeStreams: ManagedAtomic<Int>
+    /// Open streams of this listener: the mux claims a slot when it admits a client, the demux when it
+    /// opens a stream; a stream gives it back when it ends.
+    var streams: AdmissionCounter
     /// Demux: where streams go.
     var target: ConnectTarget?
 
@@ -27,13 +28,12 @@ struct MuxStreamEnvironment: Sendable {
         self.logger = logger
         self.metrics = metrics
         self.bridgeIDs = ManagedAtomic(1)
-        self.activeStreams = ManagedAtomic(0)
+        self.streams = AdmissionCounter()
         self.target = target
     }
 
-    /// A stream began (accepted at the mux, opened at the demux).
+    /// A stream began (accepted at the mux, opened at the demux); its slot is already claimed.
     func streamStarted() {
-        self.activeStreams.wrappingIncrement(ordering: .relaxed)
         self.metrics?.bridgeOpened()
     }
 
