@@ -42,13 +42,11 @@ extension Bridge {
     /// Adds the bytes moved since the last report to the metrics (at each timer tick and at the end,
     /// never per chunk).
     func reportBytes() {
-        guard let metrics = self.observers.metrics else { return }
-        let upstream = self.bytesUpstream &- self.reportedUpstream
-        let downstream = self.bytesDownstream &- self.reportedDownstream
-        guard upstream > 0 || downstream > 0 else { return }
-        metrics.addBytes(upstream: upstream, downstream: downstream)
-        self.reportedUpstream = self.bytesUpstream
-        self.reportedDownstream = self.bytesDownstream
+        self.byteReporter.report(
+            upstream: self.bytesUpstream,
+            downstream: self.bytesDownstream,
+            to: self.observers.metrics
+        )
     }
 
     func cancelTimers() {

@@ -48,8 +48,7 @@ final class Bridge {
     /// The client channel became active and the bridge began (or it was given up before that).
     private var started = false
     /// Bytes already added to the metrics.
-    var reportedUpstream: UInt64 = 0
-    var reportedDownstream: UInt64 = 0
+    var byteReporter = ByteCountReporter()
 
     var machine = BridgeStateMachine()
     var timeouts: BridgeTimeouts

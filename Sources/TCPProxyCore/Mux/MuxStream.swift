@@ -50,8 +50,7 @@ final class MuxStream {
     private(set) var bytesFromLocal: UInt64 = 0
     private(set) var bytesFromTunnel: UInt64 = 0
     private var bytesSent: UInt64 = 0
-    private var reportedUp: UInt64 = 0
-    private var reportedDown: UInt64 = 0
+    private var byteReporter = ByteCountReporter()
     private let startTime: NIODeadline
     private var timeouts: BridgeTimeouts
     private var timer: Scheduled<Void>?
@@ -473,13 +472,11 @@ final class MuxStream {
     }
 
     private func reportBytes() {
-        guard let metrics = self.environment.metrics else { return }
-        let up = self.bytesUpstream &- self.reportedUp
-        let down = self.bytesDownstream &- self.reportedDown
-        guard up > 0 || down > 0 else { return }
-        metrics.addBytes(upstream: up, downstream: down)
-        self.reportedUp = self.bytesUpstream
-        self.reportedDown = self.bytesDownstream
+        self.byteReporter.report(
+            upstream: self.bytesUpstream,
+            downstream: self.bytesDownstream,
+            to: self.environment.metrics
+        )
     }
 
     private func cancelTimers() {
