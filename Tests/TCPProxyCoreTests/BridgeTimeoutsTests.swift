@@ -97,4 +97,19 @@ struct BridgeTimeoutsTests {
                 == .expire(.idleTimeout)
         )
     }
+
+    @Test("bytes held outside the write buffers (delayed by --latency) keep the timer running")
+    func heldElsewhere() {
+        var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)
+        _ = timeouts.tick(now: self.at(0.125), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
+        #expect(
+            timeouts.tick(
+                now: self.at(0.25), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing, heldElsewhere: true
+            ) == .sampleAgain(in: .milliseconds(125))
+        )
+        #expect(
+            timeouts.tick(now: self.at(0.375), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
+                == .stop
+        )
+    }
 }

@@ -22,17 +22,15 @@ extension Bridge {
             now: self.eventLoop.now,
             trafficBytes: self.bytesUpstream &+ self.bytesDownstream,
             upstream: self.serverHandler.sample(),
-            downstream: self.clientHandler.sample()
+            downstream: self.clientHandler.sample(),
+            heldElsewhere: self.shaping?.hasDelayedBytes == true
         )
         self.reportBytes()
         switch decision {
         case .sampleAgain(let delay):
             self.scheduleTick(in: delay)
         case .stop:
-            // Chunks held back by --latency will be written later: keep watching until they are out.
-            if self.shaping?.hasDelayedBytes == true {
-                self.scheduleTick(in: self.timeouts.samplingInterval)
-            }
+            break
         case .expire(let reason):
             self.logger.debug("bridge timed out", metadata: ["bridge.id": "\(self.id)", "close.reason": "\(reason)"])
             self.perform(self.machine.abort(reason))

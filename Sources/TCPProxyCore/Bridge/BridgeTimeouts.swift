@@ -68,8 +68,17 @@ struct BridgeTimeouts {
     ///   - trafficBytes: bytes read from both sides so far (any change counts as traffic).
     ///   - upstream: the client-to-server direction.
     ///   - downstream: the server-to-client direction.
+    ///   - heldElsewhere: whether the proxy holds bytes outside the sockets' write buffers that will be
+    ///     written later (chunks delayed by `--latency`): then the timer must not stop, or a stall after
+    ///     their delivery would go unseen.
     /// - Returns: whether to keep sampling, stop, or end the bridge.
-    mutating func tick(now: NIODeadline, trafficBytes: UInt64, upstream: Sample, downstream: Sample) -> Decision {
+    mutating func tick(
+        now: NIODeadline,
+        trafficBytes: UInt64,
+        upstream: Sample,
+        downstream: Sample,
+        heldElsewhere: Bool = false
+    ) -> Decision {
         if trafficBytes != self.lastTrafficBytes {
             self.lastTrafficBytes = trafficBytes
             self.lastTraffic = now
@@ -102,7 +111,9 @@ struct BridgeTimeouts {
         }
         // Without an idle timeout, a bridge that holds nothing and moved nothing needs no timer until
         // its next read.
-        if self.idleTimeout == nil && upstream.held == 0 && downstream.held == 0 && self.lastTraffic != now {
+        if self.idleTimeout == nil && upstream.held == 0 && downstream.held == 0 && !heldElsewhere
+            && self.lastTraffic != now
+        {
             return .stop
         }
         var delay = self.samplingInterval
