@@ -47,6 +47,34 @@ struct CommandLineTests {
         #expect(!result.stderr.contains("Fatal error"))
     }
 
+    @Test(
+        "Listen on a privileged port without privilege: exit 1 and stderr says permission denied",
+        .enabled(
+            if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+            "needs root and util-linux setpriv to run tcpproxy as an unprivileged user"
+        )
+    )
+    func permissionDenied() async throws {
+        // Dropped to nobody (uid 65534), binding port 81 fails with EACCES.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        process.arguments = [
+            "--reuid=65534", "--regid=65534", "--clear-groups", try ProxyProcess.binaryURL().path,
+            "forward", "--listen", "127.0.0.1:81", "--target", "127.0.0.1:9",
+        ]
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let output = try await onThread { stderr.fileHandleForReading.readDataToEndOfFile() }
+        let deadline = now() + 10
+        while process.isRunning && now() < deadline { await delay(seconds: 0.05) }
+        if process.isRunning { process.terminate() }
+        let text = String(decoding: output, as: UTF8.self)
+        #expect(process.terminationStatus == 1, "stderr: \(text)")
+        #expect(text.contains("cannot listen on 127.0.0.1:81: permission denied"), "stderr: \(text)")
+    }
+
     @Test("Seed form 1: tcpproxy LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT forwards")
     func seedFormFourArguments() async throws {
         let server = try TestServer(handler: TestServer.echo)
