@@ -122,13 +122,7 @@ struct LimitsTests {
 
     @Test("Connect failure (nothing listens on the target port): the client is closed promptly, connectFailed")
     func connectFailure() async throws {
-        // A port that was just free: bind, read the port, close.
-        let closedPort = try { () throws -> Int in
-            let probe = try TestServer()
-            defer { probe.stop() }
-            return probe.port
-        }()
-        let proxy = try await ProxyProcess.forward(to: closedPort)
+        let proxy = try await ProxyProcess.forward(to: refusedPort)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)

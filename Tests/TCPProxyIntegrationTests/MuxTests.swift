@@ -330,10 +330,7 @@ struct MuxTests {
 
     @Test("A stream whose server connection fails closes its client with connectFailed")
     func connectFailure() async throws {
-        let probe = try TestServer()
-        let deadPort = probe.port
-        probe.stop()
-        let tunnel = try await Tunnel.start(to: deadPort)
+        let tunnel = try await Tunnel.start(to: refusedPort)
         defer { tunnel.kill() }
         let client = try TestSocket.connect(port: tunnel.mux.port)
         defer { client.close() }

@@ -77,12 +77,9 @@ struct SOCKSTests {
         #expect(Array(reply[12...]) == bytes("ping"), "the data sent with the request came back")
     }
 
-    /// A port on 127.0.0.1 where nothing listens.
+    /// A port on 127.0.0.1 where nothing listens (see ``refusedPort``).
     static func closedPort() throws -> Int {
-        let listener = try TestServer()
-        let port = listener.port
-        listener.stop()
-        return port
+        refusedPort
     }
 
     /// The remote port of an accepted socket.

@@ -25,14 +25,6 @@ struct TargetsTests {
         }
     }
 
-    /// A free loopback port with nothing listening on it.
-    private func closedPort() throws -> Int {
-        let server = try TestServer(handler: TestServer.closeImmediately)
-        let port = server.port
-        server.stop()
-        return port
-    }
-
     @Test("round-robin over three targets spreads clients evenly, and weights shift the shares")
     func roundRobin() async throws {
         let servers = try ["a", "b", "c"].map(self.namedServer)
@@ -87,7 +79,7 @@ struct TargetsTests {
     func failover() async throws {
         let alive = try ["a", "b"].map(self.namedServer)
         defer { alive.forEach { $0.stop() } }
-        let dead = try self.closedPort()
+        let dead = refusedPort
         let proxy = try await ProxyProcess.start([
             "forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:\(dead)",
             "--target", "127.0.0.1:\(alive[0].port)", "--target", "127.0.0.1:\(alive[1].port)",

@@ -50,3 +50,8 @@ final class Shared<Value: Sendable>: @unchecked Sendable {
 func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
 let megabyte = 1 << 20
+
+/// A port on 127.0.0.1 where nothing listens, so connects to it are refused at once. Port 1 is below the
+/// ephemeral range: no test server (bound to port 0) can ever be given it, unlike a port that was just
+/// bound and closed, which a test running in parallel may get for its own server.
+let refusedPort = 1
