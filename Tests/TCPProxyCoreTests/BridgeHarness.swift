@@ -157,6 +157,8 @@ final class EmbeddedConnector: ServerConnector, @unchecked Sendable {
         self.channel = channel
         let promise = eventLoop.makePromise(of: Channel.self)
         self.promise = promise
+        // As with NIO's sockets: closing a channel whose connect is pending fails that connect.
+        channel.closeFuture.whenComplete { _ in promise.fail(ChannelError.ioOnClosedChannel) }
         return promise.futureResult
     }
 

@@ -342,7 +342,10 @@ final class Bridge {
             case .serverReset, .stallTimeout: self.conversation?.recordReset(.downstream)
             default: break
             }
-            for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {
+            // While connecting, the server channel is only in its handler: closing it abandons the connect
+            // at once instead of holding a descriptor until the connect completes or times out.
+            let server = self.serverChannel ?? self.serverHandler.context?.channel
+            for channel in [self.clientHandler.context?.channel, server].compactMap({ $0 }) {
                 if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
                 channel.close(promise: nil)
             }
