@@ -162,6 +162,15 @@ enum BridgeChannelOptions {
     /// default high-water mark nothing needs setting, which spares two option calls per socket.
     static let defaultHighWaterMark = 64 * 1024
 
+    /// Reads start small and grow with the traffic (NIO's adaptive sizes, up to 64 KiB after two full reads).
+    /// NIO keeps the last receive buffer of every channel for reuse, so the first size is what an idle
+    /// bridge holds: 2 × 512 bytes instead of NIO's default 2 × 2 KiB.
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(
+        minimum: 64,
+        initial: 512,
+        maximum: 64 * 1024
+    )
+
     /// Sets the write-buffer bounds, and a read size that keeps one read within the high-water mark and,
     /// under a rate limit, within the rate's burst (so throttled reads come smoothly, not in lumps).
     /// - Parameters:

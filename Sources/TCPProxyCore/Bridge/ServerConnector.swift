@@ -36,6 +36,7 @@ struct TCPServerConnector: ServerConnector {
         // ClientBootstrap applies channel options, then binds, then connects; it sets TCP_NODELAY by default.
         var bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelOption(.recvAllocator, value: BridgeChannelOptions.receiveAllocator)
             .connectTimeout(configuration.connectTimeout)
         if let source = self.spoofedSource {
             bootstrap = bootstrap.channelOption(LinuxSocketOptions.transparentOption(for: source), value: 1)
