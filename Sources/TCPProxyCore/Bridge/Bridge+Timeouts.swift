@@ -52,11 +52,17 @@ extension Bridge {
     func cancelTimers() {
         self.timer?.cancel()
         self.timer = nil
+        // Only armed timers are touched: the arrays start as a statically allocated constant, and any
+        // mutating access (`self.rateTimers[index]?.cancel()` is one) copies them, an allocation per close.
         for index in 0..<2 {
-            self.rateTimers[index]?.cancel()
-            self.rateTimers[index] = nil
-            self.delayTimers[index]?.cancel()
-            self.delayTimers[index] = nil
+            if let rateTimer = self.rateTimers[index] {
+                rateTimer.cancel()
+                self.rateTimers[index] = nil
+            }
+            if let delayTimer = self.delayTimers[index] {
+                delayTimer.cancel()
+                self.delayTimers[index] = nil
+            }
         }
         self.drainTimer?.cancel()
         self.drainTimer = nil
