@@ -9,13 +9,15 @@ extension Bridge {
         self.scheduleTick(in: self.timeouts.samplingInterval)
     }
 
+    /// Arms the timer with a callback handler rather than a closure: NIO's event loops keep such a
+    /// callback in their task queue as it is, where `scheduleTask` allocates a task, a promise and the
+    /// closure's context on every tick.
     private func scheduleTick(in delay: TimeAmount) {
-        self.timer = self.eventLoop.assumeIsolated().scheduleTask(in: delay) {
-            self.tick()
-        }
+        // Scheduling fails only on an event loop that is shutting down; the bridge's sockets close with it.
+        self.timer = try? self.eventLoop.assumeIsolated().scheduleCallback(in: delay, handler: BridgeTick(bridge: self))
     }
 
-    private func tick() {
+    fileprivate func tick() {
         self.timer = nil
         guard self.machine.isForwarding else { return }
         let decision = self.timeouts.tick(
@@ -50,13 +52,28 @@ extension Bridge {
     func cancelTimers() {
         self.timer?.cancel()
         self.timer = nil
+        // Only armed timers are touched: the arrays start as a statically allocated constant, and any
+        // mutating access (`self.rateTimers[index]?.cancel()` is one) copies them, an allocation per close.
         for index in 0..<2 {
-            self.rateTimers[index]?.cancel()
-            self.rateTimers[index] = nil
-            self.delayTimers[index]?.cancel()
-            self.delayTimers[index] = nil
+            if let rateTimer = self.rateTimers[index] {
+                rateTimer.cancel()
+                self.rateTimers[index] = nil
+            }
+            if let delayTimer = self.delayTimers[index] {
+                delayTimer.cancel()
+                self.delayTimers[index] = nil
+            }
         }
         self.drainTimer?.cancel()
         self.drainTimer = nil
+    }
+}
+
+/// The sampling timer's callback: one strong reference to the bridge, so NIO stores it without boxing it.
+private struct BridgeTick: NIOScheduledCallbackHandler {
+    let bridge: Bridge
+
+    func handleScheduledCallback(eventLoop: some EventLoop) {
+        self.bridge.tick()
     }
 }

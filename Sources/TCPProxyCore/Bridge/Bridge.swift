@@ -52,7 +52,8 @@ final class Bridge {
 
     var machine = BridgeStateMachine()
     var timeouts: BridgeTimeouts
-    var timer: Scheduled<Void>?
+    /// The sampling timer (``startTimer()``), while it is armed.
+    var timer: NIOScheduledCallback?
     var drainTimer: Scheduled<Void>?
 
     let clientHandler: BridgeHandler

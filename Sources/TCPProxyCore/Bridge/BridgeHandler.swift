@@ -156,7 +156,7 @@ final class BridgeHandler: ChannelDuplexHandler {
 @available(*, unavailable)
 extension BridgeHandler: Sendable {}
 
-/// The channel options both sockets of a bridge get, beyond half-closure (set by the bootstraps).
+/// The channel options both sockets of a bridge get.
 enum BridgeChannelOptions {
     /// NIO's own defaults: write-buffer water marks 32 KiB / 64 KiB, reads of up to 64 KiB. With the
     /// default high-water mark nothing needs setting, which spares two option calls per socket.
@@ -165,22 +165,28 @@ enum BridgeChannelOptions {
     /// Reads start small and grow with the traffic (NIO's adaptive sizes, up to 64 KiB after two full reads).
     /// NIO keeps the last receive buffer of every channel for reuse, so the first size is what an idle
     /// bridge holds: 2 × 512 bytes instead of NIO's default 2 × 2 KiB.
-    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(
-        minimum: 64,
-        initial: 512,
-        maximum: 64 * 1024
-    )
+    static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 64 * 1024)
 
-    /// Sets the write-buffer bounds, and a read size that keeps one read within the high-water mark and,
-    /// under a rate limit, within the rate's burst (so throttled reads come smoothly, not in lumps).
+    /// Turns on half-closure (an EOF becomes `ChannelEvent.inputClosed` instead of a close), and sets the
+    /// write-buffer bounds and a read size that starts small (``receiveAllocator``) and stays within the
+    /// high-water mark and, under a rate limit, within the rate's burst (so throttled reads come smoothly,
+    /// not in lumps).
+    ///
+    /// Set here, in the channel initializer, rather than as a bootstrap option: a bootstrap applies its
+    /// options through a chain of futures, several allocations per option and connection.
     /// - Parameters:
     ///   - configuration: the bridge options.
     ///   - channel: the socket, before it is active.
     ///   - direction: the direction of the data read from this socket.
     static func apply(_ configuration: BridgeConfiguration, to channel: Channel, reading direction: Direction) throws {
+        guard let options = channel.syncOptions else {
+            // Every bridge socket is a NIO socket channel, which has synchronous options; this is a fallback.
+            _ = channel.setOption(.allowRemoteHalfClosure, value: true)
+            return
+        }
+        try options.setOption(.allowRemoteHalfClosure, value: true)
         let high = configuration.highWaterMark
         let rateLimit = BridgeShaping.readLimit(configuration, direction)
-        guard high != Self.defaultHighWaterMark || rateLimit != nil, let options = channel.syncOptions else { return }
         if high != Self.defaultHighWaterMark {
             try options.setOption(.writeBufferWaterMark, value: .init(low: max(1, high / 2), high: high))
         }
@@ -189,8 +195,10 @@ enum BridgeChannelOptions {
             let size = max(1024, maximumRead)
             try options.setOption(
                 .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2048, size), maximum: size)
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(512, size), maximum: size)
             )
+        } else {
+            try options.setOption(.recvAllocator, value: Self.receiveAllocator)
         }
     }
 }

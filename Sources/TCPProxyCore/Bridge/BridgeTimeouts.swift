@@ -56,7 +56,14 @@ struct BridgeTimeouts {
     /// this long after it starts, and the tick that follows lands on its deadline, so a timeout fires
     /// between 1 and 1.125 times its length after the last progress.
     var samplingInterval: TimeAmount {
-        let shortest = [self.stallTimeout, self.idleTimeout].compactMap { $0 }.min() ?? .seconds(1)
+        // No array here: this runs on every tick of every bridge.
+        let shortest: TimeAmount
+        switch (self.stallTimeout, self.idleTimeout) {
+        case (let stall?, let idle?): shortest = min(stall, idle)
+        case (let stall?, nil): shortest = stall
+        case (nil, let idle?): shortest = idle
+        case (nil, nil): shortest = .seconds(1)
+        }
         return .nanoseconds(max(shortest.nanoseconds / 8, Self.minimumDelay.nanoseconds))
     }
 

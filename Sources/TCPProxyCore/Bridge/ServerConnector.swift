@@ -34,9 +34,8 @@ struct TCPServerConnector: ServerConnector {
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
         // ClientBootstrap applies channel options, then binds, then connects; it sets TCP_NODELAY by default.
+        // Half-closure is turned on by BridgeChannelOptions in the initializer.
         var bootstrap = ClientBootstrap(group: eventLoop)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.recvAllocator, value: BridgeChannelOptions.receiveAllocator)
             .connectTimeout(configuration.connectTimeout)
         if let source = self.spoofedSource {
             bootstrap = bootstrap.channelOption(LinuxSocketOptions.transparentOption(for: source), value: 1)

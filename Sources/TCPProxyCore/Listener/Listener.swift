@@ -122,8 +122,8 @@ public final class Listener: Service, Sendable {
                 quiescing: quiescing,
                 prepare: prepare
             )
-                // Accepted sockets inherit TCP_NODELAY from the listener (ServerBootstrap sets it).
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                // Accepted sockets inherit TCP_NODELAY from the listener (ServerBootstrap sets it);
+                // initializeClient turns on half-closure (BridgeChannelOptions).
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try self.initializeClient(channel, starter: starter, configuration: bridgeConfiguration)

@@ -23,7 +23,6 @@ extension ServerBootstrap {
         ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: backlog)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.recvAllocator, value: BridgeChannelOptions.receiveAllocator)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try prepare?(channel)

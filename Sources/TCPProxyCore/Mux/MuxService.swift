@@ -84,7 +84,7 @@ public final class MuxService: Service, Sendable {
                 logger: logger,
                 quiescing: quiescing
             )
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                // initializeClient turns on half-closure (BridgeChannelOptions).
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try self.initializeClient(channel)

@@ -106,9 +106,8 @@ struct SOCKSConnector: ServerConnector {
         }
         let remaining = deadline - .now()
         guard remaining > .zero else { return }  // the timer fails the promise
-        // ClientBootstrap sets TCP_NODELAY by default.
+        // ClientBootstrap sets TCP_NODELAY by default; BridgeChannelOptions turns on half-closure.
         ClientBootstrap(group: eventLoop)
-            .channelOption(.allowRemoteHalfClosure, value: true)
             .connectTimeout(remaining)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
