@@ -70,6 +70,11 @@ public final class Listener: Service, Sendable {
     public var activeBridgeCount: Int { self.activeBridges.count }
 
     public func run() async throws {
+        if self.configuration.bridge.splice != .never {
+            // Started now rather than by the first bulk bridge: the first handover is not slowed by it, and
+            // the process's descriptor count at rest does not change later (the engine holds two).
+            _ = SpliceEngine.shared
+        }
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
         let address = channel.localAddress
