@@ -51,6 +51,13 @@ int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token) 
     return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
 }
 
+int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event = {0};
+    event.events = events | EPOLLET;
+    event.data.u64 = token;
+    return epoll_ctl(epoll, EPOLL_CTL_MOD, fd, &event);
+}
+
 int CTCPProxyLinux_epollRemove(int epoll, int fd) {
     struct epoll_event event = {0};
     return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event);
@@ -97,6 +104,7 @@ ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) { errno = ENOSYS;
 int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollCreate(void) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollRemove(int epoll, int fd) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollWait(int epoll, CTCPProxyLinux_Event *events, int capacity, int timeoutMilliseconds) {
     errno = ENOSYS;

@@ -37,6 +37,9 @@ int CTCPProxyLinux_epollCreate(void);
 /// Registers `fd`, edge-triggered, for `events`, reported with `token`.
 int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token);
 
+/// Changes what `fd` is registered for (edge-triggered still); the kernel reports it at once if ready.
+int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token);
+
 /// Removes `fd`.
 int CTCPProxyLinux_epollRemove(int epoll, int fd);
 

@@ -58,6 +58,9 @@ final class SpliceBridge {
     var drainDeadline: NIODeadline?
     /// The engine's slot for it.
     var slot = -1
+    /// The epoll events each socket is registered for now.
+    var clientEvents: UInt32 = 0
+    var serverEvents: UInt32 = 0
     /// Whether it waits in the engine's list of bridges to pump again.
     var isQueued = false
 
@@ -121,6 +124,11 @@ final class SpliceBridge {
                 return .end(reason)
             }
         }
+    }
+
+    /// What `side`'s socket must be watched for now (see ``SpliceLinkState/interest(_:)``).
+    func interest(_ side: Side) -> (readable: Bool, writable: Bool) {
+        self.state.interest(side)
     }
 
     /// Bytes read from both sides so far (any change is traffic).

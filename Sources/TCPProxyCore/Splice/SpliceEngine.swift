@@ -169,12 +169,14 @@ final class SpliceEngine: Sendable {
             }
             bridge.slot = slot
             self.activeCount.wrappingIncrement(ordering: .relaxed)
-            let events = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLOUT | CTCPProxyLinux_EPOLLRDHUP
             for side in [BridgeStateMachine.Side.client, .server] where bridge.descriptor(side) >= 0 {
+                let events = Self.events(bridge.interest(side))
                 if CTCPProxyLinux_epollAdd(self.epoll, bridge.descriptor(side), events, self.token(slot, side)) != 0 {
-                    self.end(bridge, .clientReset)
+                    // Cannot happen for a valid socket; the bridge cannot go on without it.
+                    self.end(bridge, side == .client ? .clientReset : .serverReset)
                     return
                 }
+                if side == .client { bridge.clientEvents = events } else { bridge.serverEvents = events }
             }
             bridge.drainDeadline = bridge.drain?.deadline
             let now = NIODeadline.now()
@@ -225,8 +227,10 @@ final class SpliceEngine: Sendable {
             }
             switch result {
             case .blocked:
+                self.updateInterest(bridge)
                 return true
             case .yielded:
+                self.updateInterest(bridge)
                 if !bridge.isQueued {
                     bridge.isQueued = true
                     self.queued.append(bridge)
@@ -235,6 +239,28 @@ final class SpliceEngine: Sendable {
             case .end(let reason):
                 self.end(bridge, reason)
                 return false
+            }
+        }
+
+        private static func events(_ interest: (readable: Bool, writable: Bool)) -> UInt32 {
+            (interest.readable ? CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP : 0)
+                | (interest.writable ? CTCPProxyLinux_EPOLLOUT : 0)
+        }
+
+        /// Registers each open socket for what it needs now, when that changed (a system call only when a
+        /// sink blocks or unblocks, or a pipe fills or drains; never in a steady flow).
+        private func updateInterest(_ bridge: SpliceBridge) {
+            let client = Self.events(bridge.interest(.client))
+            if client != bridge.clientEvents, bridge.descriptor(.client) >= 0 {
+                bridge.clientEvents = client
+                let token = self.token(bridge.slot, .client)
+                _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.client), client, token)
+            }
+            let server = Self.events(bridge.interest(.server))
+            if server != bridge.serverEvents, bridge.descriptor(.server) >= 0 {
+                bridge.serverEvents = server
+                let token = self.token(bridge.slot, .server)
+                _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.server), server, token)
             }
         }
 

@@ -53,6 +53,16 @@ struct SpliceLinkState: Equatable {
         }
     }
 
+    /// What a side's socket needs to be watched for: readable while the flow reading it has room (a
+    /// source whose pipe is full is left alone until the pipe drains), writable while the flow into it
+    /// holds bytes the socket refused. Edge-triggered readiness for anything else only wakes the
+    /// engine for nothing: a bulk transfer's receiver frees send-buffer space with every ACK.
+    func interest(_ side: Side) -> (readable: Bool, writable: Bool) {
+        let from = side == .client ? self.upstream : self.downstream
+        let to = side == .client ? self.downstream : self.upstream
+        return (!from.sourceEnded && from.held < from.capacity, to.held > 0)
+    }
+
     /// The flow that reads from `side`.
     static func direction(from side: Side) -> Direction {
         side == .client ? .upstream : .downstream

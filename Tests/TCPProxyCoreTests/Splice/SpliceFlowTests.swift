@@ -147,6 +147,20 @@ struct SpliceLinkStateTests {
         #expect(state.nextAction() == .none)
     }
 
+    @Test("a socket is watched for reading while its pipe has room, for writing while bytes wait for it")
+    func interest() {
+        var state = SpliceLinkState(upstream: SpliceFlow(capacity: 4096), downstream: SpliceFlow(capacity: 4096))
+        #expect(state.interest(.client) == (readable: true, writable: false))
+        #expect(state.interest(.server) == (readable: true, writable: false))
+        // The server takes nothing: the upstream pipe fills.
+        #expect(state.upstream.pump(ScriptedSpliceIO(fills: [.moved(4096)])) == .blocked)
+        #expect(state.interest(.client) == (readable: false, writable: false), "a full pipe: the client is left alone")
+        #expect(state.interest(.server) == (readable: true, writable: true), "the server is watched until it takes more")
+        #expect(state.upstream.pump(ScriptedSpliceIO(fills: [.endOfStream], drains: [.moved(4096)])) == .blocked)
+        #expect(state.interest(.client) == (readable: false, writable: false), "the client's EOF was read")
+        #expect(state.interest(.server) == (readable: true, writable: false))
+    }
+
     @Test(
         "a failure names the side whose socket failed (rule 6b)",
         arguments: [
