@@ -140,12 +140,15 @@ final class SpliceBridge {
     /// move again after the timer stopped.
     /// - Returns: the tick now due, if the timer was started.
     func startTimerIfStopped(now: NIODeadline) -> NIODeadline? {
-        guard self.nextTick == nil, self.timeouts.isEnabled else { return nil }
+        guard self.timerIsStopped else { return nil }
         self.timeouts.restart(now: now)
         let next = now + self.timeouts.samplingInterval
         self.nextTick = next
         return next
     }
+
+    /// Whether a timeout is on but its timer stopped (checked before reading the clock).
+    var timerIsStopped: Bool { self.nextTick == nil && self.timeouts.isEnabled }
 
     /// Samples the timeouts if their tick is due, and checks the drain deadline.
     /// - Returns: the reason to end the bridge, if one fired.

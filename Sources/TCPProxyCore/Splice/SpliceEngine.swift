@@ -61,7 +61,12 @@ final class SpliceEngine: Sendable {
         self.thread.start()
         self.thread.submit { [self] _ in
             var loop = SpliceEngineLoop(epoll: self.epoll, wakeUp: self.wakeUp, activeCount: self.activeCount)
-            loop.run { self.inbox.withLockedValue { inbox in defer { inbox.removeAll(keepingCapacity: true) }; return inbox } }
+            loop.run {
+                self.inbox.withLockedValue { inbox in
+                    defer { inbox.removeAll(keepingCapacity: true) }
+                    return inbox
+                }
+            }
         }
     }
 
@@ -208,29 +213,41 @@ final class SpliceEngine: Sendable {
             }
             let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | failure
             let writable = CTCPProxyLinux_EPOLLOUT | failure
+            // Readiness the socket is registered for but has no use for now woke the engine for nothing:
+            // it is dropped (interest is added as soon as it is needed, and dropped only this way, so a
+            // steady flow makes no epoll_ctl calls).
+            let interest = bridge.interest(side)
+            var unused: UInt32 = 0
+            if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
+            if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
             let from = SpliceLinkState.direction(from: side)
             if event.events & readable != 0 {
-                guard self.pump(bridge, from) else { return }
+                guard self.pump(bridge, from, dropping: unused, on: side) else { return }
             }
             if event.events & writable != 0 {
-                _ = self.pump(bridge, from == .upstream ? .downstream : .upstream)
+                _ = self.pump(bridge, from == .upstream ? .downstream : .upstream, dropping: unused, on: side)
             }
         }
 
         /// Pumps one direction of `bridge` and acts on the result.
         /// - Returns: whether the bridge is still open.
-        private mutating func pump(_ bridge: SpliceBridge, _ direction: Direction) -> Bool {
+        private mutating func pump(
+            _ bridge: SpliceBridge,
+            _ direction: Direction,
+            dropping unused: UInt32 = 0,
+            on side: BridgeStateMachine.Side = .client
+        ) -> Bool {
             let before = bridge.trafficBytes
             let result = bridge.pump(direction)
-            if bridge.trafficBytes != before {
+            if bridge.timerIsStopped, bridge.trafficBytes != before {
                 self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
             }
             switch result {
             case .blocked:
-                self.updateInterest(bridge)
+                self.updateInterest(bridge, dropping: unused, on: side)
                 return true
             case .yielded:
-                self.updateInterest(bridge)
+                self.updateInterest(bridge, dropping: unused, on: side)
                 if !bridge.isQueued {
                     bridge.isQueued = true
                     self.queued.append(bridge)
@@ -247,16 +264,18 @@ final class SpliceEngine: Sendable {
                 | (interest.writable ? CTCPProxyLinux_EPOLLOUT : 0)
         }
 
-        /// Registers each open socket for what it needs now, when that changed (a system call only when a
-        /// sink blocks or unblocks, or a pipe fills or drains; never in a steady flow).
-        private func updateInterest(_ bridge: SpliceBridge) {
-            let client = Self.events(bridge.interest(.client))
+        /// Registers each open socket for what it needs now that it is not registered for yet, and drops
+        /// from `side` the `unused` readiness that woke the engine for nothing (unless it is needed again).
+        private func updateInterest(_ bridge: SpliceBridge, dropping unused: UInt32, on side: BridgeStateMachine.Side) {
+            let wantedByClient = Self.events(bridge.interest(.client))
+            let client = (bridge.clientEvents | wantedByClient) & ~(side == .client ? unused & ~wantedByClient : 0)
             if client != bridge.clientEvents, bridge.descriptor(.client) >= 0 {
                 bridge.clientEvents = client
                 let token = self.token(bridge.slot, .client)
                 _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.client), client, token)
             }
-            let server = Self.events(bridge.interest(.server))
+            let wantedByServer = Self.events(bridge.interest(.server))
+            let server = (bridge.serverEvents | wantedByServer) & ~(side == .server ? unused & ~wantedByServer : 0)
             if server != bridge.serverEvents, bridge.descriptor(.server) >= 0 {
                 bridge.serverEvents = server
                 let token = self.token(bridge.slot, .server)
