@@ -14,6 +14,14 @@ enum DataPath: String, CaseIterable, Sendable, CustomTestStringConvertible {
     }
 
     var testDescription: String { self == .nio ? "NIO path" : "splice path" }
+
+    /// Both paths; `TCPPROXY_TEST_PATHS=nio` (or `splice`) runs the data-path tests on one only, e.g. to
+    /// compare a loaded machine's timing failures with the suite as it was before the splice path.
+    static var allCases: [DataPath] {
+        guard let only = ProcessInfo.processInfo.environment["TCPPROXY_TEST_PATHS"] else { return [.nio, .splice] }
+        let paths = only.split(separator: ",").compactMap { DataPath(rawValue: String($0)) }
+        return paths.isEmpty ? [.nio, .splice] : paths
+    }
 }
 
 extension ProxyProcess {
