@@ -14,6 +14,7 @@ struct CommandLineTests {
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:notaport"],
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "12Q"],
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--stall-timeout", "-1"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--splice", "sometimes"],
         ["forward", "--listen", "127.0.0.1:0"],
         ["forward", "--listen", "nocolon", "--target", "127.0.0.1:9"],
         ["127.0.0.1", "9"],

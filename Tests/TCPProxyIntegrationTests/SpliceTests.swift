@@ -135,4 +135,49 @@ struct SpliceTests {
         try third.send("pong")
         #expect(try third.recvExactly(4, timeout: 5) == bytes("pong"), "the slot is free once the bridge ended")
     }
+
+    @Test("--splice auto: a bulk upload to a slow reader moves to splice without pausing the other direction")
+    func handoverDoesNotPauseTheOtherDirection() async throws {
+        // The server reads slowly (about 1.6 MB/s) and sends a byte every 20 ms the whole time.
+        let server = try TestServer { socket, _, server in
+            let ticker = Thread {
+                let started = now()
+                while !server.shouldStop(since: started), (try? socket.send([0x2E], timeout: 1)) != nil {
+                    usleep(20_000)
+                }
+            }
+            ticker.start()
+            let end = server.readLoop(socket, max: 8192) { data in
+                server.countReceived(data.count)
+                usleep(5000)
+                return true
+            }
+            server.recordEnd(end)
+        }
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--splice", "auto", "--log-level", "debug"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        let total = 6 * megabyte
+        async let sent: Void = onThread { try Self.upload(client, total: total) }
+        let gaps = try await onThread { () -> (longest: Double, count: Int) in
+            var last = now()
+            var longest = 0.0
+            var count = 0
+            let deadline = now() + 20
+            while now() < deadline, server.receivedBytes < total {
+                guard case .data(let data) = try client.recv(max: 4096, timeout: 2) else { break }
+                count += data.count
+                longest = max(longest, now() - last)
+                last = now()
+            }
+            return (longest, count)
+        }
+        try await sent
+        #expect(server.receivedBytes == total)
+        #expect(await proxy.waitForLine(containing: "bridge spliced", timeout: 1) != nil, "the upload was spliced")
+        #expect(gaps.count > 50, "downstream bytes kept coming: \(gaps.count)")
+        #expect(gaps.longest < 1.0, "the longest pause downstream was \(gaps.longest) s")
+    }
 }

@@ -24,6 +24,11 @@ extension Bridge {
 
     /// How often a bridge tries to hand over before it stays on NIO for good.
     private static let spliceAttemptLimit = 3
+    /// The longest a handover may hold reads while the barrier waits. A handover only starts when NIO holds
+    /// nothing for either socket, so the barrier passes at once unless a write is under way; should a sink
+    /// stop taking bytes just then, the bridge goes back to reading on NIO rather than pause the other
+    /// direction behind it.
+    private static let barrierTimeout = TimeAmount.milliseconds(200)
     /// Barriers per attempt: after a read that was already under way, one more is enough.
     private static let barrierLimit = 3
 
@@ -53,15 +58,12 @@ extension Bridge {
         }
     }
 
-    /// A chunk of `count` bytes was read from `side` and forwarded on the NIO path.
+    /// A chunk of `count` bytes was read from `side` and forwarded on the NIO path (not flushed yet).
     func spliceObserve(_ count: Int, from side: Side) {
         switch self.spliceStage {
         case .watching(var trigger):
-            if trigger.read(count, side.readDirection) {
-                self.beginHandover()
-            } else {
-                self.spliceStage = .watching(trigger)
-            }
+            _ = trigger.read(count, side.readDirection)
+            self.spliceStage = .watching(trigger)
         case .handingOver(_, let barriers):
             self.spliceStage = .handingOver(readDuringBarrier: true, barriers: barriers)
         case .off, .handedOver:
@@ -69,7 +71,17 @@ extension Bridge {
         }
     }
 
-    /// The half-close changed (`always` waits for a pending write shutdown to take effect): try again.
+    /// A read burst ended and what it read was flushed: if the bridge carries bulk (or `always`), hand it
+    /// over now, while NIO most likely holds nothing for either socket.
+    func spliceReadBurstEnded() {
+        guard case .watching(let trigger) = self.spliceStage,
+            trigger.isBulk || self.configuration.splice == .always
+        else { return }
+        self.beginHandover()
+    }
+
+    /// The half-close or a channel's writability changed (`always` waits for a pending write shutdown to
+    /// take effect, or for NIO's buffers to empty): try again.
     func spliceRetryIfWaiting() {
         guard self.configuration.splice == .always, case .watching = self.spliceStage else { return }
         self.beginHandover()
@@ -79,6 +91,8 @@ extension Bridge {
     /// the bridge stays on NIO and handles it there; `auto` may try again later.
     func abandonHandover() {
         guard case .handingOver = self.spliceStage else { return }
+        self.spliceTimer?.cancel()
+        self.spliceTimer = nil
         self.spliceStage =
             self.spliceAttempts < Self.spliceAttemptLimit
             ? .watching(SpliceTrigger(highWaterMark: self.configuration.highWaterMark)) : .off
@@ -89,9 +103,18 @@ extension Bridge {
     // MARK: The handover
 
     private func beginHandover() {
-        guard self.machine.spliceReadiness != nil, self.spliceAttempts < Self.spliceAttemptLimit else { return }
+        guard let readiness = self.machine.spliceReadiness, self.spliceAttempts < Self.spliceAttemptLimit,
+            readiness.upstreamEnded || self.serverHandler.holdsNothing,
+            readiness.downstreamEnded || self.clientHandler.holdsNothing
+        else { return }
         self.spliceAttempts += 1
         self.spliceStage = .handingOver(readDuringBarrier: false, barriers: 1)
+        let attempt = self.spliceAttempts
+        self.spliceTimer = self.eventLoop.assumeIsolated().scheduleTask(in: Self.barrierTimeout) {
+            guard self.spliceAttempts == attempt else { return }
+            self.spliceTimer = nil
+            self.abandonHandover()
+        }
         self.placeBarrier()
     }
 
@@ -142,7 +165,7 @@ extension Bridge {
             return
         }
         self.spliceStage = .handedOver
-        self.cancelTimers()
+        self.cancelTimers()  // the barrier's timer too
         self.reportBytes()
         self.logger.debug(
             "bridge spliced",

@@ -58,5 +58,7 @@ extension Bridge {
         }
         self.drainTimer?.cancel()
         self.drainTimer = nil
+        self.spliceTimer?.cancel()
+        self.spliceTimer = nil
     }
 }

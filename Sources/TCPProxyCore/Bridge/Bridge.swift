@@ -53,6 +53,8 @@ final class Bridge {
     var spliceStage = SpliceStage.off
     /// Handovers begun so far.
     var spliceAttempts = 0
+    /// Gives up a handover whose barrier takes too long (see `Bridge+Splice.swift`).
+    var spliceTimer: Scheduled<Void>?
     /// The listener's drain, for the bridge once it is spliced.
     let spliceDrain: SpliceDrainSignal?
 
@@ -197,10 +199,12 @@ final class Bridge {
     /// A read burst from `side` ended: push what was forwarded.
     func readComplete(from side: Side) {
         self.handler(side.partner).flushIfNeeded()
+        self.spliceReadBurstEnded()
     }
 
     /// `side` can take more again: let its partner be read if it was waiting.
     func becameWritable(_ side: Side) {
+        self.spliceRetryIfWaiting()
         self.handler(side.partner).resumeReadingIfPaused()
     }
 

@@ -110,6 +110,14 @@ final class BridgeHandler: ChannelDuplexHandler {
         context.flush()
     }
 
+    /// Whether NIO holds no unwritten bytes for this channel (`false` when it cannot tell).
+    var holdsNothing: Bool {
+        guard let channel = self.context?.channel,
+            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes)
+        else { return false }
+        return held == 0
+    }
+
     /// An empty write, flushed: it completes once everything written to this channel before it is
     /// written to the socket. `nil` without a channel.
     func writeBarrier() -> EventLoopFuture<Void>? {

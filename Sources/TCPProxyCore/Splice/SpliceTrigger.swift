@@ -24,6 +24,9 @@ struct SpliceTrigger: Equatable {
         self.bulkBytes = largestRead * Self.bulkReads
     }
 
+    /// Whether a direction's current run is bulk.
+    var isBulk: Bool { self.upstreamRun >= self.bulkBytes || self.downstreamRun >= self.bulkBytes }
+
     /// A read of `count` bytes in `direction`.
     /// - Returns: whether the bridge now counts as bulk.
     mutating func read(_ count: Int, _ direction: Direction) -> Bool {

@@ -183,7 +183,11 @@ struct SpliceTriggerTests {
     func bulk() {
         var trigger = SpliceTrigger(highWaterMark: 64 * 1024)
         for _ in 0..<7 { #expect(trigger.read(65536, .upstream) == false) }
+        #expect(!trigger.isBulk)
         #expect(trigger.read(65536, .upstream) == true)
+        #expect(trigger.isBulk)
+        #expect(trigger.read(10, .upstream) == false)
+        #expect(!trigger.isBulk, "a small read ends the run")
         var smaller = SpliceTrigger(highWaterMark: 64 * 1024)
         for _ in 0..<63 { #expect(smaller.read(8192, .downstream) == false) }
         #expect(smaller.read(8192, .downstream) == true, "8 KiB reads count too, 64 of them")
