@@ -19,9 +19,12 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
     ],
     targets: [
+        // splice(2), epoll and eventfd for the splice data path: Swift's Glibc module leaves them out.
+        .target(name: "CTCPProxyLinux"),
         .target(
             name: "TCPProxyCore",
             dependencies: [
+                "CTCPProxyLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

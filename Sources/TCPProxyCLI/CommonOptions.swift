@@ -57,6 +57,14 @@ struct CommonOptions: ParsableArguments {
     )
     var trustedProxy: [CIDR] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "Advanced: move bridge bytes with splice(2) inside the kernel: auto (bulk transfers), always, never.",
+            valueName: "auto|always|never"
+        )
+    )
+    var splice: SpliceMode = .auto
+
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
@@ -92,6 +100,7 @@ struct CommonOptions: ParsableArguments {
         configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
         self.observability.apply(to: &configuration)
         configuration.sendProxyHeader = self.proxyProtocol
+        configuration.splice = self.splice
         return configuration
     }
 
@@ -116,3 +125,4 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 extension BalanceAlgorithm: ExpressibleByArgument {}
 extension ProxyProtocolVersion: ExpressibleByArgument {}
 extension LogFormat: ExpressibleByArgument {}
+extension SpliceMode: ExpressibleByArgument {}

@@ -190,12 +190,46 @@ struct BridgeHandlerConnectingTests {
         let harness = try BridgeHarness()
         try harness.activate()
         try harness.receive("doomed", from: .client)
-        var serverClosed = false
-        harness.server.closeFuture.whenComplete { _ in serverClosed = true }
+        let serverClosed = ReasonBox()
+        harness.server.closeFuture.whenComplete { _ in serverClosed.reasons.append(.clientReset) }
         harness.error(on: .client)
         #expect(!harness.client.isActive)
-        #expect(serverClosed, "the pending server connection is closed, not left to finish or time out")
+        #expect(!serverClosed.reasons.isEmpty, "the pending server connection is closed, not left to finish or time out")
         #expect(try harness.written(to: .server) == "", "nothing of a reset client is delivered")
         #expect(harness.finishedReasons == [.clientReset])
+    }
+
+    @Test("--splice always on channels that are not sockets: the handover finds no descriptor and the bridge stays on NIO")
+    func spliceAlwaysWithoutSockets() throws {
+        var configuration = BridgeConfiguration()
+        configuration.splice = .always
+        let harness = try BridgeHarness(configuration: configuration)
+        try harness.activate()
+        try harness.receive("early", from: .client)
+        try harness.connect()
+        #expect(try harness.written(to: .server) == "early")
+        #expect(harness.readReaches(.client), "reads go on after the failed handover")
+        #expect(harness.readReaches(.server))
+        try harness.receive("ping", from: .client)
+        #expect(try harness.written(to: .server) == "ping")
+        try harness.receive("pong", from: .server)
+        #expect(try harness.written(to: .client) == "pong")
+        harness.inputClosed(on: .client)
+        #expect(harness.serverRecorder.outputShutdowns == 1, "EOF is still passed on")
+    }
+
+    @Test("--splice auto: bulk reads trigger a handover; when it cannot happen every byte is still forwarded in order")
+    func spliceAutoFallsBack() throws {
+        let harness = try BridgeHarness()
+        try harness.activate()
+        try harness.connect()
+        var expected = ""
+        for index in 0..<20 {
+            let chunk = String(repeating: Character(UnicodeScalar(UInt8(65 + index))), count: 65536)
+            expected += chunk
+            try harness.receive(chunk, from: .client)
+        }
+        #expect(try harness.written(to: .server) == expected)
+        #expect(harness.readReaches(.client))
     }
 }

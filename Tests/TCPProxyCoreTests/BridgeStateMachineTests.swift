@@ -146,4 +146,26 @@ struct BridgeStateMachineTests {
         #expect(!CloseReason.idleTimeout.isAbortive)
         #expect(!CloseReason.drainTimeout.isAbortive)
     }
+
+    @Test("splice readiness: open both ways, or a direction fully ended; never half way or while connecting")
+    func spliceReadiness() {
+        var connecting = BridgeStateMachine()
+        #expect(connecting.spliceReadiness == nil)
+        #expect(connecting.connectSucceeded() == .startForwarding(thenShutdownServerOutput: false))
+        #expect(connecting.spliceReadiness == .init(upstreamEnded: false, downstreamEnded: false))
+
+        var machine = self.forwarding()
+        #expect(machine.inputClosed(on: .client) == .shutdownOutput(.server))
+        #expect(machine.spliceReadiness == nil, "the shutdown towards the server has not taken effect yet")
+        #expect(machine.outputClosed(on: .server) == .none)
+        #expect(machine.spliceReadiness == .init(upstreamEnded: true, downstreamEnded: false))
+        #expect(machine.inputClosed(on: .server) == .shutdownOutput(.client))
+        #expect(machine.spliceReadiness == nil)
+        #expect(machine.outputClosed(on: .client) == .closeChannel(.client))
+        #expect(machine.spliceReadiness == nil, "both directions ended: nothing left to splice")
+
+        var closing = self.forwarding()
+        #expect(closing.errorCaught(on: .server) == .close(.serverReset))
+        #expect(closing.spliceReadiness == nil)
+    }
 }

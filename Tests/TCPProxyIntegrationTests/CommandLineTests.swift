@@ -14,6 +14,7 @@ struct CommandLineTests {
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:notaport"],
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "12Q"],
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--stall-timeout", "-1"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--splice", "sometimes"],
         ["forward", "--listen", "127.0.0.1:0"],
         ["forward", "--listen", "nocolon", "--target", "127.0.0.1:9"],
         ["127.0.0.1", "9"],
@@ -141,11 +142,15 @@ struct CommandLineTests {
         #expect(connected.flatMap { logValue("server.address", in: $0) } == "127.0.0.1:\(server.port)", "\(connected ?? "-")")
     }
 
-    @Test("SIGTERM with an open bridge: it keeps being served, new clients are refused, exit 0 once it ends")
-    func sigtermDrainsOpenBridge() async throws {
+    @Test(
+        "SIGTERM with an open bridge: it keeps being served, new clients are refused, exit 0 once it ends",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func sigtermDrainsOpenBridge(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -177,11 +182,15 @@ struct CommandLineTests {
         #expect(closed.count == 1 && closed.first.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed)")
     }
 
-    @Test("SIGTERM with --drain-timeout 1 and a bridge that stays open: exit 0 within 1-4 s, drainTimeout logged")
-    func sigtermDrainTimeout() async throws {
+    @Test(
+        "SIGTERM with --drain-timeout 1 and a bridge that stays open: exit 0 within 1-4 s, drainTimeout logged",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func sigtermDrainTimeout(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--drain-timeout", "1"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--drain-timeout", "1"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)

@@ -44,9 +44,13 @@ struct EndOfStreamTests {
         }
     }
 
-    @Test("Client half-close: after the client's EOF the server still sends 100 KB and the client gets all of it")
-    func clientHalfClose() async throws {
-        let pair = try await Pair.open()
+    @Test(
+        "Client half-close: after the client's EOF the server still sends 100 KB and the client gets all of it",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func clientHalfClose(path: DataPath) async throws {
+        let pair = try await Pair.open(path.arguments)
         defer { pair.close() }
         let response = pattern(count: 100_000, seed: 31)
 
@@ -68,9 +72,13 @@ struct EndOfStreamTests {
         #expect(logValue("bytes.downstream", in: closed) == "100000")
     }
 
-    @Test("Server half-close: after the server's EOF the client still sends 64 KB and the server gets all of it")
-    func serverHalfClose() async throws {
-        let pair = try await Pair.open()
+    @Test(
+        "Server half-close: after the server's EOF the client still sends 64 KB and the server gets all of it",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func serverHalfClose(path: DataPath) async throws {
+        let pair = try await Pair.open(path.arguments)
         defer { pair.close() }
         let upload = pattern(count: 65536, seed: 32)
 
@@ -89,9 +97,13 @@ struct EndOfStreamTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed")
     }
 
-    @Test("Server EOF first, then the client sends 1 MB and EOF to a slowly reading server: all 1 MB arrives")
-    func serverEOFThenClientBulkToSlowReader() async throws {
-        let pair = try await Pair.open()
+    @Test(
+        "Server EOF first, then the client sends 1 MB and EOF to a slowly reading server: all 1 MB arrives",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func serverEOFThenClientBulkToSlowReader(path: DataPath) async throws {
+        let pair = try await Pair.open(path.arguments)
         defer { pair.close() }
         let upload = pattern(count: megabyte, seed: 33)
 
@@ -128,9 +140,13 @@ struct EndOfStreamTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
     }
 
-    @Test("Client reset (SO_LINGER 0): the server sees reset or EOF promptly and the log says clientReset")
-    func clientReset() async throws {
-        let pair = try await Pair.open()
+    @Test(
+        "Client reset (SO_LINGER 0): the server sees reset or EOF promptly and the log says clientReset",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func clientReset(path: DataPath) async throws {
+        let pair = try await Pair.open(path.arguments)
         defer { pair.close() }
         try pair.client.send("x")
         #expect(try pair.upstream.recvExactly(1, timeout: 5) == bytes("x"))
@@ -144,9 +160,13 @@ struct EndOfStreamTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "clientReset", "\(closed ?? "no close line")")
     }
 
-    @Test("Server reset (SO_LINGER 0): the client sees a reset and the log says serverReset")
-    func serverReset() async throws {
-        let pair = try await Pair.open()
+    @Test(
+        "Server reset (SO_LINGER 0): the client sees a reset and the log says serverReset",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func serverReset(path: DataPath) async throws {
+        let pair = try await Pair.open(path.arguments)
         defer { pair.close() }
         try pair.upstream.send("y")
         #expect(try pair.client.recvExactly(1, timeout: 5) == bytes("y"))
@@ -160,9 +180,13 @@ struct EndOfStreamTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "serverReset", "\(closed ?? "no close line")")
     }
 
-    @Test("Server reset while the client is sending: the client's writes fail and the bridge closes")
-    func serverResetWhileClientSends() async throws {
-        let pair = try await Pair.open(["--stall-timeout", "0"])
+    @Test(
+        "Server reset while the client is sending: the client's writes fail and the bridge closes",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func serverResetWhileClientSends(path: DataPath) async throws {
+        let pair = try await Pair.open(["--stall-timeout", "0"] + path.arguments)
         defer { pair.close() }
         pair.upstream.resetClose()
         let written = await pair.client.writeAsMuchAsPossibleAsync(for: 3)

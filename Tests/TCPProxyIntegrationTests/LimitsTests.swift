@@ -8,11 +8,15 @@ import Glibc
 /// Admission limits, timeouts, connect failures, and bounded memory and descriptors.
 @Suite("Limits, timeouts and resources")
 struct LimitsTests {
-    @Test("--max-connections 2: a third client is closed at once and logged limitReached; after one leaves, a new one works")
-    func maxConnections() async throws {
+    @Test(
+        "--max-connections 2: a third client is closed at once and logged limitReached; after one leaves, a new one works",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func maxConnections(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--max-connections", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--max-connections", "2"] + path.arguments)
         defer { proxy.kill() }
 
         let first = try TestSocket.connect(port: proxy.port)
@@ -101,11 +105,15 @@ struct LimitsTests {
         #expect(proxy.lines(containing: "connection rejected").isEmpty)
     }
 
-    @Test("--idle-timeout 1 closes a bridge with no traffic and logs idleTimeout")
-    func idleTimeout() async throws {
+    @Test(
+        "--idle-timeout 1 closes a bridge with no traffic and logs idleTimeout",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func idleTimeout(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--idle-timeout", "1"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--idle-timeout", "1"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -154,11 +162,15 @@ struct LimitsTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "connectTimeout", "\(closed ?? "no close line")")
     }
 
-    @Test("Memory: pushing up to 300 MB into a server that never reads (stall timeout off) grows RSS < 32 MB")
-    func memoryBoundedWithBlockedServer() async throws {
+    @Test(
+        "Memory: pushing up to 300 MB into a server that never reads (stall timeout off) grows RSS < 32 MB",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func memoryBoundedWithBlockedServer(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.sinkNeverReads)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "0"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "0"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -194,11 +206,15 @@ struct LimitsTests {
         #expect(proxy.isRunning)
     }
 
-    @Test("Memory: 300 MB through a fast sink grows RSS < 32 MB and every byte is counted")
-    func memoryBoundedWithFastSink() async throws {
+    @Test(
+        "Memory: 300 MB through a fast sink grows RSS < 32 MB and every byte is counted",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func memoryBoundedWithFastSink(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.discard)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -225,11 +241,15 @@ struct LimitsTests {
         #expect(closed.flatMap { logValue("bytes.upstream", in: $0) } == "\(total)")
     }
 
-    @Test("Memory: 64 MB through an echo server (both directions at once) grows RSS < 32 MB, byte-exact")
-    func memoryBoundedWithEcho() async throws {
+    @Test(
+        "Memory: 64 MB through an echo server (both directions at once) grows RSS < 32 MB, byte-exact",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func memoryBoundedWithEcho(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -275,11 +295,15 @@ struct LimitsTests {
         #expect(growth < 32 * megabyte, "proxy RSS grew by \(growth / 1024) KB")
     }
 
-    @Test("Small and large --high-water-mark values still carry 4 MB both ways byte for byte", arguments: ["512", "1K", "1M"])
-    func highWaterMarkValues(size: String) async throws {
+    @Test(
+        "Small and large --high-water-mark values still carry 4 MB both ways byte for byte",
+        .serialized,
+        arguments: ["512", "1K", "1M"], DataPath.allCases
+    )
+    func highWaterMarkValues(size: String, path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--high-water-mark", size])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--high-water-mark", size] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -299,11 +323,11 @@ struct LimitsTests {
         #expect(sameBytes(echoed.bytes, payload))
     }
 
-    @Test("Descriptors return to the baseline after 50 bridges close")
-    func descriptorsReturnToBaseline() async throws {
+    @Test("Descriptors return to the baseline after 50 bridges close", .serialized, arguments: DataPath.allCases)
+    func descriptorsReturnToBaseline(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
         let baseline = proxy.openFileDescriptorCount()
 

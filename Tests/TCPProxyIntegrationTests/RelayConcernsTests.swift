@@ -8,15 +8,19 @@ import Glibc
 /// The relay concerns of the muduo seed (004): early data, cross-talk, simultaneous close, speed mismatch.
 @Suite("Seed 004: relay concerns")
 struct RelayConcernsTests {
-    @Test("Data sent while the server connection is still being set up (SYN dropped, retried after ~1 s) is delivered")
-    func dataBeforeServerConnectionIsUp() async throws {
+    @Test(
+        "Data sent while the server connection is still being set up (SYN dropped, retried after ~1 s) is delivered",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func dataBeforeServerConnectionIsUp(path: DataPath) async throws {
         // A listener with backlog 0 and one unaccepted connection drops further SYNs, so the
         // proxy's connect stays pending until the queue frees and the SYN is retransmitted.
         let server = try TestServer(backlog: 0)
         defer { server.stop() }
         let filler = try TestSocket.connect(port: server.port)
         defer { filler.close() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -42,13 +46,17 @@ struct RelayConcernsTests {
         #expect(try client.recvExactly(5, timeout: 5) == bytes("reply"))
     }
 
-    @Test("Data and EOF sent before the server connection is up: both arrive, then the reply and EOF come back")
-    func dataAndEOFBeforeServerConnectionIsUp() async throws {
+    @Test(
+        "Data and EOF sent before the server connection is up: both arrive, then the reply and EOF come back",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func dataAndEOFBeforeServerConnectionIsUp(path: DataPath) async throws {
         let server = try TestServer(backlog: 0)
         defer { server.stop() }
         let filler = try TestSocket.connect(port: server.port)
         defer { filler.close() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -105,14 +113,18 @@ struct RelayConcernsTests {
         #expect(descriptors == baseline, "open descriptors \(descriptors), baseline \(baseline)")
     }
 
-    @Test("Server speaks first: a banner sent on accept reaches a client that has sent nothing")
-    func serverSpeaksFirst() async throws {
+    @Test(
+        "Server speaks first: a banner sent on accept reaches a client that has sent nothing",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func serverSpeaksFirst(path: DataPath) async throws {
         let server = try TestServer { socket, _, server in
             try? socket.send("220 banner\r\n", timeout: 5)
             TestServer.echo(socket, 0, server)
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -121,11 +133,11 @@ struct RelayConcernsTests {
         #expect(try client.recvExactly(4, timeout: 5) == bytes("HELO"))
     }
 
-    @Test("Data sent before the server accepts is delivered once it does")
-    func dataBeforeServerAccepts() async throws {
+    @Test("Data sent before the server accepts is delivered once it does", .serialized, arguments: DataPath.allCases)
+    func dataBeforeServerAccepts(path: DataPath) async throws {
         let server = try TestServer()
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -140,11 +152,15 @@ struct RelayConcernsTests {
         #expect(sameBytes(received.bytes, early))
     }
 
-    @Test("No cross-talk: 200 concurrent bridges each get back exactly their own payload, then 100 more reuse the descriptors")
-    func noCrossTalk() async throws {
+    @Test(
+        "No cross-talk: 200 concurrent bridges each get back exactly their own payload, then 100 more reuse the descriptors",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func noCrossTalk(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         for (round, count) in [(0, 200), (1, 100)] {
@@ -181,11 +197,15 @@ struct RelayConcernsTests {
         #expect(closed?.count == 300)
     }
 
-    @Test("Simultaneous close from both sides leaves no stuck bridge and no leaked descriptor")
-    func simultaneousClose() async throws {
+    @Test(
+        "Simultaneous close from both sides leaves no stuck bridge and no leaked descriptor",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func simultaneousClose(path: DataPath) async throws {
         let server = try TestServer()
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
         let baseline = proxy.openFileDescriptorCount()
 
@@ -226,8 +246,12 @@ struct RelayConcernsTests {
         #expect(descriptors == baseline, "open descriptors \(descriptors), baseline \(baseline)")
     }
 
-    @Test("Speed mismatch: a fast server and a slow-reading client; memory stays bounded and every byte arrives")
-    func speedMismatch() async throws {
+    @Test(
+        "Speed mismatch: a fast server and a slow-reading client; memory stays bounded and every byte arrives",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func speedMismatch(path: DataPath) async throws {
         let total = 64 * megabyte
         let chunk = pattern(count: megabyte, seed: 21)
         let server = try TestServer { socket, _, _ in
@@ -238,7 +262,7 @@ struct RelayConcernsTests {
             }
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
         let baseline = proxy.residentMemoryBytes()
 
@@ -277,13 +301,17 @@ struct RelayConcernsTests {
         #expect(proxy.lines(containing: "stallTimeout").isEmpty, "a slow but steady reader is never stall-timed-out")
     }
 
-    @Test("A slow reader that keeps taking bytes is never stall-timed-out (stall timeout 2 s, 4 s transfer)")
-    func slowProgressIsNotAStall() async throws {
+    @Test(
+        "A slow reader that keeps taking bytes is never stall-timed-out (stall timeout 2 s, 4 s transfer)",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func slowProgressIsNotAStall(path: DataPath) async throws {
         let total = 3 * megabyte
         let payload = pattern(count: total, seed: 22)
         let server = try TestServer(handler: TestServer.sendThenClose(payload))
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)

@@ -94,11 +94,16 @@ struct SOCKSTests {
 
     // MARK: Real clients
 
-    @Test("curl --socks4, --socks4a, --socks5 and --socks5-hostname fetch pages byte for byte", .enabled(if: hasCurl, "curl is not installed"))
-    func curlModes() async throws {
+    @Test(
+        "curl --socks4, --socks4a, --socks5 and --socks5-hostname fetch pages byte for byte",
+        .enabled(if: hasCurl, "curl is not installed"),
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func curlModes(path: DataPath) async throws {
         let web = try await Self.startWebServer()
         defer { web.server.kill(); try? FileManager.default.removeItem(at: web.directory) }
-        let proxy = try await Self.startProxy()
+        let proxy = try await Self.startProxy(path.arguments)
         defer { proxy.kill() }
 
         for mode in ["--socks4", "--socks4a", "--socks5", "--socks5-hostname"] {
@@ -177,11 +182,15 @@ struct SOCKSTests {
 
     // MARK: Raw bytes: success
 
-    @Test("the success reply carries the real bound address of the server-side socket; data follows it both ways")
-    func boundAddress() async throws {
+    @Test(
+        "the success reply carries the real bound address of the server-side socket; data follows it both ways",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func boundAddress(path: DataPath) async throws {
         let server = try TestServer()
         defer { server.stop() }
-        let proxy = try await Self.startProxy()
+        let proxy = try await Self.startProxy(path.arguments)
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }
@@ -198,12 +207,16 @@ struct SOCKSTests {
         #expect(try await onThread { try accepted.recvExactly(2, timeout: 5) } == bytes("up"))
     }
 
-    @Test("a server that speaks first: its bytes arrive after the reply, then its EOF")
-    func serverSpeaksFirst() async throws {
+    @Test(
+        "a server that speaks first: its bytes arrive after the reply, then its EOF",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func serverSpeaksFirst(path: DataPath) async throws {
         let banner = pattern(count: 100_000, seed: 9)
         let server = try TestServer(handler: TestServer.sendThenClose(banner))
         defer { server.stop() }
-        let proxy = try await Self.startProxy()
+        let proxy = try await Self.startProxy(path.arguments)
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }

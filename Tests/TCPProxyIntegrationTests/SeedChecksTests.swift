@@ -8,11 +8,15 @@ import Glibc
 /// The ten checks of the lab's `test-tcpproxy` (seed 003), reproduced in our own code.
 @Suite("Seed 003: the lab's ten checks")
 struct SeedChecksTests {
-    @Test("Single echo connection: 10 four-byte messages, each echoed before the next")
-    func singleEchoConnection() async throws {
+    @Test(
+        "Single echo connection: 10 four-byte messages, each echoed before the next",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func singleEchoConnection(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -31,11 +35,15 @@ struct SeedChecksTests {
         #expect(logValue("bytes.downstream", in: closed) == "40")
     }
 
-    @Test("Two and 20 echo connections: data read from connection i is written to connection i+1", arguments: [2, 20])
-    func echoChain(length: Int) async throws {
+    @Test(
+        "Two and 20 echo connections: data read from connection i is written to connection i+1",
+        .serialized,
+        arguments: [2, 20], DataPath.allCases
+    )
+    func echoChain(length: Int, path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let chain = try (0..<length).map { _ in try TestSocket.connect(port: proxy.port) }
@@ -63,11 +71,15 @@ struct SeedChecksTests {
         #expect(closed?.allSatisfy { logValue("close.reason", in: $0) == "completed" } == true)
     }
 
-    @Test("Bulk data: 2 MB through a chain of 20 connections arrives byte for byte")
-    func bulkDataThroughTwentyConnections() async throws {
+    @Test(
+        "Bulk data: 2 MB through a chain of 20 connections arrives byte for byte",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func bulkDataThroughTwentyConnections(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let payload = pattern(count: 2 * megabyte, seed: 3)
@@ -79,9 +91,9 @@ struct SeedChecksTests {
 
     @Test(
         "Mix of blocked and normal: the bulk chain completes beside a lazy-forward and a lazy-reverse bridge",
-        arguments: [[], ["--threads", "1"]]
+        arguments: [[], ["--threads", "1"]], DataPath.allCases
     )
-    func blockedMixedWithNormal(extra: [String]) async throws {
+    func blockedMixedWithNormal(extra: [String], path: DataPath) async throws {
         // Connection 0: the server never reads. Connection 1: the server writes forever and the client never reads.
         let server = try TestServer { socket, index, server in
             switch index {
@@ -91,7 +103,7 @@ struct SeedChecksTests {
             }
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, extra)
+        let proxy = try await ProxyProcess.forward(to: server.port, extra + path.arguments)
         defer { proxy.kill() }
 
         let lazyForward = try TestSocket.connect(port: proxy.port)
@@ -112,11 +124,15 @@ struct SeedChecksTests {
         #expect(written.end == nil, "the blocked client's bridge stays up while it is not stalled long: \(written)")
     }
 
-    @Test("One-way shutdown: after the client's SHUT_WR the server's one byte still arrives")
-    func oneWayShutdown() async throws {
+    @Test(
+        "One-way shutdown: after the client's SHUT_WR the server's one byte still arrives",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func oneWayShutdown(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.waitForEOFThenWrite(0x21))
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -128,11 +144,15 @@ struct SeedChecksTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed")
     }
 
-    @Test("Early close: the server closes at once; a client writing every second is closed by the proxy")
-    func earlyClose() async throws {
+    @Test(
+        "Early close: the server closes at once; a client writing every second is closed by the proxy",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func earlyClose(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.closeImmediately)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -150,11 +170,15 @@ struct SeedChecksTests {
         print("early close: closed after \(now() - started) s: \(closed ?? "-")")
     }
 
-    @Test("Non-timeout of active client: writes with pauses longer than the stall timeout keep the bridge open")
-    func activeClientIsNotTimedOut() async throws {
+    @Test(
+        "Non-timeout of active client: writes with pauses longer than the stall timeout keep the bridge open",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func activeClientIsNotTimedOut(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "1"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "1"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -168,29 +192,41 @@ struct SeedChecksTests {
         #expect(proxy.closedLines.isEmpty, "no bridge closed: \(proxy.closedLines)")
     }
 
-    @Test("Timeout of lazy forward client: the server never reads; closed after the stall timeout (2 s)")
-    func lazyForwardClientTimesOut() async throws {
+    @Test(
+        "Timeout of lazy forward client: the server never reads; closed after the stall timeout (2 s)",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func lazyForwardClientTimesOut(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.sinkNeverReads)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
         try await Self.expectStallTimeout(proxy: proxy, direction: .forward, within: 1.5...6)
     }
 
-    @Test("Timeout of lazy reverse client: the client never reads; closed after the stall timeout (2 s)")
-    func lazyReverseClientTimesOut() async throws {
+    @Test(
+        "Timeout of lazy reverse client: the client never reads; closed after the stall timeout (2 s)",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func lazyReverseClientTimesOut(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.writeForever)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
         try await Self.expectStallTimeout(proxy: proxy, direction: .reverse, within: 1.5...6)
     }
 
-    @Test("Timeout of lazy forward client with the default stall timeout (10 s)")
-    func lazyForwardClientTimesOutByDefault() async throws {
+    @Test(
+        "Timeout of lazy forward client with the default stall timeout (10 s)",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func lazyForwardClientTimesOutByDefault(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.sinkNeverReads)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port)
+        let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
         try await Self.expectStallTimeout(proxy: proxy, direction: .forward, within: 9...16)
     }

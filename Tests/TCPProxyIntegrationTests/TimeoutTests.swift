@@ -27,13 +27,17 @@ struct TimeoutTests {
         }
     }
 
-    @Test("Downstream stalled (client never reads) while upstream stays busy: still closed by the stall timeout")
-    func downstreamStallWithUpstreamActive() async throws {
+    @Test(
+        "Downstream stalled (client never reads) while upstream stays busy: still closed by the stall timeout",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func downstreamStallWithUpstreamActive(path: DataPath) async throws {
         let server = try TestServer(handler: Self.readingWhile { socket, server in
             TestServer.writeForever(socket, 0, server)
         })
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -55,8 +59,12 @@ struct TimeoutTests {
         #expect(server.receivedBytes > 0, "upstream was flowing")
     }
 
-    @Test("Upstream stalled (server never reads) while downstream stays busy: still closed by the stall timeout")
-    func upstreamStallWithDownstreamActive() async throws {
+    @Test(
+        "Upstream stalled (server never reads) while downstream stays busy: still closed by the stall timeout",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func upstreamStallWithDownstreamActive(path: DataPath) async throws {
         // The server never reads; it sends a byte every 0.2 s, which the client reads.
         let server = try TestServer { socket, _, server in
             let started = now()
@@ -66,7 +74,7 @@ struct TimeoutTests {
             }
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -88,17 +96,21 @@ struct TimeoutTests {
         _ = await writer
     }
 
-    @Test("A fractional stall timeout (0.5 s) fires")
-    func fractionalStallTimeout() async throws {
+    @Test("A fractional stall timeout (0.5 s) fires", .serialized, arguments: DataPath.allCases)
+    func fractionalStallTimeout(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.sinkNeverReads)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "0.5"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "0.5"] + path.arguments)
         defer { proxy.kill() }
         try await SeedChecksTests.expectStallTimeout(proxy: proxy, direction: .forward, within: 0.3...3)
     }
 
-    @Test("A slow server that keeps reading (upstream) is never stall-timed-out (stall timeout 2 s, ~4 s transfer)")
-    func slowUpstreamProgressIsNotAStall() async throws {
+    @Test(
+        "A slow server that keeps reading (upstream) is never stall-timed-out (stall timeout 2 s, ~4 s transfer)",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func slowUpstreamProgressIsNotAStall(path: DataPath) async throws {
         let total = 3 * megabyte
         let payload = pattern(count: total, seed: 71)
         let received = Shared<[UInt8]>([])
@@ -112,7 +124,7 @@ struct TimeoutTests {
             if end == .eof { socket.shutdownWrite() }
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)
@@ -132,12 +144,16 @@ struct TimeoutTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
     }
 
-    @Test("--idle-timeout 2: traffic in one direction only keeps the bridge open; silence then closes it")
-    func idleTimeoutCountsOneWayTraffic() async throws {
+    @Test(
+        "--idle-timeout 2: traffic in one direction only keeps the bridge open; silence then closes it",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func idleTimeoutCountsOneWayTraffic(path: DataPath) async throws {
         let server = try TestServer(handler: TestServer.discard)
         defer { server.stop() }
         // Sends every 0.25 s against a 2 s timeout: room for a loaded machine to delay this task.
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--idle-timeout", "2"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--idle-timeout", "2"] + path.arguments)
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)

@@ -59,13 +59,17 @@ struct VisibilityTests {
         #expect(result.stderr.contains("/nonexistent-dir/x.pcap"))
     }
 
-    @Test("--metrics serves Prometheus text whose counters match the traffic; other paths get 404")
-    func metrics() async throws {
+    @Test(
+        "--metrics serves Prometheus text whose counters match the traffic; other paths get 404",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func metrics(path: DataPath) async throws {
         let curl = "/usr/bin/curl"
         try #require(FileManager.default.isExecutableFile(atPath: curl), "curl is not installed")
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--metrics", "127.0.0.1:0"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--metrics", "127.0.0.1:0"] + path.arguments)
         defer { proxy.kill() }
         let line = try #require(await proxy.waitForLine(containing: "metrics listening on", timeout: 5))
         let address = line.components(separatedBy: "metrics listening on ")[1].prefix { $0 != " " && $0 != "\"" }

@@ -66,6 +66,8 @@ extension Bridge {
         }
         self.drainTimer?.cancel()
         self.drainTimer = nil
+        self.spliceTimer?.cancel()
+        self.spliceTimer = nil
     }
 }
 

@@ -49,6 +49,14 @@ final class Bridge {
     private var started = false
     /// Bytes already added to the metrics.
     var byteReporter = ByteCountReporter()
+    /// Whether the bridge may move, or has moved, to the splice engine (see `Bridge+Splice.swift`).
+    var spliceStage = SpliceStage.off
+    /// Handovers begun so far.
+    var spliceAttempts = 0
+    /// Gives up a handover whose barrier takes too long (see `Bridge+Splice.swift`).
+    var spliceTimer: Scheduled<Void>?
+    /// The listener's drain, for the bridge once it is spliced.
+    let spliceDrain: SpliceDrainSignal?
 
     var machine = BridgeStateMachine()
     var timeouts: BridgeTimeouts
@@ -58,7 +66,7 @@ final class Bridge {
 
     let clientHandler: BridgeHandler
     let serverHandler: BridgeHandler
-    private var serverChannel: Channel?
+    private(set) var serverChannel: Channel?
 
     /// Rate limits, latency and corruption, when an option asks for them (see `Bridge+Shaping.swift`).
     var shaping: BridgeShaping?
@@ -72,8 +80,8 @@ final class Bridge {
     private var earlyDataBytes = 0
 
     /// Bytes read from the client (upstream) and from the server (downstream).
-    private(set) var bytesUpstream: UInt64 = 0
-    private(set) var bytesDownstream: UInt64 = 0
+    var bytesUpstream: UInt64 = 0
+    var bytesDownstream: UInt64 = 0
 
     /// - Parameters:
     ///   - id: the bridge number, for logs.
@@ -82,6 +90,7 @@ final class Bridge {
     ///   - configuration: limits and timeouts.
     ///   - logger: the listener's logger.
     ///   - hooks: the listener's bookkeeping.
+    ///   - spliceDrain: the listener's drain, as spliced bridges see it.
     init(
         id: UInt64,
         clientChannel: Channel,
@@ -89,7 +98,8 @@ final class Bridge {
         configuration: BridgeConfiguration,
         logger: Logger,
         hooks: Hooks,
-        observers: Observers = .init()
+        observers: Observers = .init(),
+        spliceDrain: SpliceDrainSignal? = nil
     ) {
         self.id = id
         self.connector = connector
@@ -98,6 +108,7 @@ final class Bridge {
         self.logger = logger
         self.hooks = hooks
         self.observers = observers
+        self.spliceDrain = spliceDrain
         let now = clientChannel.eventLoop.now
         self.startTime = now
         self.timeouts = BridgeTimeouts(
@@ -152,6 +163,7 @@ final class Bridge {
 
     /// Whether `side` may be read now: only while what it feeds can take more.
     func mayRead(_ side: Side) -> Bool {
+        if self.spliceHoldsReads { return false }
         if self.machine.isForwarding {
             guard self.handler(side.partner).context?.channel.isWritable ?? false else { return false }
             return self.shaping == nil || self.shapingAllowsRead(side)
@@ -172,6 +184,7 @@ final class Bridge {
             }
             if self.isPlainPath {
                 self.handler(side.partner).forward(buffer)
+                self.spliceObserve(buffer.readableBytes, from: side)
             } else {
                 self.shape(buffer, from: side, countingRate: true)
             }
@@ -187,22 +200,31 @@ final class Bridge {
     /// A read burst from `side` ended: push what was forwarded.
     func readComplete(from side: Side) {
         self.handler(side.partner).flushIfNeeded()
+        self.spliceReadBurstEnded()
     }
 
     /// `side` can take more again: let its partner be read if it was waiting.
     func becameWritable(_ side: Side) {
+        self.spliceRetryIfWaiting()
         self.handler(side.partner).resumeReadingIfPaused()
     }
 
     func inputClosed(on side: Side) {
+        guard !self.isHandedOver else { return }
+        self.abandonHandover()
         self.perform(self.machine.inputClosed(on: side))
     }
 
     func outputClosed(on side: Side) {
+        guard !self.isHandedOver else { return }
+        self.abandonHandover()
         self.perform(self.machine.outputClosed(on: side))
+        self.spliceRetryIfWaiting()
     }
 
     func errorCaught(on side: Side, _ error: Error) {
+        guard !self.isHandedOver else { return }
+        self.abandonHandover()
         self.logger.debug(
             "bridge error",
             metadata: ["bridge.id": "\(self.id)", "side": "\(side)", "error": "\(error)"]
@@ -211,13 +233,17 @@ final class Bridge {
     }
 
     func channelClosed(_ side: Side) {
+        // At the handover NIO closes both channels; the sockets live on in the splice engine.
+        guard !self.isHandedOver else { return }
+        self.abandonHandover()
+        if side == .server { self.serverHandler.connectionEnded() }
         self.logger.trace("bridge socket closed", metadata: ["bridge.id": "\(self.id)", "side": "\(side)"])
         self.perform(self.machine.channelClosed(side))
     }
 
     /// The listener is draining: give the bridge until the drain timeout to finish on its own.
     func quiesceRequested() {
-        guard let drainTimeout = self.configuration.drainTimeout else { return }
+        guard !self.isHandedOver, let drainTimeout = self.configuration.drainTimeout else { return }
         guard self.drainTimer == nil else { return }
         self.drainTimer = self.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) {
             self.perform(self.machine.abort(.drainTimeout))
@@ -324,6 +350,7 @@ final class Bridge {
             self.clientHandler.resumeReadingIfPaused()
             self.serverHandler.resumeReadingIfPaused()
             self.startTimer()
+            self.startSplicing()
 
         case .shutdownOutput(let side):
             // With --latency, EOF follows the delayed chunks of its direction.
@@ -352,22 +379,27 @@ final class Bridge {
             }
 
         case .report(let reason):
-            self.cancelTimers()
-            let duration = Double((self.eventLoop.now - self.startTime).nanoseconds) / 1e9
-            self.logger.info(
-                "bridge closed",
-                metadata: [
-                    "bridge.id": "\(self.id)", "close.reason": "\(reason)",
-                    "bytes.upstream": "\(self.bytesUpstream)", "bytes.downstream": "\(self.bytesDownstream)",
-                    "duration": "\(duration)",
-                ]
-            )
-            self.reportBytes()
-            self.observers.metrics?.bridgeClosed(reason, duration: self.eventLoop.now - self.startTime)
-            self.hooks.finished(reason)
-            self.clientHandler.bridge = nil
-            self.serverHandler.bridge = nil
+            self.reportEnd(reason)
         }
+    }
+
+    /// Both sockets are closed (by NIO, or by the splice engine): log the end, report it, and let go.
+    func reportEnd(_ reason: CloseReason) {
+        self.cancelTimers()
+        let duration = Double((self.eventLoop.now - self.startTime).nanoseconds) / 1e9
+        self.logger.info(
+            "bridge closed",
+            metadata: [
+                "bridge.id": "\(self.id)", "close.reason": "\(reason)",
+                "bytes.upstream": "\(self.bytesUpstream)", "bytes.downstream": "\(self.bytesDownstream)",
+                "duration": "\(duration)",
+            ]
+        )
+        self.reportBytes()
+        self.observers.metrics?.bridgeClosed(reason, duration: self.eventLoop.now - self.startTime)
+        self.hooks.finished(reason)
+        self.clientHandler.bridge = nil
+        self.serverHandler.bridge = nil
     }
 }
 

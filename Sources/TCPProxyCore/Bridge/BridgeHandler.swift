@@ -23,6 +23,8 @@ final class BridgeHandler: ChannelDuplexHandler {
     private var flushNeeded = false
     /// This channel's peer sent EOF.
     private var inputClosed = false
+    /// What waits for the connection's real end (see ``whenConnectionEnded(_:)``).
+    private var endActions: [() -> Void] = []
 
     init(side: BridgeStateMachine.Side) {
         self.side = side
@@ -106,6 +108,36 @@ final class BridgeHandler: ChannelDuplexHandler {
         guard self.flushNeeded, let context else { return }
         self.flushNeeded = false
         context.flush()
+    }
+
+    /// Whether NIO holds no unwritten bytes for this channel (`false` when it cannot tell).
+    var holdsNothing: Bool {
+        guard let channel = self.context?.channel,
+            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes)
+        else { return false }
+        return held == 0
+    }
+
+    /// An empty write, flushed: it completes once everything written to this channel before it is
+    /// written to the socket. `nil` without a channel.
+    func writeBarrier() -> EventLoopFuture<Void>? {
+        guard let context else { return nil }
+        self.flushNeeded = false
+        return context.writeAndFlush(self.wrapOutboundOut(ByteBuffer()))
+    }
+
+    /// Runs `action` once this side's connection has ended for good: its socket closed by NIO, or by the
+    /// splice engine after a handover (a channel's `closeFuture` completes at the handover already).
+    /// Target pools count open connections per target this way.
+    func whenConnectionEnded(_ action: @escaping () -> Void) {
+        self.endActions.append(action)
+    }
+
+    /// The connection has ended for good: run what waits for it.
+    func connectionEnded() {
+        let actions = self.endActions
+        self.endActions = []
+        for action in actions { action() }
     }
 
     /// Passes on a `read()` that was held back, if the bridge now allows it.

@@ -78,6 +78,30 @@ struct BridgeStateMachine {
         }
     }
 
+    /// Where the two directions stand, for a handover to the splice engine.
+    struct SpliceReadiness: Equatable {
+        /// Client → server already ended: the client's EOF was read and writing to the server is shut.
+        var upstreamEnded: Bool
+        /// Server → client already ended.
+        var downstreamEnded: Bool
+    }
+
+    /// Whether the bridge can move to the splice engine now: both sockets open, and each direction either
+    /// fully open or fully ended (EOF read and the write shutdown taken effect), never half way, and not
+    /// both ended. `nil` otherwise.
+    var spliceReadiness: SpliceReadiness? {
+        guard case .forwarding(let client, let server) = self.state, !client.closed, !server.closed else { return nil }
+        func ended(source: SideState, sink: SideState) -> Bool? {
+            if !source.inputClosed && !sink.outputShutdownRequested { return false }
+            if source.inputClosed && sink.outputClosed { return true }
+            return nil
+        }
+        guard let upstream = ended(source: client, sink: server), let downstream = ended(source: server, sink: client),
+            !(upstream && downstream)
+        else { return nil }
+        return SpliceReadiness(upstreamEnded: upstream, downstreamEnded: downstream)
+    }
+
     /// The server connection is up.
     mutating func connectSucceeded() -> Action {
         switch self.state {

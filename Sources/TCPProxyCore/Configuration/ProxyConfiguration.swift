@@ -119,6 +119,8 @@ public struct BridgeConfiguration: Sendable, Hashable {
     public var faultDirections: Set<Direction> = [.upstream, .downstream]
     /// Send a PROXY protocol header of this version to each server first (`--proxy-protocol`).
     public var sendProxyHeader: ProxyProtocolVersion? = nil
+    /// When a bridge's bytes move through the kernel with splice(2) instead of through NIO (`--splice`).
+    public var splice: SpliceMode = .auto
 
     public init() {}
 

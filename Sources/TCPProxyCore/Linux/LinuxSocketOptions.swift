@@ -40,6 +40,35 @@ enum LinuxSocketOptions {
         #endif
     }
 
+    /// `tcpi_bytes_acked` of a raw socket (the splice engine's sockets, which NIO no longer holds), or `nil`.
+    /// - Parameter descriptor: a connected TCP socket.
+    static func bytesAcknowledged(descriptor: CInt) -> UInt64? {
+        #if os(Linux)
+        var info = TCPInfoPrefix()
+        var length = socklen_t(MemoryLayout<TCPInfoPrefix>.size)
+        guard getsockopt(descriptor, CInt(IPPROTO_TCP), CInt(TCP_INFO), &info, &length) == 0,
+            Int(length) >= MemoryLayout<TCPInfoPrefix>.size
+        else { return nil }
+        return info.bytesAcked
+        #else
+        return nil
+        #endif
+    }
+
+    /// Makes the next close of a raw socket send a reset instead of a FIN (`SO_LINGER` with a zero timeout).
+    static func setResetOnClose(descriptor: CInt) {
+        var value = linger(l_onoff: 1, l_linger: 0)
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
+    }
+
+    /// The pending error of a raw socket (`SO_ERROR`, which reading clears), 0 for none.
+    static func pendingError(descriptor: CInt) -> CInt {
+        var value: CInt = 0
+        var length = socklen_t(MemoryLayout<CInt>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &value, &length) == 0 else { return errno }
+        return value
+    }
+
     /// Makes the next close of this channel send a reset instead of a FIN (`SO_LINGER` with a zero timeout).
     static func setResetOnClose(_ channel: Channel) {
         guard let provider = channel as? SocketOptionProvider else { return }

@@ -22,6 +22,8 @@ struct BridgeSetup {
     var observers: Bridge.Observers
     /// The client as its PROXY header described it (`--accept-proxy-protocol`).
     var announcedClient: ProxyHeader? = nil
+    /// The listener's drain, as spliced bridges see it.
+    var spliceDrain: SpliceDrainSignal? = nil
 
     /// A bridge for `client` that connects through `connector`.
     func makeBridge(client: Channel, connector: any ServerConnector) -> Bridge {
@@ -32,7 +34,8 @@ struct BridgeSetup {
             configuration: self.configuration,
             logger: self.logger,
             hooks: self.hooks,
-            observers: self.observers
+            observers: self.observers,
+            spliceDrain: self.spliceDrain
         )
         bridge.announcedClient = self.announcedClient
         return bridge

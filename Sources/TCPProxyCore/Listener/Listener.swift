@@ -17,6 +17,8 @@ public final class Listener: Service, Sendable {
     private let nextBridgeID = ManagedAtomic<UInt64>(1)
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
     private let observers: Bridge.Observers
+    /// The drain deadline, for bridges that were handed to the splice engine.
+    private let spliceDrain = SpliceDrainSignal()
     /// With several targets or health checks: the targets and what is known of them.
     private let targetPool: TargetPool?
     private let healthChecker: HealthChecker?
@@ -68,6 +70,11 @@ public final class Listener: Service, Sendable {
     public var activeBridgeCount: Int { self.activeBridges.count }
 
     public func run() async throws {
+        if self.configuration.bridge.splice != .never {
+            // Started now rather than by the first bulk bridge: the first handover is not slowed by it, and
+            // the process's descriptor count at rest does not change later (the engine holds two).
+            _ = SpliceEngine.shared
+        }
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
         let address = channel.localAddress
@@ -94,6 +101,8 @@ public final class Listener: Service, Sendable {
                 "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
             ]
         )
+        // Spliced bridges have no channel for the quiescing helper to tell; they end at the same deadline.
+        self.spliceDrain.beginDrain(timeout: self.configuration.bridge.drainTimeout)
         let drained = self.group.next().makePromise(of: Void.self)
         quiescing.initiateShutdown(promise: drained)
         try await drained.futureResult.get()
@@ -170,7 +179,8 @@ public final class Listener: Service, Sendable {
                 configuration: configuration,
                 logger: self.logger,
                 hooks: .init(finished: { [activeBridges] _ in activeBridges.release() }),
-                observers: self.observers
+                observers: self.observers,
+                spliceDrain: self.spliceDrain
             )
             if acceptsHeader {
                 try channel.pipeline.syncOperations.addHandler(self.proxyHeaderReceiver(starter: starter, setup: setup))

@@ -43,7 +43,7 @@ struct PooledServerConnector: ServerConnector {
                 switch result {
                 case .success(let channel):
                     pool.connected(index)
-                    channel.closeFuture.whenComplete { _ in pool.released(index) }
+                    Self.whenEnded(channel) { pool.released(index) }
                     promise.succeed(channel)
                 case .failure(let error):
                     pool.connectFailed(index, error: error, now: eventLoop.now)
@@ -53,6 +53,18 @@ struct PooledServerConnector: ServerConnector {
                     )
                 }
             }
+    }
+
+    /// Runs `release` when the server connection really ends: when its bridge says so (a spliced bridge
+    /// closes its NIO channel long before its socket), or when the channel closes if it has no bridge.
+    private static func whenEnded(_ channel: Channel, _ release: @escaping @Sendable () -> Void) {
+        if channel.eventLoop.inEventLoop,
+            let handler = try? channel.pipeline.syncOperations.handler(type: BridgeHandler.self)
+        {
+            handler.whenConnectionEnded(release)
+        } else {
+            channel.closeFuture.whenComplete { _ in release() }
+        }
     }
 
     var targetDescription: String {

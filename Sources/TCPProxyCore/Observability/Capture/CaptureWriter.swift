@@ -221,11 +221,6 @@ private func writeAll(_ buffer: ByteBuffer, to fileDescriptor: CInt) -> CInt? {
     }
 }
 
-/// Closes a file descriptor (a free function: inside ``CaptureWriter``, `close` is its own method).
-private func closeDescriptor(_ fileDescriptor: CInt) {
-    _ = close(fileDescriptor)
-}
-
 /// `permission denied`: the `strerror` text of an `errno` value, lowercased.
 private func errorText(_ code: CInt) -> String {
     String(cString: strerror(code)).lowercased()

@@ -1,0 +1,59 @@
+// The few Linux calls the splice data path needs that Swift's Glibc module does not import (it is
+// built without _GNU_SOURCE): splice(2), pipe sizes, epoll and eventfd. Each is a thin wrapper that
+// returns -1 and leaves errno set on failure, as the call it wraps does. On other systems every
+// function fails with ENOSYS, so the Swift side simply never splices there.
+#ifndef C_TCPPROXY_LINUX_H
+#define C_TCPPROXY_LINUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// epoll event bits, as <sys/epoll.h> defines them.
+extern const uint32_t CTCPProxyLinux_EPOLLIN;
+extern const uint32_t CTCPProxyLinux_EPOLLOUT;
+extern const uint32_t CTCPProxyLinux_EPOLLRDHUP;
+extern const uint32_t CTCPProxyLinux_EPOLLERR;
+extern const uint32_t CTCPProxyLinux_EPOLLHUP;
+
+/// One readiness report: which events, for which registration token. (struct epoll_event is packed on
+/// x86_64, which Swift imports poorly; this one is not.)
+typedef struct {
+    uint32_t events;
+    uint64_t token;
+} CTCPProxyLinux_Event;
+
+/// splice(2) with SPLICE_F_MOVE | SPLICE_F_NONBLOCK and no offsets: moves up to `length` bytes from
+/// `from` to `to`, one of which must be a pipe.
+ssize_t CTCPProxyLinux_splice(int from, int to, size_t length);
+
+/// A non-blocking, close-on-exec pipe whose capacity is set to at least `size` bytes if the system
+/// allows (F_SETPIPE_SZ). Returns the capacity it has (F_GETPIPE_SZ), or -1.
+int CTCPProxyLinux_pipe(int fds[2], int size);
+
+/// epoll_create1(EPOLL_CLOEXEC).
+int CTCPProxyLinux_epollCreate(void);
+
+/// Registers `fd`, edge-triggered, for `events`, reported with `token`.
+int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token);
+
+/// Changes what `fd` is registered for (edge-triggered still); the kernel reports it at once if ready.
+int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token);
+
+/// Removes `fd`.
+int CTCPProxyLinux_epollRemove(int epoll, int fd);
+
+/// epoll_wait: up to `capacity` events into `events`, waiting at most `timeoutMilliseconds` (-1: forever).
+/// Returns how many, or -1 (EINTR included).
+int CTCPProxyLinux_epollWait(int epoll, CTCPProxyLinux_Event *events, int capacity, int timeoutMilliseconds);
+
+/// eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC).
+int CTCPProxyLinux_eventCreate(void);
+
+/// Adds 1 to the eventfd's counter (wakes its reader).
+int CTCPProxyLinux_eventSignal(int fd);
+
+/// Resets the eventfd's counter.
+void CTCPProxyLinux_eventDrain(int fd);
+
+#endif

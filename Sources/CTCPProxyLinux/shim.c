@@ -1,0 +1,117 @@
+#ifdef __linux__
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+#endif
+
+#include "CTCPProxyLinux.h"
+
+#ifdef __linux__
+
+const uint32_t CTCPProxyLinux_EPOLLIN = EPOLLIN;
+const uint32_t CTCPProxyLinux_EPOLLOUT = EPOLLOUT;
+const uint32_t CTCPProxyLinux_EPOLLRDHUP = EPOLLRDHUP;
+const uint32_t CTCPProxyLinux_EPOLLERR = EPOLLERR;
+const uint32_t CTCPProxyLinux_EPOLLHUP = EPOLLHUP;
+
+ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) {
+    return splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+}
+
+int CTCPProxyLinux_pipe(int fds[2], int size) {
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+        return -1;
+    }
+    // Asking for more than /proc/sys/fs/pipe-max-size, or beyond the user's pipe-buffer quota, fails
+    // with EPERM: the pipe keeps the size it has, and the caller decides whether that is enough.
+    (void)fcntl(fds[0], F_SETPIPE_SZ, size);
+    int capacity = fcntl(fds[0], F_GETPIPE_SZ);
+    if (capacity < 0) {
+        int saved = errno;
+        close(fds[0]);
+        close(fds[1]);
+        errno = saved;
+        return -1;
+    }
+    return capacity;
+}
+
+int CTCPProxyLinux_epollCreate(void) {
+    return epoll_create1(EPOLL_CLOEXEC);
+}
+
+int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event = {0};
+    event.events = events | EPOLLET;
+    event.data.u64 = token;
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
+}
+
+int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token) {
+    struct epoll_event event = {0};
+    event.events = events | EPOLLET;
+    event.data.u64 = token;
+    return epoll_ctl(epoll, EPOLL_CTL_MOD, fd, &event);
+}
+
+int CTCPProxyLinux_epollRemove(int epoll, int fd) {
+    struct epoll_event event = {0};
+    return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event);
+}
+
+int CTCPProxyLinux_epollWait(int epoll, CTCPProxyLinux_Event *events, int capacity, int timeoutMilliseconds) {
+    struct epoll_event raw[64];
+    if (capacity > 64) {
+        capacity = 64;
+    }
+    int count = epoll_wait(epoll, raw, capacity, timeoutMilliseconds);
+    for (int index = 0; index < count; index++) {
+        events[index].events = raw[index].events;
+        events[index].token = raw[index].data.u64;
+    }
+    return count;
+}
+
+int CTCPProxyLinux_eventCreate(void) {
+    return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+}
+
+int CTCPProxyLinux_eventSignal(int fd) {
+    uint64_t one = 1;
+    return write(fd, &one, sizeof(one)) == sizeof(one) ? 0 : -1;
+}
+
+void CTCPProxyLinux_eventDrain(int fd) {
+    uint64_t value;
+    (void)read(fd, &value, sizeof(value));
+}
+
+#else
+
+#include <errno.h>
+
+const uint32_t CTCPProxyLinux_EPOLLIN = 0x001;
+const uint32_t CTCPProxyLinux_EPOLLOUT = 0x004;
+const uint32_t CTCPProxyLinux_EPOLLRDHUP = 0x2000;
+const uint32_t CTCPProxyLinux_EPOLLERR = 0x008;
+const uint32_t CTCPProxyLinux_EPOLLHUP = 0x010;
+
+ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_epollCreate(void) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_epollRemove(int epoll, int fd) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_epollWait(int epoll, CTCPProxyLinux_Event *events, int capacity, int timeoutMilliseconds) {
+    errno = ENOSYS;
+    return -1;
+}
+int CTCPProxyLinux_eventCreate(void) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_eventSignal(int fd) { errno = ENOSYS; return -1; }
+void CTCPProxyLinux_eventDrain(int fd) {}
+
+#endif

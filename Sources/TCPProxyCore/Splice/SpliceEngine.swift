@@ -1,0 +1,338 @@
+import Atomics
+import CTCPProxyLinux
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The thread that moves the bytes of spliced bridges: its own epoll (edge-triggered), an eventfd for
+/// commands, and for each bridge two pipes between its sockets (docs/BRIDGE.md, "The splice path").
+///
+/// Bridges come in through ``add(_:)`` from any event loop; from then on only this thread touches them.
+/// Every event is a few splice(2) calls; nothing is allocated, locked or logged per chunk. Timeouts are
+/// sampled on the epoll timeout, at the nearest deadline of any bridge.
+final class SpliceEngine: Sendable {
+    /// The process's engine, started by the first bridge that splices; `nil` if it cannot start (no
+    /// epoll, or not Linux): then every bridge stays on NIO.
+    static let shared: SpliceEngine? = {
+        let engine = SpliceEngine()
+        if engine != nil { SpliceEngine.isStarted.store(true, ordering: .releasing) }
+        return engine
+    }()
+
+    private static let isStarted = ManagedAtomic(false)
+
+    /// The engine if a bridge ever started it; `nil` without starting one.
+    static var startedEngine: SpliceEngine? {
+        Self.isStarted.load(ordering: .acquiring) ? Self.shared : nil
+    }
+
+    private enum Command: Sendable {
+        case add(SpliceHandover)
+        case drainChanged
+    }
+
+    private let epoll: CInt
+    private let wakeUp: CInt
+    private let inbox = NIOLockedValueBox<[Command]>([])
+    private let thread: NIOThreadPool
+    /// Spliced bridges open right now (for tests and logs).
+    private let activeCount = ManagedAtomic(0)
+
+    private init?() {
+        let epoll = CTCPProxyLinux_epollCreate()
+        guard epoll >= 0 else { return nil }
+        let wakeUp = CTCPProxyLinux_eventCreate()
+        guard wakeUp >= 0, CTCPProxyLinux_epollAdd(epoll, wakeUp, CTCPProxyLinux_EPOLLIN, Self.wakeUpToken) == 0 else {
+            closeDescriptor(epoll)
+            if wakeUp >= 0 { closeDescriptor(wakeUp) }
+            return nil
+        }
+        self.epoll = epoll
+        self.wakeUp = wakeUp
+        self.thread = NIOThreadPool(numberOfThreads: 1)
+        self.thread.start()
+        self.thread.submit { [self] _ in
+            var loop = SpliceEngineLoop(epoll: self.epoll, wakeUp: self.wakeUp, activeCount: self.activeCount)
+            loop.run {
+                self.inbox.withLockedValue { inbox in
+                    defer { inbox.removeAll(keepingCapacity: true) }
+                    return inbox
+                }
+            }
+        }
+    }
+
+    /// Spliced bridges open right now.
+    var activeBridges: Int { self.activeCount.load(ordering: .relaxed) }
+
+    /// Takes over a bridge. Its descriptors belong to the engine from now on.
+    func add(_ handover: SpliceHandover) {
+        self.send(.add(handover))
+    }
+
+    /// A listener began draining: look at the bridges' drain deadlines again.
+    func drainChanged() {
+        self.send(.drainChanged)
+    }
+
+    private func send(_ command: Command) {
+        self.inbox.withLockedValue { $0.append(command) }
+        _ = CTCPProxyLinux_eventSignal(self.wakeUp)
+    }
+
+    fileprivate static let wakeUpToken = UInt64.max
+
+    /// The engine thread's state and loop. A named type, so stack dumps read well.
+    private struct SpliceEngineLoop {
+        let epoll: CInt
+        let wakeUp: CInt
+        let activeCount: ManagedAtomic<Int>
+        /// Bridges by slot; a slot's generation changes when it is freed, so a stale event is ignored.
+        private var slots: [SpliceBridge?] = []
+        private var generations: [UInt32] = []
+        private var freeSlots: [Int] = []
+        /// Bridges whose last pump stopped at the round limit: pumped again after the next poll.
+        private var queued: [SpliceBridge] = []
+        /// The batch being pumped again (kept to reuse its storage).
+        private var requeued: [SpliceBridge] = []
+        /// The earliest timer or drain deadline of any bridge.
+        private var nextWake: NIODeadline?
+
+        init(epoll: CInt, wakeUp: CInt, activeCount: ManagedAtomic<Int>) {
+            self.epoll = epoll
+            self.wakeUp = wakeUp
+            self.activeCount = activeCount
+        }
+
+        mutating func run(takeCommands: () -> [Command]) {
+            // splice(2) into a socket whose peer went away raises SIGPIPE in the calling thread; here it
+            // must only fail with EPIPE.
+            var signals = sigset_t()
+            sigemptyset(&signals)
+            sigaddset(&signals, SIGPIPE)
+            pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+            let capacity = 64
+            let events = UnsafeMutableBufferPointer<CTCPProxyLinux_Event>.allocate(capacity: capacity)
+            defer { events.deallocate() }
+            while true {
+                let timeout = self.queued.isEmpty ? self.pollTimeout() : 0
+                let count = CTCPProxyLinux_epollWait(self.epoll, events.baseAddress, CInt(capacity), timeout)
+                if count < 0 {
+                    if errno == EINTR { continue }
+                    // Nothing sensible to do but not spin.
+                    usleep(10_000)
+                    continue
+                }
+                for index in 0..<Int(count) {
+                    let event = events[index]
+                    if event.token == SpliceEngine.wakeUpToken {
+                        CTCPProxyLinux_eventDrain(self.wakeUp)
+                        for command in takeCommands() { self.perform(command) }
+                    } else {
+                        self.handle(event)
+                    }
+                }
+                self.pumpQueued()
+                if let nextWake, NIODeadline.now() >= nextWake {
+                    self.tickAll()
+                }
+            }
+        }
+
+        // MARK: Commands
+
+        private mutating func perform(_ command: Command) {
+            switch command {
+            case .add(let handover):
+                self.add(SpliceBridge(handover))
+            case .drainChanged:
+                for case let bridge? in self.slots {
+                    bridge.drainDeadline = bridge.drain?.deadline
+                    self.wake(at: bridge.nextDeadline)
+                }
+            }
+        }
+
+        private mutating func add(_ bridge: SpliceBridge) {
+            let slot: Int
+            if let free = self.freeSlots.popLast() {
+                slot = free
+                self.slots[slot] = bridge
+            } else {
+                slot = self.slots.count
+                self.slots.append(bridge)
+                self.generations.append(0)
+            }
+            bridge.slot = slot
+            self.activeCount.wrappingIncrement(ordering: .relaxed)
+            for side in [BridgeStateMachine.Side.client, .server] where bridge.descriptor(side) >= 0 {
+                let events = Self.events(bridge.interest(side))
+                if CTCPProxyLinux_epollAdd(self.epoll, bridge.descriptor(side), events, self.token(slot, side)) != 0 {
+                    // Cannot happen for a valid socket; the bridge cannot go on without it.
+                    self.end(bridge, side == .client ? .clientReset : .serverReset)
+                    return
+                }
+                if side == .client { bridge.clientEvents = events } else { bridge.serverEvents = events }
+            }
+            bridge.drainDeadline = bridge.drain?.deadline
+            let now = NIODeadline.now()
+            self.wake(at: bridge.startTimerIfStopped(now: now))
+            self.wake(at: bridge.drainDeadline)
+            // Bytes may have arrived between NIO's last read and the registration.
+            for direction in [Direction.upstream, .downstream] {
+                guard self.pump(bridge, direction) else { return }
+            }
+        }
+
+        // MARK: Events
+
+        private func token(_ slot: Int, _ side: BridgeStateMachine.Side) -> UInt64 {
+            UInt64(self.generations[slot]) << 33 | UInt64(slot) << 1 | (side == .client ? 0 : 1)
+        }
+
+        private mutating func handle(_ event: CTCPProxyLinux_Event) {
+            let slot = Int((event.token >> 1) & 0xFFFF_FFFF)
+            guard slot < self.slots.count, UInt64(self.generations[slot]) == event.token >> 33,
+                let bridge = self.slots[slot]
+            else { return }
+            let side: BridgeStateMachine.Side = event.token & 1 == 0 ? .client : .server
+            guard bridge.descriptor(side) >= 0 else { return }
+            let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
+            if event.events & CTCPProxyLinux_EPOLLERR != 0, let reason = bridge.checkError(on: side) {
+                self.end(bridge, reason)
+                return
+            }
+            let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | failure
+            let writable = CTCPProxyLinux_EPOLLOUT | failure
+            // Readiness the socket is registered for but has no use for now woke the engine for nothing:
+            // it is dropped (interest is added as soon as it is needed, and dropped only this way, so a
+            // steady flow makes no epoll_ctl calls).
+            let interest = bridge.interest(side)
+            var unused: UInt32 = 0
+            if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
+            if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
+            let from = SpliceLinkState.direction(from: side)
+            if event.events & readable != 0 {
+                guard self.pump(bridge, from, dropping: unused, on: side) else { return }
+            }
+            if event.events & writable != 0 {
+                _ = self.pump(bridge, from == .upstream ? .downstream : .upstream, dropping: unused, on: side)
+            }
+        }
+
+        /// Pumps one direction of `bridge` and acts on the result.
+        /// - Returns: whether the bridge is still open.
+        private mutating func pump(
+            _ bridge: SpliceBridge,
+            _ direction: Direction,
+            dropping unused: UInt32 = 0,
+            on side: BridgeStateMachine.Side = .client
+        ) -> Bool {
+            let before = bridge.trafficBytes
+            let result = bridge.pump(direction)
+            if bridge.timerIsStopped, bridge.trafficBytes != before {
+                self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
+            }
+            switch result {
+            case .blocked:
+                self.updateInterest(bridge, dropping: unused, on: side)
+                return true
+            case .yielded:
+                self.updateInterest(bridge, dropping: unused, on: side)
+                if !bridge.isQueued {
+                    bridge.isQueued = true
+                    self.queued.append(bridge)
+                }
+                return true
+            case .end(let reason):
+                self.end(bridge, reason)
+                return false
+            }
+        }
+
+        private static func events(_ interest: (readable: Bool, writable: Bool)) -> UInt32 {
+            (interest.readable ? CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP : 0)
+                | (interest.writable ? CTCPProxyLinux_EPOLLOUT : 0)
+        }
+
+        /// Registers each open socket for what it needs now that it is not registered for yet, and drops
+        /// from `side` the `unused` readiness that woke the engine for nothing (unless it is needed again).
+        private func updateInterest(_ bridge: SpliceBridge, dropping unused: UInt32, on side: BridgeStateMachine.Side) {
+            let wantedByClient = Self.events(bridge.interest(.client))
+            let client = (bridge.clientEvents | wantedByClient) & ~(side == .client ? unused & ~wantedByClient : 0)
+            if client != bridge.clientEvents, bridge.descriptor(.client) >= 0 {
+                bridge.clientEvents = client
+                let token = self.token(bridge.slot, .client)
+                _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.client), client, token)
+            }
+            let wantedByServer = Self.events(bridge.interest(.server))
+            let server = (bridge.serverEvents | wantedByServer) & ~(side == .server ? unused & ~wantedByServer : 0)
+            if server != bridge.serverEvents, bridge.descriptor(.server) >= 0 {
+                bridge.serverEvents = server
+                let token = self.token(bridge.slot, .server)
+                _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.server), server, token)
+            }
+        }
+
+        /// Gives the bridges that hit the round limit another turn, after everyone else had one.
+        private mutating func pumpQueued() {
+            guard !self.queued.isEmpty else { return }
+            swap(&self.queued, &self.requeued)
+            for bridge in self.requeued {
+                bridge.isQueued = false
+                guard bridge.slot >= 0, self.pump(bridge, .upstream) else { continue }
+                _ = self.pump(bridge, .downstream)
+            }
+            self.requeued.removeAll(keepingCapacity: true)
+        }
+
+        // MARK: Time
+
+        private mutating func wake(at deadline: NIODeadline?) {
+            guard let deadline else { return }
+            if let nextWake, nextWake <= deadline { return }
+            self.nextWake = deadline
+        }
+
+        /// Milliseconds until the next deadline, rounded up; -1 for none.
+        private func pollTimeout() -> CInt {
+            guard let nextWake else { return -1 }
+            let nanoseconds = (nextWake - NIODeadline.now()).nanoseconds
+            guard nanoseconds > 0 else { return 0 }
+            return CInt(clamping: (nanoseconds + 999_999) / 1_000_000)
+        }
+
+        private mutating func tickAll() {
+            let now = NIODeadline.now()
+            self.nextWake = nil
+            for case let bridge? in self.slots {
+                if let reason = bridge.tick(now: now) {
+                    self.end(bridge, reason)
+                } else {
+                    self.wake(at: bridge.nextDeadline)
+                }
+            }
+        }
+
+        private mutating func end(_ bridge: SpliceBridge, _ reason: CloseReason) {
+            let slot = bridge.slot
+            guard slot >= 0 else { return }
+            bridge.slot = -1
+            self.slots[slot] = nil
+            self.generations[slot] &+= 1
+            self.generations[slot] &= 0x7FFF_FFFF
+            self.freeSlots.append(slot)
+            self.activeCount.wrappingDecrement(ordering: .relaxed)
+            bridge.end(reason)
+        }
+    }
+}

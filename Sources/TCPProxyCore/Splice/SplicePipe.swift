@@ -1,0 +1,75 @@
+import CTCPProxyLinux
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One direction's buffer on the splice path: a kernel pipe, non-blocking, sized to the high-water mark.
+struct SplicePipe {
+    /// The read end.
+    let output: CInt
+    /// The write end.
+    let input: CInt
+    /// Bytes the pipe can hold, as the kernel sized it.
+    let capacity: Int
+
+    /// The smallest pipe worth splicing through. Past the user's pipe-buffer quota
+    /// (`/proc/sys/fs/pipe-user-pages-soft`) the kernel hands out one- or two-page pipes and refuses to
+    /// grow them; such a bridge stays on NIO.
+    static let minimumCapacity = 16 * 1024
+
+    /// A pipe of at least `size` bytes if the system allows, else `nil` (descriptors exhausted, pipe
+    /// quota used up): the caller stays on the NIO path.
+    static func make(size: Int) -> SplicePipe? {
+        var fds: [CInt] = [-1, -1]
+        let capacity = CTCPProxyLinux_pipe(&fds, CInt(clamping: size))
+        guard capacity >= 0 else { return nil }
+        let pipe = SplicePipe(output: fds[0], input: fds[1], capacity: Int(capacity))
+        guard pipe.capacity >= min(size, Self.minimumCapacity) else {
+            pipe.close()
+            return nil
+        }
+        return pipe
+    }
+
+    func close() {
+        closeDescriptor(self.output)
+        closeDescriptor(self.input)
+    }
+}
+
+/// The real ``SpliceIO`` of one direction: splice(2) between a socket and a pipe, both non-blocking.
+struct SpliceDirectionIO: SpliceIO {
+    let source: CInt
+    let pipe: SplicePipe
+    let sink: CInt
+
+    func fill(max count: Int) -> SpliceStep {
+        Self.step(CTCPProxyLinux_splice(self.source, self.pipe.input, count))
+    }
+
+    func drain(max count: Int) -> SpliceStep {
+        Self.step(CTCPProxyLinux_splice(self.pipe.output, self.sink, count))
+    }
+
+    func shutdownSink() -> CInt? {
+        shutdown(self.sink, CInt(SHUT_WR)) == 0 ? nil : errno
+    }
+
+    private static func step(_ result: Int) -> SpliceStep {
+        if result > 0 { return .moved(result) }
+        if result == 0 { return .endOfStream }
+        let error = errno
+        if error == EAGAIN || error == EWOULDBLOCK || error == EINTR { return .wouldBlock }
+        return .failed(error)
+    }
+}
+
+/// close(2), for types that have a `close()` of their own (``CaptureWriter``, ``SplicePipe``).
+func closeDescriptor(_ descriptor: CInt) {
+    _ = close(descriptor)
+}
