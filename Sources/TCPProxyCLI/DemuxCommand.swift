@@ -41,10 +41,11 @@ struct DemuxCommand: AsyncParsableCommand {
         var configuration = self.mux.configuration(listen: self.listen, options: self.options)
         configuration.target = self.target
         configuration.allowOpenTarget = self.allowOpenTarget
-        // --max-connections counts clients at the mux; the demux admits by --allow and --max-streams.
-        configuration.admission.maxConnections = nil
+        // --allow applies to the muxes that open tunnels, --max-connections to the streams they open.
         try await ProxyRunner.run([], options: self.options) { group, logger, factory in
-            let metrics = factory.map { ProxyMetrics(listener: "demux", target: "\(configuration.target!)", factory: $0) }
+            let metrics = factory.map {
+                ProxyMetrics(listener: "demux", target: "\(configuration.target!)", factory: $0, tunnelMetrics: true)
+            }
             return [DemuxService(configuration: configuration, group: group, logger: logger, metrics: metrics)]
         }
     }

@@ -57,8 +57,12 @@ struct MuxCommand: AsyncParsableCommand {
         configuration.tunnels = self.tunnels
         configuration.openTarget = self.openTarget
         let threads = self.options.threads ?? System.coreCount
-        try await ProxyRunner.run([], options: self.options) { _, logger, factory in
-            let metrics = factory.map { ProxyMetrics(listener: "mux", target: "\(configuration.tunnel!)", factory: $0) }
+        // The mux runs its streams on event loops of its own (one per tunnel, up to --threads); the runner's
+        // loop only serves --metrics.
+        try await ProxyRunner.run([], options: self.options, threads: 1) { _, logger, factory in
+            let metrics = factory.map {
+                ProxyMetrics(listener: "mux", target: "\(configuration.tunnel!)", factory: $0, tunnelMetrics: true)
+            }
             return [MuxService(configuration: configuration, threads: threads, logger: logger, metrics: metrics)]
         }
     }
@@ -93,18 +97,20 @@ struct MuxProtocolOptions: ParsableArguments {
         where !value.isFinite || value <= 0 || value > 3600 {
             throw ValidationError("invalid value '\(value)' for \(name) (use seconds from more than 0 to 3600)")
         }
-        let unsupported: [(String, Bool)] = [
-            ("--proxy-protocol", options.proxyProtocol != nil),
-            ("--accept-proxy-protocol", options.acceptProxyProtocol),
-            ("--capture", options.observability.capture != nil),
-            ("--upstream-rate", options.observability.upstreamRate != nil),
-            ("--downstream-rate", options.observability.downstreamRate != nil),
-            ("--log-data", options.observability.logData),
-            ("--latency", options.observability.latency != nil),
-            ("--corrupt", (options.observability.corrupt ?? 0) > 0),
+        // The stream data path has no per-chunk hooks for shaping, faults or capture (a bridge's separate
+        // path for them does not apply), and the tunnel carries no client addresses for PROXY headers.
+        let perChunk = "streams have no per-chunk hooks; put a forward proxy with it in front of the mux or behind the demux"
+        let unsupported: [(String, Bool, String)] = [
+            ("--proxy-protocol", options.proxyProtocol != nil, "the tunnel does not carry client addresses"),
+            ("--accept-proxy-protocol", options.acceptProxyProtocol, "the tunnel does not carry client addresses"),
+            ("--capture", options.observability.capture != nil, perChunk),
+            ("--upstream-rate", options.observability.upstreamRate != nil, perChunk),
+            ("--downstream-rate", options.observability.downstreamRate != nil, perChunk),
+            ("--latency", options.observability.latency != nil, perChunk),
+            ("--corrupt", (options.observability.corrupt ?? 0) > 0, perChunk),
         ]
-        for (name, used) in unsupported where used {
-            throw ValidationError("\(name) not supported in mux and demux modes")
+        for (name, used, reason) in unsupported where used {
+            throw ValidationError("\(name) is not supported in mux and demux modes (\(reason))")
         }
     }
 

@@ -18,11 +18,14 @@ enum ProxyRunner {
     /// - Parameters:
     ///   - configurations: the listeners to run.
     ///   - options: the common options (threads, logging, metrics).
+    ///   - threads: event-loop threads for the shared group, instead of `--threads` (a service with loops of
+    ///     its own needs fewer).
     ///   - extraServices: more services to run beside the listeners (mux, demux), given the event loops, the
     ///     logger and the metrics factory (`--metrics`); they drain with the rest on the first signal.
     static func run(
         _ configurations: [ProxyConfiguration],
         options: CommonOptions,
+        threads: Int? = nil,
         extraServices: (_ group: EventLoopGroup, _ logger: Logger, _ metrics: (any MetricsFactory)?) -> [any Service] = { _, _, _ in [] }
     ) async throws {
         let format = options.logFormat
@@ -31,8 +34,7 @@ enum ProxyRunner {
         let logger = Logger(label: "tcpproxy")
         ProcessLimits.raiseOpenFileLimit()
 
-        let threads = options.threads ?? System.coreCount
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? options.threads ?? System.coreCount)
 
         var capture: CaptureWriter?
         if let path = options.observability.capture {

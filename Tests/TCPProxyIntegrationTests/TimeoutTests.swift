@@ -102,7 +102,9 @@ struct TimeoutTests {
         defer { server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, ["--stall-timeout", "0.5"] + path.arguments)
         defer { proxy.kill() }
-        try await SeedChecksTests.expectStallTimeout(proxy: proxy, direction: .forward, within: 0.3...3)
+        // The bound is about the option being honoured (well before the 10 s default), not about speed: a
+        // close took 0.76–0.82 s alone but up to 3.1 s with the whole parallel suite on a 2-core machine.
+        try await SeedChecksTests.expectStallTimeout(proxy: proxy, direction: .forward, within: 0.3...6)
     }
 
     @Test(

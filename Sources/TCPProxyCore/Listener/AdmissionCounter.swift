@@ -26,11 +26,6 @@ final class AdmissionCounter: Sendable {
         }
     }
 
-    /// Claims a slot without a limit (a stream the demux opens for its peer).
-    func claim() {
-        self.active.wrappingIncrement(ordering: .relaxed)
-    }
-
     /// Gives a slot back: its bridge ended, or never started.
     func release() {
         self.active.wrappingDecrement(ordering: .relaxed)

@@ -46,10 +46,19 @@ public final class DemuxService: Service, Sendable {
             metadata: ["mode": "demux", "target": "\(self.configuration.target!)"]
         )
         try? await gracefulShutdown()
-        self.logger.notice("draining", metadata: ["bridges.active": "\(self.activeStreamCount)"])
+        self.logger.notice(
+            "draining",
+            metadata: [
+                "bridges.active": "\(self.activeStreamCount)",
+                "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
+            ]
+        )
+        // Each tunnel gets GOAWAY and closes once its streams have ended (or hit the drain timeout).
         let drained = self.group.next().makePromise(of: Void.self)
         quiescing.initiateShutdown(promise: drained)
         try? await drained.futureResult.get()
+        // A tunnel's close resets what is left of its streams; wait for their server sockets to close.
+        await MuxService.waitUntil(self.activeStreamCount == 0, for: self.configuration.bridge)
         self.logger.info("listener stopped")
     }
 
@@ -64,6 +73,7 @@ public final class DemuxService: Service, Sendable {
                 quiescing: quiescing
             )
                 .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
+                .childChannelOption(.recvAllocator, value: MuxTunnelConnection.receiveAllocator)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -89,9 +99,9 @@ public final class DemuxService: Service, Sendable {
         let logger = self.logger
         activeTunnels.wrappingIncrement(ordering: .relaxed)
         logger.info("tunnel accepted", metadata: ["tunnel.peer": "\(peer)"])
-        session.closed = {
+        session.closed = { reason in
             activeTunnels.wrappingDecrement(ordering: .relaxed)
-            logger.info("tunnel closed", metadata: ["tunnel.peer": "\(peer)"])
+            logger.info("tunnel closed", metadata: ["tunnel.peer": "\(peer)", "reason": "\(reason)"])
         }
         try channel.pipeline.syncOperations.addHandler(MuxTunnelHandler(session: session))
     }

@@ -1,5 +1,17 @@
 import NIOCore
 
+/// The 11-byte header of a frame, checked: what the header alone can tell about the frame is valid.
+struct MuxFrameHeader: Hashable, Sendable {
+    /// The stream the frame belongs to (0 for PING, PONG and GOAWAY).
+    var streamID: UInt32
+    /// The frame type.
+    var type: MuxFrame.FrameType
+    /// The flags byte.
+    var flags: UInt8
+    /// The payload length, within the limit for the type.
+    var length: Int
+}
+
 extension ByteBuffer {
     /// Reads one mux frame (`docs/MUX-PROTOCOL.md`). The header is checked as soon as it has arrived, so a
     /// hostile length never makes us wait for (and buffer) more than `maximumPayload` bytes.
@@ -9,14 +21,27 @@ extension ByteBuffer {
     /// - Throws: ``MuxProtocolError`` for a frame that can never be valid (the reader index is left where it was).
     mutating func readMuxFrame(maximumPayload: Int = MuxFrame.defaultMaximumPayload) throws -> MuxFrame? {
         try self.parseSOCKSUnwindingIfNeeded { buffer in
+            guard let header = try buffer.readMuxFrameHeader(maximumPayload: maximumPayload),
+                let payload = buffer.readSlice(length: header.length)
+            else { return nil }
+            return MuxFrame(streamID: header.streamID, payload: try Self.decodeMuxPayload(header.type, flags: header.flags, payload))
+        }
+    }
+
+    /// Reads and checks one frame header: version, type, stream id rules and the payload length for the type.
+    ///
+    /// - Parameter maximumPayload: the largest DATA payload accepted.
+    /// - Returns: the header, or `nil` while fewer than 11 bytes are there (the reader index is left where it was).
+    /// - Throws: ``MuxProtocolError`` for a header that can never be valid (the reader index is left where it was).
+    mutating func readMuxFrameHeader(maximumPayload: Int = MuxFrame.defaultMaximumPayload) throws -> MuxFrameHeader? {
+        try self.parseSOCKSUnwindingIfNeeded { buffer in
             guard let (version, streamID, typeByte, flags, length) = buffer.readMultipleIntegers(
                 as: (UInt8, UInt32, UInt8, UInt8, UInt32).self
             ) else { return nil }
             guard version == MuxFrame.version else { throw MuxProtocolError.unsupportedVersion(version) }
             guard let type = MuxFrame.FrameType(rawValue: typeByte) else { throw MuxProtocolError.unknownType(typeByte) }
             try Self.checkMuxHeader(type: type, streamID: streamID, length: length, maximumPayload: maximumPayload)
-            guard let payload = buffer.readSlice(length: Int(length)) else { return nil }
-            return MuxFrame(streamID: streamID, payload: try Self.decodeMuxPayload(type, flags: flags, payload))
+            return MuxFrameHeader(streamID: streamID, type: type, flags: flags, length: Int(length))
         }
     }
 

@@ -47,14 +47,26 @@ public final class MuxService: Service, Sendable {
     public var activeStreamCount: Int { self.environment.streams.count }
 
     public func run() async throws {
-        let quiescing = ServerQuiescingHelper(group: self.group)
-        let channel: Channel
         do {
-            channel = try await self.bind(quiescing: quiescing)
+            try await self.serveUntilDrained()
         } catch {
             try? await self.group.shutdownGracefully()
             throw error
         }
+        // GOAWAY, then each tunnel closes; the loops shut down once their sockets are closed.
+        let stopped = self.connections.map { $0.stop() }
+        for future in stopped { try? await future.get() }
+        try? await self.group.shutdownGracefully()
+        self.logger.info("listener stopped")
+    }
+
+    /// Listens until graceful shutdown, then stops accepting and waits for the streams to end.
+    ///
+    /// A function of its own so that the quiescing helper is gone before the event loops shut down: its
+    /// `deinit` completes a promise on them, which NIO reports as an error on a loop that has shut down.
+    private func serveUntilDrained() async throws {
+        let quiescing = ServerQuiescingHelper(group: self.group)
+        let channel = try await self.bind(quiescing: quiescing)
         self.logger.info(
             "listening on \(channel.localAddress.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "mux", "tunnel.address": "\(self.configuration.tunnel!)", "tunnels": "\(self.connections.count)"]
@@ -63,15 +75,29 @@ public final class MuxService: Service, Sendable {
 
         try? await gracefulShutdown()
 
-        self.logger.notice("draining", metadata: ["bridges.active": "\(self.activeStreamCount)"])
+        self.logger.notice(
+            "draining",
+            metadata: [
+                "bridges.active": "\(self.activeStreamCount)",
+                "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
+            ]
+        )
         let drained = self.group.next().makePromise(of: Void.self)
         quiescing.initiateShutdown(promise: drained)
         try? await drained.futureResult.get()
-        for connection in self.connections { connection.stop() }
-        // Give the GOAWAYs a moment to leave. The group is left running: it ends with the process, and
-        // shutting it down here made NIO report a late task scheduled on it (harmless, but noisy).
-        try? await Task.sleep(for: .milliseconds(50))
-        self.logger.info("listener stopped")
+        // The quiescing helper watches client sockets only; a stream may still be sending its client's last
+        // bytes as credit comes. Each stream ends by its drain or stall timeout, so this wait is bounded.
+        await Self.waitUntil(self.activeStreamCount == 0, for: self.configuration.bridge)
+    }
+
+    /// Polls `condition` until it holds, for at most the drain and stall timeouts and a few seconds more
+    /// (the streams end themselves within those; this only bounds the wait if one does not).
+    static func waitUntil(_ condition: @autoclosure () -> Bool, for bridge: BridgeConfiguration) async {
+        let limit = (bridge.drainTimeout ?? .zero) + (bridge.stallTimeout ?? .zero) + .seconds(5)
+        let deadline = NIODeadline.now() + limit
+        while !condition(), NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
     }
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
@@ -115,6 +141,7 @@ public final class MuxService: Service, Sendable {
         let stream: MuxStream
         do {
             try BridgeChannelOptions.apply(self.configuration.bridge, to: channel, reading: .upstream)
+            try MuxStreamChannelOptions.apply(self.configuration.bridge, to: channel)
             stream = MuxStream(role: .mux, environment: self.environment, eventLoop: channel.eventLoop)
         } catch {
             self.environment.streams.release()

@@ -7,8 +7,11 @@ import NIOExtras
 ///
 /// A frame that can never be valid, DATA beyond a stream's credit or an OPEN that reuses an id is a
 /// protocol error: GOAWAY with its code, then the tunnel closes and every stream on it is reset. Memory is
-/// bounded: at most one frame (up to the maximum payload) plus one read waits for parsing, and what streams
-/// hold is bounded by their windows.
+/// bounded: DATA goes to its stream as it arrives, so at most a cut header or control frame (272 bytes)
+/// waits for parsing, and what streams hold is bounded by their windows.
+///
+/// Frames written to the tunnel while handling reads are flushed once per event-loop tick, so the chunks
+/// that many clients' reads produce in one tick leave in one `writev`.
 final class MuxSession {
     typealias Role = MuxStreamStateMachine.Role
 
@@ -24,19 +27,27 @@ final class MuxSession {
     private var nextStreamID: UInt32 = 1
     /// Demux: the highest id the peer has opened.
     private var highestPeerStreamID: UInt32 = 0
-    /// Bytes of a frame not yet complete.
-    private var cumulation: ByteBuffer?
+    /// Cuts the tunnel's bytes into frames.
+    private var parser: MuxFrameParser
+    /// Demux: `--max-connections` for the streams peers open (`--allow` applies to the tunnel peers).
+    private let streamAdmission: AdmissionPolicy
     private var flushNeeded = false
+    /// A flush is queued to run after this tick's I/O (see ``scheduleFlush()``).
+    private var flushScheduled = false
     /// Streams written to during this read burst, to flush at its end.
     private var streamsToFlush: [MuxStream] = []
     private(set) var isClosed = false
+    /// The tunnel became active (and was counted in the metrics).
+    private var isActivated = false
+    /// Why the tunnel is closing, once known; a close with none is ``MuxTunnelCloseReason/connectionLost``.
+    private var closeReason: MuxTunnelCloseReason?
     /// No new streams (GOAWAY sent or received); the tunnel closes when its last stream ends.
     private(set) var isDraining = false
     private var pingTimer: Scheduled<Void>?
     private var outstandingPing: (value: UInt64, sentAt: NIODeadline)?
     private var pingCounter: UInt64 = 0
-    /// Called once, when the tunnel has closed.
-    var closed: (() -> Void)?
+    /// Called once, when the tunnel has closed, with the reason.
+    var closed: ((MuxTunnelCloseReason) -> Void)?
     /// Mux: called when a stream has ended, so a client waiting for a free slot can be opened.
     var streamRemoved: (() -> Void)?
 
@@ -44,6 +55,8 @@ final class MuxSession {
         self.role = role
         self.channel = channel
         self.environment = environment
+        self.parser = MuxFrameParser(maximumPayload: environment.configuration.maximumPayload)
+        self.streamAdmission = AdmissionPolicy(maxConnections: environment.configuration.admission.maxConnections)
         var logger = environment.logger
         logger[metadataKey: "tunnel.peer"] = "\(channel.remoteAddress.logDescription)"
         self.logger = logger
@@ -61,6 +74,9 @@ final class MuxSession {
 
     /// The tunnel is connected: start the keep-alive.
     func activate() {
+        guard !self.isActivated else { return }
+        self.isActivated = true
+        self.environment.metrics?.tunnelOpened()
         self.schedulePing()
     }
 
@@ -70,13 +86,20 @@ final class MuxSession {
         self.isClosed = true
         self.pingTimer?.cancel()
         self.pingTimer = nil
-        self.cumulation = nil
+        let reason = self.closeReason ?? .connectionLost
+        if self.isActivated { self.environment.metrics?.tunnelClosed(reason) }
         for stream in Array(self.streams.values) {
             stream.tunnelClosed()
         }
         self.streamRemoved = nil
-        self.closed?()
+        self.closed?(reason)
         self.closed = nil
+    }
+
+    /// Closes the tunnel's socket; `reason` is what the close is counted as (the first one given wins).
+    private func closeChannel(_ reason: MuxTunnelCloseReason) {
+        if self.closeReason == nil { self.closeReason = reason }
+        self.channel.close(promise: nil)
     }
 
     /// Sends GOAWAY with `code` and closes the tunnel.
@@ -84,7 +107,7 @@ final class MuxSession {
         guard !self.isClosed else { return }
         self.send(MuxFrame(streamID: 0, payload: .goAway(code)))
         self.flushIfNeeded()
-        self.channel.close(promise: nil)
+        self.closeChannel(MuxTunnelCloseReason(goAway: code))
     }
 
     /// Stop taking new streams; close the tunnel once the open ones have ended.
@@ -94,7 +117,7 @@ final class MuxSession {
         self.send(MuxFrame(streamID: 0, payload: .goAway(.noError)))
         self.flushIfNeeded()
         for stream in self.streams.values { stream.quiesceRequested() }
-        if self.streams.isEmpty { self.channel.close(promise: nil) }
+        if self.streams.isEmpty { self.closeChannel(.shutdown) }
     }
 
     // MARK: Streams
@@ -108,14 +131,16 @@ final class MuxSession {
             self.isDraining = true
         }
         self.streams[id] = stream
+        self.environment.metrics?.streamOpened()
         stream.open(on: self, streamID: id)
     }
 
     func removeStream(_ stream: MuxStream) {
         guard self.streams[stream.streamID] === stream else { return }
         self.streams[stream.streamID] = nil
+        self.environment.metrics?.streamClosed()
         if self.isDraining && self.streams.isEmpty && !self.isClosed {
-            self.channel.close(promise: nil)
+            self.closeChannel(.shutdown)
         } else {
             self.streamRemoved?()
         }
@@ -140,10 +165,11 @@ final class MuxSession {
             self.controlBacklog += 1
             if self.controlBacklog > Self.maximumControlBacklog {
                 self.logger.warning("tunnel peer does not read, closing", metadata: ["frames.queued": "\(self.controlBacklog)"])
-                self.channel.close(promise: nil)
+                self.closeChannel(.peerNotReading)
                 return
             }
         }
+        if case .reset(let code) = frame.payload { self.environment.metrics?.streamReset(code, sent: true) }
         var buffer = context.channel.allocator.buffer(capacity: MuxFrame.headerSize + 8)
         buffer.writeMuxFrame(frame)
         context.write(NIOAny(buffer), promise: nil)
@@ -152,78 +178,94 @@ final class MuxSession {
 
     /// Writes `payload` as DATA frames without copying it: the headers of all its frames go into one small
     /// buffer, and each frame is written as a slice of that buffer followed by a slice of the payload
-    /// (NIO sends them with one `writev`).
+    /// (NIO sends them with one `writev`). The headers are all written before the first is sliced off, as
+    /// writing to a buffer that slices already share would copy it.
     func sendData(streamID: UInt32, _ payload: ByteBuffer) {
         guard !self.isClosed, let context else { return }
         let maximum = self.configuration.maximumPayload
         let frames = max(1, (payload.readableBytes + maximum - 1) / maximum)
         var headers = context.channel.allocator.buffer(capacity: frames * MuxFrame.headerSize)
-        var payload = payload
-        repeat {
-            let chunk = payload.readSlice(length: min(payload.readableBytes, maximum))!
-            let start = headers.writerIndex
+        var remaining = payload.readableBytes
+        for _ in 0..<frames {
+            let length = min(remaining, maximum)
+            remaining -= length
             headers.writeMultipleIntegers(
-                MuxFrame.version, streamID, MuxFrame.FrameType.data.rawValue, UInt8(0), UInt32(chunk.readableBytes)
+                MuxFrame.version, streamID, MuxFrame.FrameType.data.rawValue, UInt8(0), UInt32(length)
             )
-            context.write(NIOAny(headers.getSlice(at: start, length: MuxFrame.headerSize)!), promise: nil)
-            context.write(NIOAny(chunk), promise: nil)
-        } while payload.readableBytes > 0
+        }
+        var payload = payload
+        for _ in 0..<frames {
+            context.write(NIOAny(headers.readSlice(length: MuxFrame.headerSize)!), promise: nil)
+            context.write(NIOAny(payload.readSlice(length: min(payload.readableBytes, maximum))!), promise: nil)
+        }
         self.flushNeeded = true
     }
 
+    /// Flushes what was written to the tunnel, now.
     func flushIfNeeded() {
         guard self.flushNeeded, let context else { return }
         self.flushNeeded = false
         context.flush()
     }
 
+    /// Flushes what was written to the tunnel once this event-loop tick's I/O has been handled: the event
+    /// loop runs tasks after it has dispatched every ready socket, so the frames of all clients read in
+    /// this tick leave together.
+    func scheduleFlush() {
+        guard self.flushNeeded, !self.flushScheduled, !self.isClosed else { return }
+        self.flushScheduled = true
+        self.channel.eventLoop.assumeIsolated().execute {
+            self.flushScheduled = false
+            self.flushIfNeeded()
+        }
+    }
+
     // MARK: Reading frames
 
     /// Bytes arrived on the tunnel.
     ///
-    /// Frames are sliced out of the read buffer without copying. Only a frame cut by the end of a read is
-    /// copied: its start goes into a small buffer of its own, which takes just the bytes that complete it
-    /// from the next read (appending whole reads to one buffer would copy everything, and grow it).
+    /// Frames are sliced out of the read buffer without copying, and the payload of a DATA frame goes to its
+    /// stream as soon as any of it is there: a DATA frame cut by the end of a read costs nothing more than
+    /// one that is whole. Only a cut header or control frame (a few bytes) waits in the parser.
     func received(_ buffer: ByteBuffer) {
         guard !self.isClosed else { return }
         var buffer = buffer
-        let maximumPayload = self.configuration.maximumPayload
+        let readCapacity = buffer.capacity
         do {
-            if var partial = self.cumulation {
-                self.cumulation = nil
-                if partial.readableBytes < MuxFrame.headerSize {
-                    var head = buffer.readSlice(length: min(MuxFrame.headerSize - partial.readableBytes, buffer.readableBytes))!
-                    partial.writeBuffer(&head)
-                }
-                if partial.readableBytes >= MuxFrame.headerSize {
-                    // An oversized length is refused by the parser from the header: never wait for it.
-                    let length = Int(partial.getInteger(at: partial.readerIndex + 7, as: UInt32.self)!)
-                    let total = MuxFrame.headerSize + min(length, maximumPayload + 1)
-                    var rest = buffer.readSlice(length: max(0, min(total - partial.readableBytes, buffer.readableBytes)))!
-                    partial.writeBuffer(&rest)
-                }
-                if let frame = try partial.readMuxFrame(maximumPayload: maximumPayload) {
+            while !self.isClosed, let event = try self.parser.next(&buffer) {
+                switch event {
+                case .frame(let frame):
                     try self.handle(frame)
-                } else {
-                    self.cumulation = partial
-                    return
+                case .dataHeader(let id, let length):
+                    try self.stream(id)?.dataFrameStarted(length: length)
+                case .dataBytes(let id, let bytes):
+                    guard let stream = self.streams[id] else { break }
+                    if Self.shouldCopy(pieceOf: bytes.readableBytes, readCapacity: readCapacity) {
+                        var copy = self.channel.allocator.buffer(capacity: bytes.readableBytes)
+                        copy.writeImmutableBuffer(bytes)
+                        stream.received(copy)
+                    } else {
+                        stream.received(bytes)
+                    }
                 }
-            }
-            while !self.isClosed, let frame = try buffer.readMuxFrame(maximumPayload: maximumPayload) {
-                try self.handle(frame)
             }
         } catch let error as MuxProtocolError {
             self.protocolError(error)
-            return
         } catch {
             self.protocolError(.streamViolation("\(error)"))
-            return
         }
-        if buffer.readableBytes > 0 && !self.isClosed {
-            var partial = self.channel.allocator.buffer(capacity: MuxFrame.headerSize + maximumPayload)
-            partial.writeBuffer(&buffer)
-            self.cumulation = partial
-        }
+    }
+
+    /// Whether a DATA piece goes to its stream as a copy rather than a slice of the tunnel read.
+    ///
+    /// A slice keeps its whole read buffer alive until the local socket has taken it, and a slow socket can
+    /// hold up to a window of bytes. Pieces smaller than a sixteenth of the read buffer are copied, so what
+    /// a stream holds keeps at most 16 times its bytes alive: a peer sending tiny DATA frames spread over
+    /// many reads cannot make a stalled stream pin a read buffer per byte. Full frames of bulk traffic
+    /// (16 KiB in 256 KiB reads) stay slices; a frame cut by a read, or small frames, are copied, which is
+    /// a small share of the bytes.
+    static func shouldCopy(pieceOf length: Int, readCapacity: Int) -> Bool {
+        length < readCapacity / 16
     }
 
     /// A read burst ended: flush what went to local sockets and to the tunnel.
@@ -244,7 +286,10 @@ final class MuxSession {
         let id = frame.streamID
         switch frame.payload {
         case .data(let bytes):
-            try self.stream(id)?.received(bytes)
+            // Not produced by the parser (it streams DATA), kept so the switch covers every frame.
+            guard let stream = try self.stream(id) else { return }
+            try stream.dataFrameStarted(length: bytes.readableBytes)
+            if bytes.readableBytes > 0 { stream.received(bytes) }
         case .open(let target):
             try self.peerOpened(id, target: target)
         case .openAcknowledged:
@@ -253,6 +298,7 @@ final class MuxSession {
         case .eof:
             try self.stream(id)?.remoteEOF()
         case .reset(let code):
+            self.environment.metrics?.streamReset(code, sent: false)
             try self.stream(id)?.remoteReset(code)
         case .windowUpdate(let increment):
             try self.stream(id)?.windowUpdate(increment)
@@ -262,11 +308,12 @@ final class MuxSession {
             if self.outstandingPing?.value == value { self.outstandingPing = nil }
         case .goAway(let code):
             self.logger.info("tunnel peer going away", metadata: ["code": "\(code)"])
+            if self.closeReason == nil { self.closeReason = MuxTunnelCloseReason(goAway: code) }
             if code == .noError {
                 self.isDraining = true
-                if self.streams.isEmpty { self.channel.close(promise: nil) }
+                if self.streams.isEmpty { self.closeChannel(.shutdown) }
             } else {
-                self.channel.close(promise: nil)
+                self.closeChannel(.protocolError)
             }
         }
     }
@@ -287,28 +334,50 @@ final class MuxSession {
             throw MuxProtocolError.streamViolation("OPEN reuses stream id \(id)")
         }
         self.highestPeerStreamID = id
-        guard !self.isDraining, self.streams.count < self.configuration.maximumStreams else {
-            self.logger.info("stream refused", metadata: ["stream.id": "\(id)", "streams": "\(self.streams.count)"])
+        // Each stream is a client of the demux: counted as accepted, and as rejected if refused here.
+        self.environment.metrics?.accepted()
+        guard !self.isDraining else {
+            self.logger.info("stream refused", metadata: ["stream.id": "\(id)", "draining": "true"])
             self.send(MuxFrame(streamID: id, payload: .reset(.refusedStream)))
+            return
+        }
+        guard self.streams.count < self.configuration.maximumStreams else {
+            self.reject(id, .limitReached, metadata: ["streams": "\(self.streams.count)"])
             return
         }
         var connectTarget = self.environment.target
         if let target {
             guard self.configuration.allowOpenTarget, let endpoint = try? Endpoint(parsing: target) else {
-                self.logger.info("stream refused", metadata: ["stream.id": "\(id)", "target": "\(target)"])
-                self.send(MuxFrame(streamID: id, payload: .reset(.targetNotAllowed)))
+                self.reject(id, .notAllowed, metadata: ["target": "\(target)"])
                 return
             }
             connectTarget = ConnectTarget(endpoint)
         }
         guard let connectTarget else {
-            self.send(MuxFrame(streamID: id, payload: .reset(.targetNotAllowed)))
+            self.reject(id, .notAllowed, metadata: [:])
             return
         }
-        self.environment.streams.claim()
+        // --max-connections counts streams across every tunnel of this demux; the slot is claimed in the
+        // same step as the check (the tunnels may run on several event loops).
+        guard self.environment.streams.admit(self.streamAdmission, address: nil) == .admit else {
+            self.reject(id, .limitReached, metadata: ["bridges.active": "\(self.environment.streams.count)"])
+            return
+        }
         let stream = MuxStream(role: .demux, environment: self.environment, eventLoop: self.channel.eventLoop)
         self.streams[id] = stream
+        self.environment.metrics?.streamOpened()
         stream.connect(on: self, streamID: id, connector: TCPServerConnector(target: connectTarget))
+    }
+
+    /// Demux: turns away the stream the peer opened as `id` with RESET (`refusedStream` or
+    /// `targetNotAllowed`), logged and counted as a rejected connection; the tunnel stays up.
+    private func reject(_ id: UInt32, _ reason: CloseReason, metadata: Logger.Metadata) {
+        var metadata = metadata
+        metadata["stream.id"] = "\(id)"
+        metadata["close.reason"] = "\(reason)"
+        self.logger.info("connection rejected", metadata: metadata)
+        self.environment.metrics?.rejected(reason)
+        self.send(MuxFrame(streamID: id, payload: .reset(MuxErrorCode(reason))))
     }
 
     private func protocolError(_ error: MuxProtocolError) {

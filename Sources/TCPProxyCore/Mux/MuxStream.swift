@@ -125,7 +125,9 @@ final class MuxStream {
             metadata: ["client.address": "\(session.channel.remoteAddress.logDescription)"]
         )
         let handler = NIOLoopBound(self.handler, eventLoop: self.eventLoop)
-        connector.connect(on: self.eventLoop, configuration: self.configuration) { channel in
+        let configuration = self.configuration
+        connector.connect(on: self.eventLoop, configuration: configuration) { channel in
+            try MuxStreamChannelOptions.apply(configuration, to: channel)
             try channel.pipeline.syncOperations.addHandler(handler.value)
         }.assumeIsolated().whenComplete { result in
             switch result {
@@ -179,6 +181,7 @@ final class MuxStream {
     func localRead(_ buffer: ByteBuffer) {
         guard !self.machine.isClosing else { return }
         self.bytesFromLocal &+= UInt64(buffer.readableBytes)
+        if self.configuration.logData { self.logData(buffer, direction: self.role == .mux ? .upstream : .downstream) }
         if self.machine.isOpen, self.pendingOutBytes == 0, buffer.readableBytes <= self.window.sendCredit,
             let session = self.session
         {
@@ -192,7 +195,8 @@ final class MuxStream {
     }
 
     func localReadComplete() {
-        self.session?.flushIfNeeded()
+        // Once per tick for the whole tunnel, not once per client: see ``MuxSession/scheduleFlush()``.
+        self.session?.scheduleFlush()
     }
 
     func localInputClosed() {
@@ -218,11 +222,16 @@ final class MuxStream {
 
     // MARK: Events from the tunnel
 
-    /// DATA arrived.
-    /// - Throws: ``MuxProtocolError`` if the peer sent more than its credit.
-    func received(_ buffer: ByteBuffer) throws {
-        try self.window.received(buffer.readableBytes)
+    /// The header of a DATA frame of `length` bytes arrived; its payload follows in ``received(_:)`` calls.
+    /// - Throws: ``MuxProtocolError`` if the peer sends more than its credit.
+    func dataFrameStarted(length: Int) throws {
+        try self.window.received(length)
+    }
+
+    /// Payload bytes of a DATA frame arrived (all or part of one frame).
+    func received(_ buffer: ByteBuffer) {
         self.bytesFromTunnel &+= UInt64(buffer.readableBytes)
+        if self.configuration.logData { self.logData(buffer, direction: self.role == .mux ? .downstream : .upstream) }
         if self.machine.isOpen, self.localChannel != nil {
             self.handler.write(buffer)
             if self.unflushed == 0 { self.session?.needsLocalFlush(self) }
@@ -243,7 +252,7 @@ final class MuxStream {
                 let increment = self.window.delivered(count)
             else { return }
             session.send(MuxFrame(streamID: self.streamID, payload: .windowUpdate(increment)))
-            session.flushIfNeeded()
+            session.scheduleFlush()
         }
     }
 
@@ -287,6 +296,17 @@ final class MuxStream {
             return
         }
         self.perform(self.machine.tunnelClosed())
+    }
+
+    /// `--log-data`: a hex dump of a chunk, as bridges log it (a DATA frame cut by a tunnel read is logged
+    /// as the pieces it arrived in).
+    private func logData(_ buffer: ByteBuffer, direction: Direction) {
+        self.logger.info(
+            "data",
+            metadata: [
+                "direction": "\(direction)", "bytes": "\(buffer.readableBytes)", "hex": "\(buffer.hexDump(format: .detailed))",
+            ]
+        )
     }
 
     // MARK: Sending

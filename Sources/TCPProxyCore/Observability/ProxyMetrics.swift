@@ -19,8 +19,9 @@ public struct ProxyMetricDefinition: Sendable, Hashable {
     public var help: String
 }
 
-/// The metrics of one listener: every metric tcpproxy exports is in ``ProxyMetrics/all``, as Envoy keeps
-/// its TCP proxy statistics in one list (`ALL_TCP_PROXY_STATS`).
+/// The metrics of one listener: every metric tcpproxy exports is listed here, in ``ProxyMetrics/all``
+/// (every listener), ``ProxyMetrics/socks`` (SOCKS listeners) and ``ProxyMetrics/tunnels`` (mux and
+/// demux), as Envoy keeps its TCP proxy statistics in one list (`ALL_TCP_PROXY_STATS`).
 ///
 /// Every metric carries the labels `listener` (the listener's name) and `target` (the configured target,
 /// `socks` for SOCKS listeners). All metric objects are made in `init`, so the calls the engine makes from
@@ -107,6 +108,64 @@ public final class ProxyMetrics: Sendable {
     /// The metrics a SOCKS listener exports besides ``all``.
     public static let socks: [ProxyMetricDefinition] = [socksHandshakes, socksAuthenticationFailures, socksReplies]
 
+    // mux and demux listeners only (`tunnelMetrics: true`): made there and nowhere else. Each stream also
+    // counts as a bridge in ``all``.
+
+    public static let tunnelsActive = ProxyMetricDefinition(
+        name: "tcpproxy_tunnels_active",
+        kind: .gauge,
+        labels: [:],
+        help: "Tunnel connections up right now (mux: connected to the demux; demux: accepted from muxes)."
+    )
+    public static let tunnelConnects = ProxyMetricDefinition(
+        name: "tcpproxy_tunnel_connects_total",
+        kind: .counter,
+        labels: [:],
+        help: "Tunnel connections that came up: at the mux the first connect and every reconnect, at the demux each tunnel accepted."
+    )
+    public static let tunnelConnectFailures = ProxyMetricDefinition(
+        name: "tcpproxy_tunnel_connect_failures_total",
+        kind: .counter,
+        labels: [:],
+        help: "Mux: tunnel connect attempts that failed (each is retried with backoff)."
+    )
+    public static let tunnelsClosed = ProxyMetricDefinition(
+        name: "tcpproxy_tunnels_closed_total",
+        kind: .counter,
+        labels: ["reason": MuxTunnelCloseReason.allCases.map(\.rawValue)],
+        help: "Tunnel connections that closed, by reason; every reason but shutdown is a drop."
+    )
+    public static let streamsActive = ProxyMetricDefinition(
+        name: "tcpproxy_streams_active",
+        kind: .gauge,
+        labels: [:],
+        help: "Streams open on tunnels right now (mux clients still waiting for a tunnel are not streams yet)."
+    )
+    public static let streamsOpened = ProxyMetricDefinition(
+        name: "tcpproxy_streams_opened_total",
+        kind: .counter,
+        labels: [:],
+        help: "Streams opened on a tunnel (mux: OPEN sent; demux: OPEN accepted)."
+    )
+    public static let streamResetsSent = ProxyMetricDefinition(
+        name: "tcpproxy_stream_resets_sent_total",
+        kind: .counter,
+        labels: ["code": resetCodeLabels],
+        help: "RESET frames sent, by code."
+    )
+    public static let streamResetsReceived = ProxyMetricDefinition(
+        name: "tcpproxy_stream_resets_received_total",
+        kind: .counter,
+        labels: ["code": resetCodeLabels],
+        help: "RESET frames received, by code (codes a RESET does not normally carry count as other)."
+    )
+
+    /// The metrics a mux or demux listener exports besides ``all``.
+    public static let tunnels: [ProxyMetricDefinition] = [
+        tunnelsActive, tunnelConnects, tunnelConnectFailures, tunnelsClosed, streamsActive, streamsOpened,
+        streamResetsSent, streamResetsReceived,
+    ]
+
     /// Every metric tcpproxy exports on every listener (SOCKS listeners add ``socks``).
     public static let all: [ProxyMetricDefinition] = [
         bridgesActive, connectionsAccepted, connectionsRejected, bytes, connectFailures, timeouts,
@@ -134,6 +193,12 @@ public final class ProxyMetrics: Sendable {
         (.connectTimeout, "connect"), (.stallTimeout, "stall"), (.idleTimeout, "idle"), (.drainTimeout, "drain"),
         (.handshakeTimeout, "handshake"),
     ]
+    /// The RESET codes counted by name; any other code counts as `other` (the last label).
+    static let resetCodes: [MuxErrorCode] = [
+        .refusedStream, .connectFailed, .connectTimeout, .connectionReset, .stallTimeout, .idleTimeout, .drainTimeout,
+        .targetNotAllowed,
+    ]
+    static let resetCodeLabels: [String] = resetCodes.map(\.description) + ["other"]
     static let closeReasons: [CloseReason] = [
         .completed, .clientReset, .serverReset, .connectFailed, .connectTimeout, .stallTimeout, .idleTimeout,
         .drainTimeout, .limitReached, .notAllowed, .loopRefused, .noOriginalDestination, .handshakeFailed, .handshakeTimeout,
@@ -152,13 +217,15 @@ public final class ProxyMetrics: Sendable {
     private let duration: CoreMetrics.Timer
     private let captureDroppedCounter: CoreMetrics.Counter
     private let socksCounters: SOCKSCounters?  // SOCKS listeners only
+    private let tunnelCounters: TunnelCounters?  // mux and demux listeners only
 
     /// - Parameters:
     ///   - listener: the listener's name.
     ///   - target: the configured target (`host:port`), or `socks` for a SOCKS listener.
     ///   - factory: where the metrics go: a `PrometheusMetricsFactory` in production (its duration buckets are
     ///     set to ``durationBuckets`` here if not set already), `TestMetrics` in tests.
-    public init(listener: String, target: String, factory: any MetricsFactory) {
+    ///   - tunnelMetrics: a mux or demux listener: also make ``tunnels``.
+    public init(listener: String, target: String, factory: any MetricsFactory, tunnelMetrics: Bool = false) {
         var factory = factory
         if var prometheus = factory as? PrometheusMetricsFactory,
             prometheus.durationHistogramBuckets[Self.bridgeDuration.name] == nil
@@ -187,6 +254,18 @@ public final class ProxyMetrics: Sendable {
                 handshakes: Self.socksVersions.map { counter(Self.socksHandshakes, ("version", $0.rawValue)) },
                 authenticationFailures: counter(Self.socksAuthenticationFailures),
                 replies: Self.socksReplyCodes.map { counter(Self.socksReplies, ("code", SOCKSReply.label($0))) }
+            ) : nil
+        self.tunnelCounters =
+            tunnelMetrics
+            ? TunnelCounters(
+                active: CoreMetrics.Meter(label: Self.tunnelsActive.name, dimensions: base, factory: factory),
+                connects: counter(Self.tunnelConnects),
+                connectFailures: counter(Self.tunnelConnectFailures),
+                closed: MuxTunnelCloseReason.allCases.map { counter(Self.tunnelsClosed, ("reason", $0.rawValue)) },
+                streamsActive: CoreMetrics.Meter(label: Self.streamsActive.name, dimensions: base, factory: factory),
+                streamsOpened: counter(Self.streamsOpened),
+                resetsSent: Self.resetCodeLabels.map { counter(Self.streamResetsSent, ("code", $0)) },
+                resetsReceived: Self.resetCodeLabels.map { counter(Self.streamResetsReceived, ("code", $0)) }
             ) : nil
     }
 
@@ -247,6 +326,56 @@ public final class ProxyMetrics: Sendable {
     func socksReplied(_ code: UInt8) {
         guard let index = Self.socksReplyCodes.firstIndex(of: code) else { return }
         self.socksCounters?.replies[index].increment()
+    }
+
+    /// A tunnel connection came up (mux: connected; demux: accepted).
+    func tunnelOpened() {
+        guard let counters = self.tunnelCounters else { return }
+        counters.active.increment()
+        counters.connects.increment()
+    }
+
+    /// Mux: a tunnel connect attempt failed.
+    func tunnelConnectFailed() {
+        self.tunnelCounters?.connectFailures.increment()
+    }
+
+    /// A tunnel connection that came up has closed, for `reason`.
+    func tunnelClosed(_ reason: MuxTunnelCloseReason) {
+        guard let counters = self.tunnelCounters else { return }
+        counters.active.decrement()
+        counters.closed[MuxTunnelCloseReason.allCases.firstIndex(of: reason)!].increment()
+    }
+
+    /// A stream was opened on a tunnel.
+    func streamOpened() {
+        guard let counters = self.tunnelCounters else { return }
+        counters.streamsActive.increment()
+        counters.streamsOpened.increment()
+    }
+
+    /// A stream opened on a tunnel has ended.
+    func streamClosed() {
+        self.tunnelCounters?.streamsActive.decrement()
+    }
+
+    /// A RESET frame with `code` was sent (`sent`) or received.
+    func streamReset(_ code: MuxErrorCode, sent: Bool) {
+        guard let counters = self.tunnelCounters else { return }
+        let index = Self.resetCodes.firstIndex(of: code) ?? Self.resetCodes.count
+        (sent ? counters.resetsSent : counters.resetsReceived)[index].increment()
+    }
+
+    /// The mux and demux metrics; arrays are by the index of their label value.
+    private struct TunnelCounters: Sendable {
+        var active: CoreMetrics.Meter
+        var connects: CoreMetrics.Counter
+        var connectFailures: CoreMetrics.Counter
+        var closed: [CoreMetrics.Counter]
+        var streamsActive: CoreMetrics.Meter
+        var streamsOpened: CoreMetrics.Counter
+        var resetsSent: [CoreMetrics.Counter]
+        var resetsReceived: [CoreMetrics.Counter]
     }
 
     /// The SOCKS counters, by the index of their label value.

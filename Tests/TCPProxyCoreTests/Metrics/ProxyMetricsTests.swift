@@ -56,6 +56,43 @@ struct ProxyMetricsTests {
         }
     }
 
+    @Test("a mux or demux listener also makes the tunnel metrics, all at zero; other listeners make none")
+    func tunnelCreation() throws {
+        let (_, plain) = self.make()
+        let factory = TestMetrics()
+        let metrics = ProxyMetrics(listener: "main", target: "127.0.0.1:80", factory: factory, tunnelMetrics: true)
+        let tunnelNames = Set(ProxyMetrics.tunnels.map(\.name))
+        let allNames = factory.counters.map(\.label) + factory.meters.map(\.label)
+        #expect(tunnelNames.isSubset(of: Set(allNames)))
+        #expect(Set(plain.counters.map(\.label) + plain.meters.map(\.label)).isDisjoint(with: tunnelNames))
+        // 1 connects + 1 connect failures + one per close reason + 1 streams opened + 2 x reset labels.
+        let tunnelCounters = factory.counters.filter { tunnelNames.contains($0.label) }
+        #expect(tunnelCounters.count == 3 + MuxTunnelCloseReason.allCases.count + 2 * ProxyMetrics.resetCodeLabels.count)
+        #expect(Self.nonZeroCounters(factory).isEmpty)
+
+        metrics.tunnelOpened()
+        metrics.tunnelOpened()
+        metrics.tunnelConnectFailed()
+        metrics.tunnelClosed(.connectionLost)
+        metrics.streamOpened()
+        metrics.streamOpened()
+        metrics.streamClosed()
+        metrics.streamReset(.refusedStream, sent: true)
+        metrics.streamReset(.noError, sent: false)
+        #expect(
+            Self.nonZeroCounters(factory) == [
+                Self.main("tcpproxy_tunnel_connects_total"): 2,
+                Self.main("tcpproxy_tunnel_connect_failures_total"): 1,
+                Self.main("tcpproxy_tunnels_closed_total", ("reason", "connectionLost")): 1,
+                Self.main("tcpproxy_streams_opened_total"): 2,
+                Self.main("tcpproxy_stream_resets_sent_total", ("code", "refusedStream")): 1,
+                Self.main("tcpproxy_stream_resets_received_total", ("code", "other")): 1,
+            ]
+        )
+        #expect(try factory.expectMeter("tcpproxy_tunnels_active", Self.base).lastValue == 1)
+        #expect(try factory.expectMeter("tcpproxy_streams_active", Self.base).lastValue == 1)
+    }
+
     @Test("the label lists and the index switches agree")
     func indexes() {
         for (index, reason) in ProxyMetrics.closeReasons.enumerated() {
@@ -271,6 +308,29 @@ struct ProxyMetricsPrometheusTests {
             let type = definition.kind.rawValue
             #expect(lines.contains("# TYPE \(definition.name) \(type)"))
         }
+    }
+
+    @Test("a mux listener's exposition has every tunnel metric")
+    func tunnelExposition() {
+        let registry = PrometheusCollectorRegistry()
+        let metrics = ProxyMetrics(
+            listener: "mux",
+            target: "127.0.0.1:7000",
+            factory: PrometheusMetricsFactory(registry: registry),
+            tunnelMetrics: true
+        )
+        metrics.tunnelOpened()
+        metrics.tunnelClosed(.pingTimeout)
+        metrics.streamReset(.stallTimeout, sent: true)
+        let lines = Set(registry.emitToString().split(separator: "\n").map(String.init))
+        let labels = #"listener="mux",target="127.0.0.1:7000""#
+        for definition in ProxyMetrics.tunnels {
+            #expect(lines.contains("# TYPE \(definition.name) \(definition.kind.rawValue)"), "\(definition.name)")
+        }
+        #expect(lines.contains("tcpproxy_tunnels_active{\(labels)} 0.0"))
+        #expect(lines.contains("tcpproxy_tunnel_connects_total{\(labels)} 1"))
+        #expect(lines.contains(#"tcpproxy_tunnels_closed_total{\#(labels),reason="pingTimeout"} 1"#))
+        #expect(lines.contains(#"tcpproxy_stream_resets_sent_total{\#(labels),code="stallTimeout"} 1"#))
     }
 
     @Test("the factory helper sets the 1 ms .. 1 h buckets")

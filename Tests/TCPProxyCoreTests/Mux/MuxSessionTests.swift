@@ -1,4 +1,5 @@
 import Logging
+import MetricsTestKit
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -13,7 +14,7 @@ struct MuxSessionTests {
         let channel: EmbeddedChannel
         let session: MuxSession
 
-        init(configure: (inout MuxConfiguration) -> Void = { _ in }) throws {
+        init(metrics: ProxyMetrics? = nil, configure: (inout MuxConfiguration) -> Void = { _ in }) throws {
             var configuration = MuxConfiguration(listen: Endpoint(host: "127.0.0.1", port: 0))
             configuration.target = Endpoint(host: "127.0.0.1", port: 9)
             configure(&configuration)
@@ -22,7 +23,12 @@ struct MuxSessionTests {
             self.session = MuxSession(
                 role: .demux,
                 channel: self.channel,
-                environment: MuxStreamEnvironment(configuration: configuration, logger: logger)
+                environment: MuxStreamEnvironment(
+                    configuration: configuration,
+                    logger: logger,
+                    metrics: metrics,
+                    target: ConnectTarget(configuration.target!)
+                )
             )
             try self.channel.pipeline.syncOperations.addHandler(MuxTunnelHandler(session: self.session))
             try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7000)).wait()
@@ -60,6 +66,50 @@ struct MuxSessionTests {
         try harness.receive(pings, chunk: chunk)
         #expect(try harness.sent() == (1...5).map { MuxFrame(streamID: 0, payload: .pong(UInt64($0) << 40 | 7)) })
         #expect(harness.channel.isActive)
+    }
+
+    @Test("a chunk is sent as DATA frames of at most the maximum payload, bytes in order", arguments: [0, 1, 16384, 16385, 40_000])
+    func sendData(size: Int) throws {
+        let harness = try Harness()
+        let payload = ByteBuffer(bytes: (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13) })
+        harness.session.sendData(streamID: 5, payload)
+        harness.session.flushIfNeeded()
+        let frames = try harness.sent()
+        var joined = ByteBuffer()
+        for frame in frames {
+            guard case .data(var bytes) = frame.payload else {
+                Issue.record("not DATA: \(frame)")
+                return
+            }
+            #expect(frame.streamID == 5)
+            #expect(bytes.readableBytes <= MuxFrame.defaultMaximumPayload)
+            joined.writeBuffer(&bytes)
+        }
+        #expect(frames.count == max(1, (size + 16383) / 16384))
+        #expect(joined == payload)
+    }
+
+    @Test("DATA pieces under a sixteenth of the read buffer are copied, so held bytes pin at most 16 times their size")
+    func copyPolicy() {
+        #expect(MuxSession.shouldCopy(pieceOf: 1, readCapacity: 256 * 1024))
+        #expect(MuxSession.shouldCopy(pieceOf: 16 * 1024 - 1, readCapacity: 256 * 1024))
+        #expect(!MuxSession.shouldCopy(pieceOf: 16 * 1024, readCapacity: 256 * 1024), "a full frame in a full-size read")
+        #expect(!MuxSession.shouldCopy(pieceOf: 100, readCapacity: 1024))
+        #expect(MuxSession.shouldCopy(pieceOf: 63, readCapacity: 1024))
+        for capacity in [1024, 65536, 262_144] {
+            for length in [1, 100, 4096, 16384] where !MuxSession.shouldCopy(pieceOf: length, readCapacity: capacity) {
+                #expect(capacity <= 16 * length, "a \(length)-byte slice keeps \(capacity) bytes alive")
+            }
+        }
+    }
+
+    @Test("a stream's local socket reads in one go what a bridge reads in one wakeup")
+    func localReadSize() {
+        #expect(MuxStreamChannelOptions.maximumRead(highWaterMark: 64 * 1024, readsPerWakeup: 4) == 256 * 1024)
+        #expect(MuxStreamChannelOptions.maximumRead(highWaterMark: 10 * 1024 * 1024, readsPerWakeup: 4) == 256 * 1024)
+        #expect(MuxStreamChannelOptions.maximumRead(highWaterMark: 16 * 1024, readsPerWakeup: 4) == 64 * 1024)
+        #expect(MuxStreamChannelOptions.maximumRead(highWaterMark: 512, readsPerWakeup: 4) == 4 * 1024)
+        #expect(MuxStreamChannelOptions.maximumRead(highWaterMark: 64 * 1024, readsPerWakeup: 0) == 64 * 1024)
     }
 
     @Test("the demux sends PING on its interval and closes a tunnel whose peer never answers")
@@ -154,5 +204,98 @@ struct MuxSessionLimitTests {
         }
         try harness.receive(flood)
         #expect(!harness.channel.isActive)
+    }
+}
+
+@Suite("Mux session metrics and admission")
+struct MuxSessionMetricsTests {
+    static let base = [("listener", "demux"), ("target", "127.0.0.1:9")]
+
+    func make() -> (ProxyMetrics, TestMetrics) {
+        let factory = TestMetrics()
+        return (ProxyMetrics(listener: "demux", target: "127.0.0.1:9", factory: factory, tunnelMetrics: true), factory)
+    }
+
+    func counter(_ factory: TestMetrics, _ name: String, _ extra: (String, String)? = nil) throws -> Int64 {
+        try factory.expectCounter(name, Self.base + (extra.map { [$0] } ?? [])).totalValue
+    }
+
+    @Test("a tunnel that comes up and is closed by a protocol error: up, connected once, closed protocolError")
+    func protocolErrorCounted() throws {
+        let (metrics, factory) = self.make()
+        let harness = try MuxSessionTests.Harness(metrics: metrics)
+        let active = try factory.expectMeter("tcpproxy_tunnels_active", Self.base)
+        #expect(active.lastValue == 1)
+        #expect(try self.counter(factory, "tcpproxy_tunnel_connects_total") == 1)
+        try harness.receive(ByteBuffer(bytes: [9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9]))
+        #expect(!harness.channel.isActive)
+        #expect(active.lastValue == 0)
+        #expect(try self.counter(factory, "tcpproxy_tunnels_closed_total", ("reason", "protocolError")) == 1)
+        #expect(try self.counter(factory, "tcpproxy_tunnels_closed_total", ("reason", "connectionLost")) == 0)
+    }
+
+    @Test(
+        "why a tunnel closed is counted by reason",
+        arguments: [
+            ("the peer's GOAWAY noError", MuxTunnelCloseReason.shutdown),
+            ("the peer's GOAWAY pingTimeout", .pingTimeout),
+            ("the peer's GOAWAY flowControlError", .protocolError),
+            ("our PING unanswered", .pingTimeout),
+            ("the socket closing", .connectionLost),
+            ("our drain", .shutdown),
+        ]
+    )
+    func closeReasons(how: String, reason: MuxTunnelCloseReason) throws {
+        let (metrics, factory) = self.make()
+        let harness = try MuxSessionTests.Harness(metrics: metrics) { configuration in
+            configuration.pingInterval = .seconds(1)
+            configuration.pingTimeout = .seconds(1)
+        }
+        switch how {
+        case "the peer's GOAWAY noError": try harness.receive([MuxFrame(streamID: 0, payload: .goAway(.noError))])
+        case "the peer's GOAWAY pingTimeout": try harness.receive([MuxFrame(streamID: 0, payload: .goAway(.pingTimeout))])
+        case "the peer's GOAWAY flowControlError":
+            try harness.receive([MuxFrame(streamID: 0, payload: .goAway(.flowControlError))])
+        case "our PING unanswered": harness.channel.embeddedEventLoop.advanceTime(by: .seconds(3))
+        case "the socket closing": try harness.channel.close().wait()
+        default: harness.session.drain()
+        }
+        #expect(!harness.channel.isActive, "\(how) closes the tunnel")
+        for other in MuxTunnelCloseReason.allCases {
+            let count = try self.counter(factory, "tcpproxy_tunnels_closed_total", ("reason", other.rawValue))
+            #expect(count == (other == reason ? 1 : 0), "\(how): \(other)")
+        }
+        #expect(try factory.expectMeter("tcpproxy_tunnels_active", Self.base).lastValue == 0)
+    }
+
+    @Test("demux --max-connections: an OPEN over the limit gets RESET refusedStream, counted; the tunnel stays up")
+    func maxConnections() throws {
+        let (metrics, factory) = self.make()
+        let harness = try MuxSessionTests.Harness(metrics: metrics) { $0.admission.maxConnections = 0 }
+        try harness.receive([MuxFrame(streamID: 1, payload: .open(target: nil)), MuxFrame(streamID: 3, payload: .open(target: nil))])
+        #expect(
+            try harness.sent() == [
+                MuxFrame(streamID: 1, payload: .reset(.refusedStream)), MuxFrame(streamID: 3, payload: .reset(.refusedStream)),
+            ]
+        )
+        #expect(harness.channel.isActive)
+        #expect(try self.counter(factory, "tcpproxy_connections_accepted_total") == 2)
+        #expect(try self.counter(factory, "tcpproxy_connections_rejected_total", ("reason", "limitReached")) == 2)
+        #expect(try self.counter(factory, "tcpproxy_stream_resets_sent_total", ("code", "refusedStream")) == 2)
+        #expect(try self.counter(factory, "tcpproxy_streams_opened_total") == 0)
+        #expect(harness.session.environment.streams.count == 0, "a refused stream claims no slot")
+    }
+
+    @Test("RESET frames received are counted by code; codes a RESET does not carry count as other")
+    func resetsReceived() throws {
+        let (metrics, factory) = self.make()
+        let harness = try MuxSessionTests.Harness(metrics: metrics) { $0.maximumStreams = 0 }
+        try harness.receive([
+            MuxFrame(streamID: 1, payload: .open(target: nil)),
+            MuxFrame(streamID: 1, payload: .reset(.connectionReset)),
+            MuxFrame(streamID: 1, payload: .reset(MuxErrorCode(rawValue: 99))),
+        ])
+        #expect(try self.counter(factory, "tcpproxy_stream_resets_received_total", ("code", "connectionReset")) == 1)
+        #expect(try self.counter(factory, "tcpproxy_stream_resets_received_total", ("code", "other")) == 1)
     }
 }

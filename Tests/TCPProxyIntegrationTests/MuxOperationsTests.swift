@@ -1,0 +1,244 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Running a mux and a demux: metrics, limits, `--log-data`, refused options and SIGTERM.
+@Suite("Mux and demux operations", .serialized)
+struct MuxOperationsTests {
+    typealias Tunnel = MuxTests.Tunnel
+
+    /// `/metrics` of a process started with `--metrics 127.0.0.1:0`.
+    static func scrape(_ proxy: ProxyProcess) async throws -> String {
+        let line = try #require(await proxy.waitForLine(containing: "metrics listening on", timeout: 5))
+        let address = line.components(separatedBy: "metrics listening on ")[1].prefix { $0 != " " && $0 != "\"" }
+        let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
+        let socket = try TestSocket.connect(port: port)
+        defer { socket.close() }
+        try socket.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        let response = try await onThread { try socket.readToEnd(timeout: 5) }
+        return String(decoding: response.bytes, as: UTF8.self)
+    }
+
+    /// The value of the first sample of `name` whose line contains `label`.
+    static func value(_ text: String, _ name: String, _ label: String? = nil) -> Double? {
+        text.split(separator: "\n").first { line in
+            line.hasPrefix(name + "{") && (label.map { line.contains($0) } ?? true)
+        }.flatMap { Double($0.split(separator: " ").last!) }
+    }
+
+    @Test("--metrics on a mux and a demux: tunnels, connects, streams and bridges; a dropped tunnel is counted")
+    func metrics() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(
+            to: server.port,
+            demuxExtra: ["--metrics", "127.0.0.1:0"],
+            muxExtra: ["--metrics", "127.0.0.1:0"]
+        )
+        defer { tunnel.kill() }
+
+        let size = 50_000
+        for seed in 0..<3 {
+            try await onThread { try MuxTests.echoRoundTrip(port: tunnel.mux.port, size: size, seed: UInt64(seed)) }
+        }
+        #expect(await tunnel.mux.waitForLines(containing: "bridge closed", count: 3, timeout: 5) != nil)
+        #expect(await tunnel.demux.waitForLines(containing: "bridge closed", count: 3, timeout: 5) != nil)
+
+        for (proxy, listener) in [(tunnel.mux, "mux"), (tunnel.demux, "demux")] {
+            let text = try await Self.scrape(proxy)
+            func value(_ name: String, _ label: String? = nil) -> Double? { Self.value(text, name, label) }
+            #expect(text.contains("listener=\"\(listener)\""), "\(text)")
+            #expect(value("tcpproxy_tunnels_active") == 1, "\(listener): \(text)")
+            #expect(value("tcpproxy_tunnel_connects_total") == 1, "\(listener)")
+            #expect(value("tcpproxy_tunnel_connect_failures_total") == 0, "\(listener)")
+            #expect(value("tcpproxy_streams_opened_total") == 3, "\(listener)")
+            #expect(value("tcpproxy_streams_active") == 0, "\(listener)")
+            #expect(value("tcpproxy_connections_accepted_total") == 3, "\(listener)")
+            #expect(value("tcpproxy_bridges_active") == 0, "\(listener)")
+            #expect(value("tcpproxy_bridges_closed_total", "reason=\"completed\"") == 3, "\(listener)")
+            #expect(value("tcpproxy_bytes_total", "direction=\"upstream\"") == Double(3 * size), "\(listener)")
+            #expect(value("tcpproxy_bytes_total", "direction=\"downstream\"") == Double(3 * size), "\(listener)")
+            #expect(value("tcpproxy_stream_resets_sent_total", "code=\"connectionReset\"") == 0, "\(listener)")
+        }
+
+        // The demux goes away: the mux counts the drop and its failed reconnects.
+        tunnel.demux.kill()
+        #expect(await tunnel.mux.waitForLine(containing: "tunnel connect failed", timeout: 5) != nil)
+        let text = try await Self.scrape(tunnel.mux)
+        #expect(Self.value(text, "tcpproxy_tunnels_active") == 0, "\(text)")
+        #expect(Self.value(text, "tcpproxy_tunnels_closed_total", "reason=\"connectionLost\"") == 1)
+        #expect(Self.value(text, "tcpproxy_tunnels_closed_total", "reason=\"shutdown\"") == 0)
+        #expect((Self.value(text, "tcpproxy_tunnel_connect_failures_total") ?? 0) >= 1)
+        let down = tunnel.mux.lines(containing: "tunnel down").first
+        #expect(down.flatMap { logValue("reason", in: $0) } == "connectionLost", "\(down ?? "no tunnel down line")")
+    }
+
+    @Test("demux --max-connections 2: a third stream is refused (its client closed, counted), a slot frees up again")
+    func demuxMaxConnections() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, demuxExtra: ["--max-connections", "2", "--metrics", "127.0.0.1:0"])
+        defer { tunnel.kill() }
+
+        let first = try TestSocket.connect(port: tunnel.mux.port)
+        defer { first.close() }
+        let second = try TestSocket.connect(port: tunnel.mux.port)
+        defer { second.close() }
+        for client in [first, second] {
+            try client.send("ping")
+            #expect(try client.recvExactly(4, timeout: 5) == bytes("ping"))
+        }
+
+        let third = try TestSocket.connect(port: tunnel.mux.port)
+        defer { third.close() }
+        _ = third.trySend(bytes("late"))
+        let end = await third.waitForEnd(timeout: 5)
+        #expect(end.end == .eof && end.count == 0, "the third client is closed with a FIN, nothing relayed: \(end)")
+        let rejected = await tunnel.demux.waitForLine(containing: "connection rejected", timeout: 3)
+        #expect(rejected.flatMap { logValue("close.reason", in: $0) } == "limitReached", "\(rejected ?? "no rejection line")")
+        let closed = await tunnel.mux.waitForLine(containing: "bridge closed", timeout: 3)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "connectFailed", "\(closed ?? "-")")
+        #expect(server.acceptedCount == 2, "the refused stream never reached the server")
+        #expect(tunnel.mux.lines(containing: "tunnel down").isEmpty, "the tunnel stays up")
+
+        let text = try await Self.scrape(tunnel.demux)
+        #expect(Self.value(text, "tcpproxy_connections_rejected_total", "reason=\"limitReached\"") == 1, "\(text)")
+        #expect(Self.value(text, "tcpproxy_stream_resets_sent_total", "code=\"refusedStream\"") == 1)
+
+        first.close()
+        #expect(await tunnel.demux.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+        let fourth = try TestSocket.connect(port: tunnel.mux.port)
+        defer { fourth.close() }
+        try fourth.send("pong")
+        #expect(try fourth.recvExactly(4, timeout: 5) == bytes("pong"), "a stream is admitted again once one has left")
+        try second.send("more")
+        #expect(try second.recvExactly(4, timeout: 5) == bytes("more"))
+    }
+
+    @Test("--log-data on the mux logs each chunk with its direction")
+    func logData() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, muxExtra: ["--log-data"])
+        defer { tunnel.kill() }
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        try client.send("LOGDATA")
+        #expect(try client.recvExactly(7, timeout: 5) == bytes("LOGDATA"))
+        let up = await tunnel.mux.waitForLine(containing: "direction=upstream", timeout: 3)
+        let down = await tunnel.mux.waitForLine(containing: "direction=downstream", timeout: 3)
+        for line in [up, down] {
+            #expect(line?.contains(" data ") == true && line?.contains("bytes=7") == true, "\(line ?? "no data line")")
+            #expect(line?.contains("4c 4f 47 44 41 54 41") == true, "the hex dump: \(line ?? "-")")
+        }
+    }
+
+    @Test("per-chunk options are refused in mux and demux with one line that says why, exit 64")
+    func refusedOptions() async throws {
+        for (mode, option) in [
+            ("mux", ["--capture", "/tmp/x.pcap"]), ("demux", ["--upstream-rate", "1M"]), ("mux", ["--latency", "10"]),
+            ("demux", ["--corrupt", "0.5"]), ("demux", ["--proxy-protocol", "v1"]),
+        ] {
+            let base = mode == "mux" ? ["mux", "--tunnel", "127.0.0.1:1"] : ["demux", "--target", "127.0.0.1:1"]
+            let result = try await ProxyProcess.runToExit(base + ["--listen", "127.0.0.1:0"] + option)
+            #expect(result.status == 64, "\(option): \(result.stderr)")
+            let line = result.stderr.split(separator: "\n").first { $0.hasPrefix("Error:") }
+            #expect(line?.contains("\(option[0]) is not supported in mux and demux modes (") == true, "\(result.stderr)")
+        }
+    }
+
+    @Test("SIGTERM on the mux: open streams are served to their end, new clients are not; exit 0, loops shut down")
+    func muxDrains() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port)
+        defer { tunnel.kill() }
+
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        try client.send("one")
+        #expect(try client.recvExactly(3, timeout: 5) == bytes("one"))
+        tunnel.mux.terminate()
+        #expect(await tunnel.mux.waitForLine(containing: "shutting down", timeout: 3) != nil)
+        await delay(seconds: 0.2)
+
+        try client.send("two")
+        #expect(try client.recvExactly(3, timeout: 5) == bytes("two"), "the open stream is still served")
+        #expect(tunnel.mux.isRunning)
+        if let late = try? TestSocket.connect(port: tunnel.mux.port, timeout: 2) {
+            _ = late.trySend(bytes("late"))
+            let end = await late.waitForEnd(timeout: 3)
+            #expect(end.end.isClosed && end.count == 0, "a new client after SIGTERM is not served: \(end)")
+            late.close()
+        }
+        #expect(server.acceptedCount == 1)
+
+        client.shutdownWrite()
+        let rest = try await onThread { try client.readToEnd(timeout: 5) }
+        #expect(rest.end == .eof)
+        let status = await tunnel.mux.waitForExit(timeout: 5)
+        #expect(status == 0, "exit status \(String(describing: status)); stderr:\n\(tunnel.mux.stderr)")
+        #expect(tunnel.mux.lines(containing: "listener stopped").count == 1)
+        let closed = tunnel.mux.closedLines
+        #expect(closed.count == 1 && closed.first.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed)")
+        // The mux's own event loops were shut down cleanly: NIO complains about nothing on the way out.
+        #expect(tunnel.mux.lines(containing: "EventLoop").isEmpty, "\(tunnel.mux.stderr)")
+        // The demux saw an orderly GOAWAY, not a drop.
+        let tunnelClosed = await tunnel.demux.waitForLine(containing: "tunnel closed", timeout: 3)
+        #expect(tunnelClosed.flatMap { logValue("reason", in: $0) } == "shutdown", "\(tunnelClosed ?? "-")")
+    }
+
+    @Test("SIGTERM on the mux with --drain-timeout 1 and a stream that stays open: drainTimeout, exit 0 within 1-4 s")
+    func muxDrainTimeout() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, muxExtra: ["--drain-timeout", "1"])
+        defer { tunnel.kill() }
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        try client.send("hold")
+        #expect(try client.recvExactly(4, timeout: 5) == bytes("hold"))
+        let started = now()
+        tunnel.mux.terminate()
+        let status = await tunnel.mux.waitForExit(timeout: 6)
+        let elapsed = now() - started
+        #expect(status == 0, "exit status \(String(describing: status)); stderr:\n\(tunnel.mux.stderr)")
+        #expect((0.8...4).contains(elapsed), "exited after \(elapsed) s")
+        let end = await client.waitForEnd(timeout: 2)
+        #expect(end.end.isClosed, "the client's connection was closed: \(end.end)")
+        let closed = tunnel.mux.closedLines
+        #expect(closed.first.flatMap { logValue("close.reason", in: $0) } == "drainTimeout", "\(closed)")
+    }
+
+    @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")
+    func demuxDrains() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port)
+        defer { tunnel.kill() }
+
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        try client.send("one")
+        #expect(try client.recvExactly(3, timeout: 5) == bytes("one"))
+        tunnel.demux.terminate()
+        #expect(await tunnel.mux.waitForLine(containing: "tunnel peer going away", timeout: 3) != nil)
+        try client.send("two")
+        #expect(try client.recvExactly(3, timeout: 5) == bytes("two"), "the open stream is still served")
+        #expect(tunnel.demux.isRunning)
+
+        client.shutdownWrite()
+        let rest = try await onThread { try client.readToEnd(timeout: 5) }
+        #expect(rest.end == .eof)
+        let status = await tunnel.demux.waitForExit(timeout: 5)
+        #expect(status == 0, "exit status \(String(describing: status)); stderr:\n\(tunnel.demux.stderr)")
+        let closed = tunnel.demux.closedLines
+        #expect(closed.count == 1 && closed.first.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed)")
+        let down = await tunnel.mux.waitForLine(containing: "tunnel down", timeout: 3)
+        #expect(down.flatMap { logValue("reason", in: $0) } == "shutdown", "\(down ?? "-")")
+        #expect(tunnel.mux.isRunning, "the mux stays up and reconnects")
+    }
+}
