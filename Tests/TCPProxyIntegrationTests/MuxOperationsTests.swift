@@ -96,7 +96,9 @@ struct MuxOperationsTests {
         defer { third.close() }
         _ = third.trySend(bytes("late"))
         let end = await third.waitForEnd(timeout: 5)
-        #expect(end.end == .eof && end.count == 0, "the third client is closed with a FIN, nothing relayed: \(end)")
+        // A FIN, or a reset when "late" was still unread in the mux's socket as it closed (the kernel's rule
+        // for closing with unread input; the same race exists for any proxy whose connect fails).
+        #expect((end.end == .eof || end.end == .reset) && end.count == 0, "the third client is closed, nothing relayed: \(end)")
         let rejected = await tunnel.demux.waitForLine(containing: "connection rejected", timeout: 3)
         #expect(rejected.flatMap { logValue("close.reason", in: $0) } == "limitReached", "\(rejected ?? "no rejection line")")
         let closed = await tunnel.mux.waitForLine(containing: "bridge closed", timeout: 3)
