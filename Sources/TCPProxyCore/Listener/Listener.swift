@@ -94,23 +94,15 @@ public final class Listener: Service, Sendable {
         try? await gracefulShutdown()
         self.healthChecker?.stop()
 
-        self.logger.notice(
-            "draining",
-            metadata: [
-                "bridges.active": "\(self.activeBridgeCount)",
-                "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
-            ]
-        )
         // Spliced bridges have no channel for the quiescing helper to tell; they end at the same deadline.
-        self.spliceDrain.beginDrain(timeout: self.configuration.bridge.drainTimeout)
-        let drained = self.group.next().makePromise(of: Void.self)
-        quiescing.initiateShutdown(promise: drained)
-        try await drained.futureResult.get()
-        // The quiescing helper watches client sockets only; a bridge may still be writing its last bytes
-        // to a slow server. Each bridge closes itself at the drain timeout, so this wait is bounded.
-        while self.activeBridgeCount > 0 {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
+        await ListenerDrain.run(
+            quiescing: quiescing,
+            group: self.group,
+            bridge: self.configuration.bridge,
+            logger: self.logger,
+            active: { self.activeBridgeCount },
+            beforeQuiescing: { self.spliceDrain.beginDrain(timeout: self.configuration.bridge.drainTimeout) }
+        )
         self.logger.info("listener stopped")
     }
 

@@ -46,19 +46,15 @@ public final class DemuxService: Service, Sendable {
             metadata: ["mode": "demux", "target": "\(self.configuration.target!)"]
         )
         try? await gracefulShutdown()
-        self.logger.notice(
-            "draining",
-            metadata: [
-                "bridges.active": "\(self.activeStreamCount)",
-                "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
-            ]
+        // Each tunnel gets GOAWAY and closes once its streams have ended (or hit the drain timeout); a
+        // tunnel's close resets what is left of its streams.
+        await ListenerDrain.run(
+            quiescing: quiescing,
+            group: self.group,
+            bridge: self.configuration.bridge,
+            logger: self.logger,
+            active: { self.activeStreamCount }
         )
-        // Each tunnel gets GOAWAY and closes once its streams have ended (or hit the drain timeout).
-        let drained = self.group.next().makePromise(of: Void.self)
-        quiescing.initiateShutdown(promise: drained)
-        try? await drained.futureResult.get()
-        // A tunnel's close resets what is left of its streams; wait for their server sockets to close.
-        await MuxService.waitUntil(self.activeStreamCount == 0, for: self.configuration.bridge)
         self.logger.info("listener stopped")
     }
 

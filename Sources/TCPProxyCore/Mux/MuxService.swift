@@ -75,29 +75,13 @@ public final class MuxService: Service, Sendable {
 
         try? await gracefulShutdown()
 
-        self.logger.notice(
-            "draining",
-            metadata: [
-                "bridges.active": "\(self.activeStreamCount)",
-                "drain.timeout": "\(self.configuration.bridge.drainTimeout.map { "\($0)" } ?? "none")",
-            ]
+        await ListenerDrain.run(
+            quiescing: quiescing,
+            group: self.group,
+            bridge: self.configuration.bridge,
+            logger: self.logger,
+            active: { self.activeStreamCount }
         )
-        let drained = self.group.next().makePromise(of: Void.self)
-        quiescing.initiateShutdown(promise: drained)
-        try? await drained.futureResult.get()
-        // The quiescing helper watches client sockets only; a stream may still be sending its client's last
-        // bytes as credit comes. Each stream ends by its drain or stall timeout, so this wait is bounded.
-        await Self.waitUntil(self.activeStreamCount == 0, for: self.configuration.bridge)
-    }
-
-    /// Polls `condition` until it holds, for at most the drain and stall timeouts and a few seconds more
-    /// (the streams end themselves within those; this only bounds the wait if one does not).
-    static func waitUntil(_ condition: @autoclosure () -> Bool, for bridge: BridgeConfiguration) async {
-        let limit = (bridge.drainTimeout ?? .zero) + (bridge.stallTimeout ?? .zero) + .seconds(5)
-        let deadline = NIODeadline.now() + limit
-        while !condition(), NIODeadline.now() < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
     }
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
