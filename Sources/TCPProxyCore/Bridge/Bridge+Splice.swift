@@ -157,7 +157,7 @@ extension Bridge {
             let clientChannel = self.clientHandler.context?.channel,
             let serverChannel = self.serverChannel,
             let handover = self.takeDescriptors(client: clientChannel, server: serverChannel, readiness: readiness),
-            let engine = SpliceEngine.shared
+            let engine = DirectEngine.shared
         else {
             // Nothing was taken (or it was given back): NIO keeps the bridge for good.
             self.spliceAttempts = Self.spliceAttemptLimit
@@ -186,15 +186,15 @@ extension Bridge {
         client: Channel,
         server: Channel,
         readiness: BridgeStateMachine.SpliceReadiness
-    ) -> SpliceHandover? {
+    ) -> DirectHandover? {
         guard let clientFD = ChannelDescriptor.descriptor(of: client),
             let serverFD = ChannelDescriptor.descriptor(of: server),
-            SpliceEngine.shared != nil
+            DirectEngine.shared != nil
         else { return nil }
         let size = self.configuration.highWaterMark
         var made: [CInt] = []
         var pipes: [SplicePipe] = []
-        func giveBack() -> SpliceHandover? {
+        func giveBack() -> DirectHandover? {
             made.forEach(closeDescriptor)
             pipes.forEach { $0.close() }
             return nil
@@ -207,13 +207,13 @@ extension Bridge {
         pipes.append(upstreamPipe)
         guard let downstreamPipe = SplicePipe.make(size: size) else { return giveBack() }
 
-        let state = SpliceLinkState(
-            upstream: SpliceFlow(capacity: min(size, upstreamPipe.capacity), ended: readiness.upstreamEnded),
-            downstream: SpliceFlow(capacity: min(size, downstreamPipe.capacity), ended: readiness.downstreamEnded)
+        let state = DirectLinkState(
+            upstream: DirectFlow(capacity: min(size, upstreamPipe.capacity), ended: readiness.upstreamEnded),
+            downstream: DirectFlow(capacity: min(size, downstreamPipe.capacity), ended: readiness.downstreamEnded)
         )
         let loopBound = NIOLoopBound(self, eventLoop: self.eventLoop)
         let eventLoop = self.eventLoop
-        return SpliceHandover(
+        return DirectHandover(
             id: self.id,
             client: clientCopy,
             server: serverCopy,
@@ -233,7 +233,7 @@ extension Bridge {
     }
 
     /// The engine ended the bridge and closed its sockets: report it as any bridge's end.
-    private func splicedBridgeEnded(_ end: SpliceEnd) {
+    private func splicedBridgeEnded(_ end: DirectBridgeEnd) {
         self.bytesUpstream = end.bytesUpstream
         self.bytesDownstream = end.bytesDownstream
         self.byteReporter = end.reporter

@@ -56,7 +56,7 @@ final class Bridge {
     /// Gives up a handover whose barrier takes too long (see `Bridge+Splice.swift`).
     var spliceTimer: Scheduled<Void>?
     /// The listener's drain, for the bridge once it is spliced.
-    let spliceDrain: SpliceDrainSignal?
+    let spliceDrain: DrainSignal?
 
     var machine = BridgeStateMachine()
     var timeouts: BridgeTimeouts
@@ -99,7 +99,7 @@ final class Bridge {
         logger: Logger,
         hooks: Hooks,
         observers: Observers = .init(),
-        spliceDrain: SpliceDrainSignal? = nil
+        spliceDrain: DrainSignal? = nil
     ) {
         self.id = id
         self.connector = connector

@@ -23,7 +23,7 @@ struct BridgeSetup {
     /// The client as its PROXY header described it (`--accept-proxy-protocol`).
     var announcedClient: ProxyHeader? = nil
     /// The listener's drain, as spliced bridges see it.
-    var spliceDrain: SpliceDrainSignal? = nil
+    var spliceDrain: DrainSignal? = nil
 
     /// A bridge for `client` that connects through `connector`.
     func makeBridge(client: Channel, connector: any ServerConnector) -> Bridge {

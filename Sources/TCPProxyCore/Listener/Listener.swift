@@ -18,7 +18,7 @@ public final class Listener: Service, Sendable {
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
     private let observers: Bridge.Observers
     /// The drain deadline, for bridges that were handed to the splice engine.
-    private let spliceDrain = SpliceDrainSignal()
+    private let spliceDrain = DrainSignal()
     /// With several targets or health checks: the targets and what is known of them.
     private let targetPool: TargetPool?
     private let healthChecker: HealthChecker?
@@ -73,7 +73,7 @@ public final class Listener: Service, Sendable {
         if self.configuration.bridge.splice != .never {
             // Started now rather than by the first bulk bridge: the first handover is not slowed by it, and
             // the process's descriptor count at rest does not change later (the engine holds two).
-            _ = SpliceEngine.shared
+            _ = DirectEngine.shared
         }
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)

@@ -42,17 +42,17 @@ struct SplicePipe {
     }
 }
 
-/// The real ``SpliceIO`` of one direction: splice(2) between a socket and a pipe, both non-blocking.
-struct SpliceDirectionIO: SpliceIO {
+/// The real ``FlowIO`` of one direction: splice(2) between a socket and a pipe, both non-blocking.
+struct SpliceDirectionIO: FlowIO {
     let source: CInt
     let pipe: SplicePipe
     let sink: CInt
 
-    func fill(max count: Int) -> SpliceStep {
+    func fill(max count: Int) -> FlowStep {
         Self.step(CTCPProxyLinux_splice(self.source, self.pipe.input, count))
     }
 
-    func drain(max count: Int) -> SpliceStep {
+    func drain(max count: Int) -> FlowStep {
         Self.step(CTCPProxyLinux_splice(self.pipe.output, self.sink, count))
     }
 
@@ -60,7 +60,7 @@ struct SpliceDirectionIO: SpliceIO {
         shutdown(self.sink, CInt(SHUT_WR)) == 0 ? nil : errno
     }
 
-    private static func step(_ result: Int) -> SpliceStep {
+    private static func step(_ result: Int) -> FlowStep {
         if result > 0 { return .moved(result) }
         if result == 0 { return .endOfStream }
         let error = errno

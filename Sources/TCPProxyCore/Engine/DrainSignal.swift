@@ -4,7 +4,7 @@ import NIOCore
 /// A listener's drain, as its spliced bridges see it. A spliced bridge has no NIO channel left to receive
 /// `ChannelShouldQuiesceEvent`, so the listener sets the drain deadline here and the splice engine ends
 /// the listener's spliced bridges there (reason `drainTimeout`), as each NIO bridge does itself.
-final class SpliceDrainSignal: Sendable {
+final class DrainSignal: Sendable {
     /// `NIODeadline.uptimeNanoseconds` of the deadline; `UInt64.max` while not draining (or draining
     /// without a timeout).
     private let deadlineNanoseconds = ManagedAtomic<UInt64>(.max)
@@ -22,6 +22,6 @@ final class SpliceDrainSignal: Sendable {
         guard let timeout else { return }
         let deadline = NIODeadline.now() + timeout
         self.deadlineNanoseconds.store(deadline.uptimeNanoseconds, ordering: .relaxed)
-        SpliceEngine.startedEngine?.drainChanged()
+        DirectEngine.startedEngine?.drainChanged()
     }
 }

@@ -1,7 +1,7 @@
 import NIOCore
 
 /// How a spliced bridge ended, for the ``Bridge`` that handed it over.
-struct SpliceEnd: Sendable {
+struct DirectBridgeEnd: Sendable {
     var reason: CloseReason
     /// Bytes read from the client over the bridge's whole life (NIO part included).
     var bytesUpstream: UInt64
@@ -12,29 +12,29 @@ struct SpliceEnd: Sendable {
 }
 
 /// What a ``Bridge`` hands to the splice engine: its sockets, its pipes and the state it had on NIO.
-struct SpliceHandover {
+struct DirectHandover {
     var id: UInt64
     var client: CInt
     var server: CInt
     var upstreamPipe: SplicePipe
     var downstreamPipe: SplicePipe
-    var state: SpliceLinkState
+    var state: DirectLinkState
     var timeouts: BridgeTimeouts
     var bytesUpstream: UInt64
     var bytesDownstream: UInt64
     var reporter: ByteCountReporter
     var metrics: ProxyMetrics?
-    var drain: SpliceDrainSignal?
+    var drain: DrainSignal?
     /// Called once, on the engine thread, when the bridge has ended and every descriptor is closed.
-    var onEnd: @Sendable (SpliceEnd) -> Void
+    var onEnd: @Sendable (DirectBridgeEnd) -> Void
 }
 
 /// A bridge the splice engine owns: two sockets (duplicates of the ones NIO had, which NIO has closed),
 /// two pipes, the flows between them, and the bridge's timeouts.
 ///
-/// Built from a ``SpliceHandover`` and from then on touched only by the engine's thread, so it needs no
+/// Built from a ``DirectHandover`` and from then on touched only by the engine's thread, so it needs no
 /// locks; the data path allocates nothing and logs nothing.
-final class SpliceBridge {
+final class DirectBridge {
     typealias Side = BridgeStateMachine.Side
 
     let id: UInt64
@@ -42,14 +42,14 @@ final class SpliceBridge {
     private var server: CInt
     private let upstreamPipe: SplicePipe
     private let downstreamPipe: SplicePipe
-    private var state: SpliceLinkState
+    private var state: DirectLinkState
     private var timeouts: BridgeTimeouts
     private var reporter: ByteCountReporter
     private let metrics: ProxyMetrics?
     private let baseUpstream: UInt64
     private let baseDownstream: UInt64
-    private let onEnd: @Sendable (SpliceEnd) -> Void
-    let drain: SpliceDrainSignal?
+    private let onEnd: @Sendable (DirectBridgeEnd) -> Void
+    let drain: DrainSignal?
 
     /// When the timeouts are sampled next; `nil` while the timer is stopped (no timeout on, or nothing
     /// held and nothing moving).
@@ -64,7 +64,7 @@ final class SpliceBridge {
     /// Whether it waits in the engine's list of bridges to pump again.
     var isQueued = false
 
-    init(_ handover: SpliceHandover) {
+    init(_ handover: DirectHandover) {
         self.id = handover.id
         self.client = handover.client
         self.server = handover.server
@@ -102,7 +102,7 @@ final class SpliceBridge {
 
     /// Moves what can move in `direction`, then closes sockets that are done.
     func pump(_ direction: Direction) -> PumpResult {
-        let outcome: SpliceFlow.Outcome
+        let outcome: DirectFlow.Outcome
         switch direction {
         case .upstream:
             let io = SpliceDirectionIO(source: self.client, pipe: self.upstreamPipe, sink: self.server)
@@ -111,7 +111,7 @@ final class SpliceBridge {
             let io = SpliceDirectionIO(source: self.server, pipe: self.downstreamPipe, sink: self.client)
             outcome = self.state.downstream.pump(io)
         }
-        if let reason = SpliceLinkState.failure(outcome, in: direction) {
+        if let reason = DirectLinkState.failure(outcome, in: direction) {
             return .end(reason)
         }
         while true {
@@ -126,7 +126,7 @@ final class SpliceBridge {
         }
     }
 
-    /// What `side`'s socket must be watched for now (see ``SpliceLinkState/interest(_:)``).
+    /// What `side`'s socket must be watched for now (see ``DirectLinkState/interest(_:)``).
     func interest(_ side: Side) -> (readable: Bool, writable: Bool) {
         self.state.interest(side)
     }
@@ -227,7 +227,7 @@ final class SpliceBridge {
         self.downstreamPipe.close()
         self.reporter.report(upstream: self.bytesUpstream, downstream: self.bytesDownstream, to: self.metrics)
         self.onEnd(
-            SpliceEnd(
+            DirectBridgeEnd(
                 reason: reason,
                 bytesUpstream: self.bytesUpstream,
                 bytesDownstream: self.bytesDownstream,
@@ -238,4 +238,4 @@ final class SpliceBridge {
 }
 
 @available(*, unavailable)
-extension SpliceBridge: Sendable {}
+extension DirectBridge: Sendable {}

@@ -1,5 +1,5 @@
 /// What one splice(2) call (or a socket shutdown) did.
-enum SpliceStep: Equatable {
+enum FlowStep: Equatable {
     /// This many bytes moved (more than 0).
     case moved(Int)
     /// Nothing can move now (`EAGAIN`): the socket has no data, or no room, or the pipe is full.
@@ -10,13 +10,13 @@ enum SpliceStep: Equatable {
     case failed(CInt)
 }
 
-/// The system calls one direction of a spliced bridge makes, so that ``SpliceFlow``'s rules can be
+/// The system calls one direction of a spliced bridge makes, so that ``DirectFlow``'s rules can be
 /// tested without sockets. ``SpliceDirectionIO`` is the real one.
-protocol SpliceIO {
+protocol FlowIO {
     /// Moves up to `count` bytes from the source socket into the pipe.
-    func fill(max count: Int) -> SpliceStep
+    func fill(max count: Int) -> FlowStep
     /// Moves up to `count` bytes from the pipe into the sink socket.
-    func drain(max count: Int) -> SpliceStep
+    func drain(max count: Int) -> FlowStep
     /// Shuts down writing to the sink socket (`SHUT_WR`); returns `errno` on failure.
     func shutdownSink() -> CInt?
 }
@@ -26,7 +26,7 @@ protocol SpliceIO {
 /// The pipe is the direction's whole buffer. The flow never asks the source for more than the pipe has
 /// room for, so a sink that stops reading stops the source within `capacity` bytes (rule 4). EOF from the
 /// source becomes `SHUT_WR` on the sink once the pipe is empty (rule 5).
-struct SpliceFlow: Equatable {
+struct DirectFlow: Equatable {
     /// What a ``pump(_:rounds:)`` ended with.
     enum Outcome: Equatable {
         /// Nothing more can move until the kernel reports readiness (every stop was `EAGAIN`, an empty
@@ -68,7 +68,7 @@ struct SpliceFlow: Equatable {
     /// Each round reads what the pipe has room for, then writes what the pipe holds. Edge-triggered
     /// readiness is only re-armed by `EAGAIN`, so a pump that stops for any other reason reports
     /// ``Outcome/yielded`` and must be run again.
-    mutating func pump(_ io: some SpliceIO, rounds: Int = 16) -> Outcome {
+    mutating func pump(_ io: some FlowIO, rounds: Int = 16) -> Outcome {
         for _ in 0..<rounds {
             var progress = false
             if !self.sourceEnded && self.held < self.capacity {

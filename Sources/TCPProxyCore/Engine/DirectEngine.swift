@@ -18,24 +18,24 @@ import Darwin
 /// Bridges come in through ``add(_:)`` from any event loop; from then on only this thread touches them.
 /// Every event is a few splice(2) calls; nothing is allocated, locked or logged per chunk. Timeouts are
 /// sampled on the epoll timeout, at the nearest deadline of any bridge.
-final class SpliceEngine: Sendable {
+final class DirectEngine: Sendable {
     /// The process's engine, started by the first bridge that splices; `nil` if it cannot start (no
     /// epoll, or not Linux): then every bridge stays on NIO.
-    static let shared: SpliceEngine? = {
-        let engine = SpliceEngine()
-        if engine != nil { SpliceEngine.isStarted.store(true, ordering: .releasing) }
+    static let shared: DirectEngine? = {
+        let engine = DirectEngine()
+        if engine != nil { DirectEngine.isStarted.store(true, ordering: .releasing) }
         return engine
     }()
 
     private static let isStarted = ManagedAtomic(false)
 
     /// The engine if a bridge ever started it; `nil` without starting one.
-    static var startedEngine: SpliceEngine? {
+    static var startedEngine: DirectEngine? {
         Self.isStarted.load(ordering: .acquiring) ? Self.shared : nil
     }
 
     private enum Command: Sendable {
-        case add(SpliceHandover)
+        case add(DirectHandover)
         case drainChanged
     }
 
@@ -60,7 +60,7 @@ final class SpliceEngine: Sendable {
         self.thread = NIOThreadPool(numberOfThreads: 1)
         self.thread.start()
         self.thread.submit { [self] _ in
-            var loop = SpliceEngineLoop(epoll: self.epoll, wakeUp: self.wakeUp, activeCount: self.activeCount)
+            var loop = DirectEngineLoop(epoll: self.epoll, wakeUp: self.wakeUp, activeCount: self.activeCount)
             loop.run {
                 self.inbox.withLockedValue { inbox in
                     defer { inbox.removeAll(keepingCapacity: true) }
@@ -74,7 +74,7 @@ final class SpliceEngine: Sendable {
     var activeBridges: Int { self.activeCount.load(ordering: .relaxed) }
 
     /// Takes over a bridge. Its descriptors belong to the engine from now on.
-    func add(_ handover: SpliceHandover) {
+    func add(_ handover: DirectHandover) {
         self.send(.add(handover))
     }
 
@@ -91,18 +91,18 @@ final class SpliceEngine: Sendable {
     fileprivate static let wakeUpToken = UInt64.max
 
     /// The engine thread's state and loop. A named type, so stack dumps read well.
-    private struct SpliceEngineLoop {
+    private struct DirectEngineLoop {
         let epoll: CInt
         let wakeUp: CInt
         let activeCount: ManagedAtomic<Int>
         /// Bridges by slot; a slot's generation changes when it is freed, so a stale event is ignored.
-        private var slots: [SpliceBridge?] = []
+        private var slots: [DirectBridge?] = []
         private var generations: [UInt32] = []
         private var freeSlots: [Int] = []
         /// Bridges whose last pump stopped at the round limit: pumped again after the next poll.
-        private var queued: [SpliceBridge] = []
+        private var queued: [DirectBridge] = []
         /// The batch being pumped again (kept to reuse its storage).
-        private var requeued: [SpliceBridge] = []
+        private var requeued: [DirectBridge] = []
         /// The earliest timer or drain deadline of any bridge.
         private var nextWake: NIODeadline?
 
@@ -134,7 +134,7 @@ final class SpliceEngine: Sendable {
                 }
                 for index in 0..<Int(count) {
                     let event = events[index]
-                    if event.token == SpliceEngine.wakeUpToken {
+                    if event.token == DirectEngine.wakeUpToken {
                         CTCPProxyLinux_eventDrain(self.wakeUp)
                         for command in takeCommands() { self.perform(command) }
                     } else {
@@ -153,7 +153,7 @@ final class SpliceEngine: Sendable {
         private mutating func perform(_ command: Command) {
             switch command {
             case .add(let handover):
-                self.add(SpliceBridge(handover))
+                self.add(DirectBridge(handover))
             case .drainChanged:
                 for case let bridge? in self.slots {
                     bridge.drainDeadline = bridge.drain?.deadline
@@ -162,7 +162,7 @@ final class SpliceEngine: Sendable {
             }
         }
 
-        private mutating func add(_ bridge: SpliceBridge) {
+        private mutating func add(_ bridge: DirectBridge) {
             let slot: Int
             if let free = self.freeSlots.popLast() {
                 slot = free
@@ -220,7 +220,7 @@ final class SpliceEngine: Sendable {
             var unused: UInt32 = 0
             if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
             if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
-            let from = SpliceLinkState.direction(from: side)
+            let from = DirectLinkState.direction(from: side)
             if event.events & readable != 0 {
                 guard self.pump(bridge, from, dropping: unused, on: side) else { return }
             }
@@ -232,7 +232,7 @@ final class SpliceEngine: Sendable {
         /// Pumps one direction of `bridge` and acts on the result.
         /// - Returns: whether the bridge is still open.
         private mutating func pump(
-            _ bridge: SpliceBridge,
+            _ bridge: DirectBridge,
             _ direction: Direction,
             dropping unused: UInt32 = 0,
             on side: BridgeStateMachine.Side = .client
@@ -266,7 +266,7 @@ final class SpliceEngine: Sendable {
 
         /// Registers each open socket for what it needs now that it is not registered for yet, and drops
         /// from `side` the `unused` readiness that woke the engine for nothing (unless it is needed again).
-        private func updateInterest(_ bridge: SpliceBridge, dropping unused: UInt32, on side: BridgeStateMachine.Side) {
+        private func updateInterest(_ bridge: DirectBridge, dropping unused: UInt32, on side: BridgeStateMachine.Side) {
             let wantedByClient = Self.events(bridge.interest(.client))
             let client = (bridge.clientEvents | wantedByClient) & ~(side == .client ? unused & ~wantedByClient : 0)
             if client != bridge.clientEvents, bridge.descriptor(.client) >= 0 {
@@ -323,7 +323,7 @@ final class SpliceEngine: Sendable {
             }
         }
 
-        private mutating func end(_ bridge: SpliceBridge, _ reason: CloseReason) {
+        private mutating func end(_ bridge: DirectBridge, _ reason: CloseReason) {
             let slot = bridge.slot
             guard slot >= 0 else { return }
             bridge.slot = -1

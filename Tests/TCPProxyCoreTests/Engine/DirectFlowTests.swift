@@ -2,26 +2,26 @@ import Testing
 
 @testable import TCPProxyCore
 
-/// A scripted ``SpliceIO``: each call takes the next answer from its list (`wouldBlock` when the list is
+/// A scripted ``FlowIO``: each call takes the next answer from its list (`wouldBlock` when the list is
 /// empty) and is recorded with the byte count it asked for.
-final class ScriptedSpliceIO: SpliceIO {
-    var fills: [SpliceStep]
-    var drains: [SpliceStep]
+final class ScriptedSpliceIO: FlowIO {
+    var fills: [FlowStep]
+    var drains: [FlowStep]
     var shutdownError: CInt?
     private(set) var calls: [String] = []
 
-    init(fills: [SpliceStep] = [], drains: [SpliceStep] = [], shutdownError: CInt? = nil) {
+    init(fills: [FlowStep] = [], drains: [FlowStep] = [], shutdownError: CInt? = nil) {
         self.fills = fills
         self.drains = drains
         self.shutdownError = shutdownError
     }
 
-    func fill(max count: Int) -> SpliceStep {
+    func fill(max count: Int) -> FlowStep {
         self.calls.append("fill \(count)")
         return self.fills.isEmpty ? .wouldBlock : self.fills.removeFirst()
     }
 
-    func drain(max count: Int) -> SpliceStep {
+    func drain(max count: Int) -> FlowStep {
         self.calls.append("drain \(count)")
         return self.drains.isEmpty ? .wouldBlock : self.drains.removeFirst()
     }
@@ -33,10 +33,10 @@ final class ScriptedSpliceIO: SpliceIO {
 }
 
 @Suite("Splice flow (one direction, no sockets)")
-struct SpliceFlowTests {
+struct DirectFlowTests {
     @Test("moves what the source has to the sink and stops at EAGAIN on both")
     func movesUntilBlocked() {
-        var flow = SpliceFlow(capacity: 65536)
+        var flow = DirectFlow(capacity: 65536)
         let io = ScriptedSpliceIO(fills: [.moved(65536), .moved(1000)], drains: [.moved(65536), .moved(1000)])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.moved == 66536)
@@ -46,7 +46,7 @@ struct SpliceFlowTests {
 
     @Test("never asks the source for more than the pipe has room for (SPEC §2 rule 4)")
     func boundedByCapacity() {
-        var flow = SpliceFlow(capacity: 4096)
+        var flow = DirectFlow(capacity: 4096)
         // The sink takes nothing: the pipe fills and reading stops.
         let io = ScriptedSpliceIO(fills: [.moved(3000), .moved(1096), .moved(1)])
         #expect(flow.pump(io) == .blocked)
@@ -57,7 +57,7 @@ struct SpliceFlowTests {
 
     @Test("a full sink resumes: the held bytes go first, then the source is read again")
     func resumesAfterSinkBlocked() {
-        var flow = SpliceFlow(capacity: 8192)
+        var flow = DirectFlow(capacity: 8192)
         var io = ScriptedSpliceIO(fills: [.moved(8192)])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.held == 8192)
@@ -69,7 +69,7 @@ struct SpliceFlowTests {
 
     @Test("EOF from the source becomes SHUT_WR on the sink only after the pipe drained (rule 5)")
     func eofAfterDrain() {
-        var flow = SpliceFlow(capacity: 65536)
+        var flow = DirectFlow(capacity: 65536)
         var io = ScriptedSpliceIO(fills: [.moved(500), .endOfStream])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.sourceEnded)
@@ -86,17 +86,17 @@ struct SpliceFlowTests {
 
     @Test("a read error is the source's reset, a write or shutdown error the sink's")
     func failures() {
-        var flow = SpliceFlow(capacity: 65536)
+        var flow = DirectFlow(capacity: 65536)
         #expect(flow.pump(ScriptedSpliceIO(fills: [.failed(104)])) == .sourceFailed)
-        flow = SpliceFlow(capacity: 65536)
+        flow = DirectFlow(capacity: 65536)
         #expect(flow.pump(ScriptedSpliceIO(fills: [.moved(10)], drains: [.failed(32)])) == .sinkFailed)
-        flow = SpliceFlow(capacity: 65536)
+        flow = DirectFlow(capacity: 65536)
         #expect(flow.pump(ScriptedSpliceIO(fills: [.endOfStream], shutdownError: 107)) == .sinkFailed)
     }
 
     @Test("stops after the round limit while bytes keep coming, so other bridges get a turn")
     func yields() {
-        var flow = SpliceFlow(capacity: 1024)
+        var flow = DirectFlow(capacity: 1024)
         let io = ScriptedSpliceIO(
             fills: Array(repeating: .moved(1024), count: 10),
             drains: Array(repeating: .moved(1024), count: 10)
@@ -107,7 +107,7 @@ struct SpliceFlowTests {
 
     @Test("a direction that ended on NIO starts finished and makes no calls")
     func startsEnded() {
-        var flow = SpliceFlow(capacity: 65536, ended: true)
+        var flow = DirectFlow(capacity: 65536, ended: true)
         let io = ScriptedSpliceIO(fills: [.moved(1)])
         #expect(flow.isFinished)
         #expect(flow.pump(io) == .blocked)
@@ -117,13 +117,13 @@ struct SpliceFlowTests {
 
 @Suite("Splice link state (both directions, no sockets)")
 struct SpliceLinkStateTests {
-    private func finished(_ capacity: Int = 4096) -> SpliceFlow {
-        SpliceFlow(capacity: capacity, ended: true)
+    private func finished(_ capacity: Int = 4096) -> DirectFlow {
+        DirectFlow(capacity: capacity, ended: true)
     }
 
     @Test("both directions finished: the bridge completes")
     func completes() {
-        var state = SpliceLinkState(upstream: self.finished(), downstream: self.finished())
+        var state = DirectLinkState(upstream: self.finished(), downstream: self.finished())
         #expect(state.nextAction() == .end(.completed))
     }
 
@@ -131,9 +131,9 @@ struct SpliceLinkStateTests {
     func closesFinishedSide() {
         // The server sent EOF and the client got SHUT_WR; then the client sends EOF too, while bytes for
         // the server are still in the pipe.
-        var upstream = SpliceFlow(capacity: 4096)
+        var upstream = DirectFlow(capacity: 4096)
         _ = upstream.pump(ScriptedSpliceIO(fills: [.moved(100), .endOfStream]))
-        var state = SpliceLinkState(upstream: upstream, downstream: self.finished())
+        var state = DirectLinkState(upstream: upstream, downstream: self.finished())
         #expect(state.nextAction() == .closeSocket(.client))
         #expect(state.nextAction() == .none)
         #expect(!state.clientOpen && state.serverOpen)
@@ -143,13 +143,13 @@ struct SpliceLinkStateTests {
 
     @Test("open directions: nothing to do")
     func nothing() {
-        var state = SpliceLinkState(upstream: SpliceFlow(capacity: 1), downstream: SpliceFlow(capacity: 1))
+        var state = DirectLinkState(upstream: DirectFlow(capacity: 1), downstream: DirectFlow(capacity: 1))
         #expect(state.nextAction() == .none)
     }
 
     @Test("a socket is watched for reading while its pipe has room, for writing while bytes wait for it")
     func interest() {
-        var state = SpliceLinkState(upstream: SpliceFlow(capacity: 4096), downstream: SpliceFlow(capacity: 4096))
+        var state = DirectLinkState(upstream: DirectFlow(capacity: 4096), downstream: DirectFlow(capacity: 4096))
         #expect(state.interest(.client) == (readable: true, writable: false))
         #expect(state.interest(.server) == (readable: true, writable: false))
         // The server takes nothing: the upstream pipe fills.
@@ -164,16 +164,16 @@ struct SpliceLinkStateTests {
     @Test(
         "a failure names the side whose socket failed (rule 6b)",
         arguments: [
-            (SpliceFlow.Outcome.sourceFailed, Direction.upstream, CloseReason.clientReset),
+            (DirectFlow.Outcome.sourceFailed, Direction.upstream, CloseReason.clientReset),
             (.sinkFailed, .upstream, .serverReset),
             (.sourceFailed, .downstream, .serverReset),
             (.sinkFailed, .downstream, .clientReset),
         ]
     )
-    func failureReason(outcome: SpliceFlow.Outcome, direction: Direction, reason: CloseReason) {
-        #expect(SpliceLinkState.failure(outcome, in: direction) == reason)
-        #expect(SpliceLinkState.failure(.blocked, in: direction) == nil)
-        #expect(SpliceLinkState.failure(.yielded, in: direction) == nil)
+    func failureReason(outcome: DirectFlow.Outcome, direction: Direction, reason: CloseReason) {
+        #expect(DirectLinkState.failure(outcome, in: direction) == reason)
+        #expect(DirectLinkState.failure(.blocked, in: direction) == nil)
+        #expect(DirectLinkState.failure(.yielded, in: direction) == nil)
     }
 }
 

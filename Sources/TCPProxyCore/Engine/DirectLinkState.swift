@@ -1,6 +1,6 @@
 /// Both directions of a spliced bridge and which of its sockets are still open: decides, from what the
 /// flows did, which socket to close and when the bridge ends (SPEC §2 rules 5 and 6), without I/O.
-struct SpliceLinkState: Equatable {
+struct DirectLinkState: Equatable {
     typealias Side = BridgeStateMachine.Side
 
     /// What the engine must do next.
@@ -14,13 +14,13 @@ struct SpliceLinkState: Equatable {
     }
 
     /// Client → server.
-    var upstream: SpliceFlow
+    var upstream: DirectFlow
     /// Server → client.
-    var downstream: SpliceFlow
+    var downstream: DirectFlow
     private(set) var clientOpen = true
     private(set) var serverOpen = true
 
-    init(upstream: SpliceFlow, downstream: SpliceFlow) {
+    init(upstream: DirectFlow, downstream: DirectFlow) {
         self.upstream = upstream
         self.downstream = downstream
     }
@@ -45,7 +45,7 @@ struct SpliceLinkState: Equatable {
     /// - Parameters:
     ///   - outcome: what the pump of `direction` ended with.
     ///   - direction: the flow that was pumped.
-    static func failure(_ outcome: SpliceFlow.Outcome, in direction: Direction) -> CloseReason? {
+    static func failure(_ outcome: DirectFlow.Outcome, in direction: Direction) -> CloseReason? {
         switch (outcome, direction) {
         case (.sourceFailed, .upstream), (.sinkFailed, .downstream): .clientReset
         case (.sourceFailed, .downstream), (.sinkFailed, .upstream): .serverReset
