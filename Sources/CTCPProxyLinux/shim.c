@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #endif
 
@@ -38,6 +41,58 @@ int CTCPProxyLinux_pipe(int fds[2], int size) {
         return -1;
     }
     return capacity;
+}
+
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog) {
+    int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -1;
+    }
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (bind(fd, address, length) != 0 || listen(fd, backlog) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *length) {
+    socklen_t size = *length;
+    int fd = accept4(listener, address, &size, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    *length = size;
+    return fd;
+}
+
+int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected) {
+    int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -1;
+    }
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (connect(fd, address, length) == 0) {
+        *connected = 1;
+        return fd;
+    }
+    if (errno == EINPROGRESS) {
+        *connected = 0;
+        return fd;
+    }
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+int CTCPProxyLinux_epollAddListener(int epoll, int fd, uint64_t token) {
+    struct epoll_event event = {0};
+    event.events = EPOLLIN | EPOLLEXCLUSIVE;
+    event.data.u64 = token;
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
 }
 
 int CTCPProxyLinux_epollCreate(void) {
@@ -102,6 +157,13 @@ const uint32_t CTCPProxyLinux_EPOLLHUP = 0x010;
 
 ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *length) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected) {
+    errno = ENOSYS;
+    return -1;
+}
+int CTCPProxyLinux_epollAddListener(int epoll, int fd, uint64_t token) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollCreate(void) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollAdd(int epoll, int fd, uint32_t events, uint64_t token) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_epollModify(int epoll, int fd, uint32_t events, uint64_t token) { errno = ENOSYS; return -1; }

@@ -65,6 +65,14 @@ struct CommonOptions: ParsableArguments {
     )
     var splice: SpliceMode = .auto
 
+    @Option(
+        help: ArgumentHelp(
+            "Advanced: what serves the bridges: auto (the direct engine where the listener allows, else NIO), direct, nio.",
+            valueName: "auto|direct|nio"
+        )
+    )
+    var engine: EngineMode = .auto
+
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
@@ -101,6 +109,7 @@ struct CommonOptions: ParsableArguments {
         self.observability.apply(to: &configuration)
         configuration.sendProxyHeader = self.proxyProtocol
         configuration.splice = self.splice
+        configuration.engine = self.engine
         return configuration
     }
 
@@ -126,3 +135,4 @@ extension BalanceAlgorithm: ExpressibleByArgument {}
 extension ProxyProtocolVersion: ExpressibleByArgument {}
 extension LogFormat: ExpressibleByArgument {}
 extension SpliceMode: ExpressibleByArgument {}
+extension EngineMode: ExpressibleByArgument {}

@@ -28,6 +28,11 @@ enum ProxyRunner {
         threads: Int? = nil,
         extraServices: (_ group: EventLoopGroup, _ logger: Logger, _ metrics: (any MetricsFactory)?) -> [any Service] = { _, _, _ in [] }
     ) async throws {
+        for configuration in configurations where configuration.bridge.engine == .direct {
+            if let obstacle = configuration.directEngineObstacle(capturing: options.observability.capture != nil) {
+                throw ValidationError("--engine direct cannot serve this listener: \(obstacle)")
+            }
+        }
         let format = options.logFormat
         let level = options.logLevel
         LoggingSystem.bootstrap { label in ProxyLogHandler(label: label, format: format, level: level) }

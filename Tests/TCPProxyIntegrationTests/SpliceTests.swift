@@ -56,8 +56,9 @@ struct SpliceTests {
         #expect(end.end == .eof)
         #expect(server.receivedBytes == total)
         switch path {
-        case .nio: #expect(during == baseline, "no pipes on the NIO path: \(during), baseline \(baseline)")
-        case .splice: #expect(during == baseline + 4, "two pipes while spliced: \(during), baseline \(baseline)")
+        case .nio, .direct: #expect(during == baseline, "no pipes without splicing: \(during), baseline \(baseline)")
+        case .splice, .directSplice:
+            #expect(during == baseline + 4, "two pipes while spliced: \(during), baseline \(baseline)")
         }
         let closed = try #require(await proxy.waitForLine(containing: "bridge closed", timeout: 5))
         #expect(logValue("close.reason", in: closed) == "completed")
@@ -65,14 +66,20 @@ struct SpliceTests {
         #expect(proxy.pipeDescriptorCount() == baseline, "the pipes are closed with the bridge")
     }
 
-    @Test("--splice auto: a request/response exchange stays on NIO; a bulk transfer beside it moves to splice")
-    func autoChoosesByTraffic() async throws {
+    @Test(
+        "--splice auto: a request/response exchange is not spliced; a bulk transfer beside it is",
+        arguments: ["nio", "direct"]
+    )
+    func autoChoosesByTraffic(engine: String) async throws {
         let server = try TestServer { socket, index, server in
             // Connection 0 echoes small messages; connection 1 is a sink for bulk.
             if index == 0 { TestServer.echo(socket, index, server) } else { TestServer.discard(socket, index, server) }
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--splice", "auto", "--log-level", "debug"])
+        let proxy = try await ProxyProcess.forward(
+            to: server.port,
+            ["--engine", engine, "--splice", "auto", "--log-level", "debug"]
+        )
         defer { proxy.kill() }
         let baseline = proxy.pipeDescriptorCount()
 
@@ -85,7 +92,7 @@ struct SpliceTests {
                 #expect(try chatty.recvExactly(message.count, timeout: 5) == message)
             }
         }
-        #expect(proxy.lines(containing: "bridge spliced").isEmpty, "small exchanges stay on NIO")
+        #expect(proxy.lines(containing: "bridge spliced").isEmpty, "small exchanges are not spliced")
         #expect(proxy.pipeDescriptorCount() == baseline)
 
         let bulk = try TestSocket.connect(port: proxy.port)
@@ -102,26 +109,26 @@ struct SpliceTests {
         #expect(logValue("bridge.id", in: closed) == "2")
         #expect(logValue("bytes.upstream", in: closed) == "\(total)", "bytes before and after the handover add up")
 
-        // The chatty bridge still works, still on NIO.
+        // The chatty bridge still works, still not spliced.
         try chatty.send("last")
         #expect(try chatty.recvExactly(4, timeout: 5) == bytes("last"))
         #expect(proxy.lines(containing: "bridge spliced").count == 1)
     }
 
-    @Test("a spliced bridge holds its --max-connections slot until it really ends")
-    func slotHeldWhileSpliced() async throws {
+    @Test("a spliced bridge holds its --max-connections slot until it really ends", arguments: ["nio", "direct"])
+    func slotHeldWhileSpliced(engine: String) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
         let proxy = try await ProxyProcess.forward(
             to: server.port,
-            ["--max-connections", "1", "--splice", "always", "--log-level", "debug"]
+            ["--engine", engine, "--max-connections", "1", "--splice", "always", "--log-level", "debug"]
         )
         defer { proxy.kill() }
 
         let first = try TestSocket.connect(port: proxy.port)
         try first.send("ping")
         #expect(try first.recvExactly(4, timeout: 5) == bytes("ping"))
-        #expect(await proxy.waitForLine(containing: "bridge spliced", timeout: 5) != nil)
+        if engine == "nio" { #expect(await proxy.waitForLine(containing: "bridge spliced", timeout: 5) != nil) }
 
         let second = try TestSocket.connect(port: proxy.port)
         let end = await second.waitForEnd(timeout: 3)
@@ -136,8 +143,11 @@ struct SpliceTests {
         #expect(try third.recvExactly(4, timeout: 5) == bytes("pong"), "the slot is free once the bridge ended")
     }
 
-    @Test("--splice auto: a bulk upload to a slow reader moves to splice without pausing the other direction")
-    func handoverDoesNotPauseTheOtherDirection() async throws {
+    @Test(
+        "--splice auto: a bulk upload to a slow reader moves to splice without pausing the other direction",
+        arguments: ["nio", "direct"]
+    )
+    func handoverDoesNotPauseTheOtherDirection(engine: String) async throws {
         // The server reads slowly (about 1.6 MB/s) and sends a byte every 20 ms the whole time.
         let server = try TestServer { socket, _, server in
             let ticker = Thread {
@@ -155,7 +165,10 @@ struct SpliceTests {
             server.recordEnd(end)
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--splice", "auto", "--log-level", "debug"])
+        let proxy = try await ProxyProcess.forward(
+            to: server.port,
+            ["--engine", engine, "--splice", "auto", "--log-level", "debug"]
+        )
         defer { proxy.kill() }
 
         let client = try TestSocket.connect(port: proxy.port)

@@ -1,7 +1,7 @@
-// The few Linux calls the splice data path needs that Swift's Glibc module does not import (it is
-// built without _GNU_SOURCE): splice(2), pipe sizes, epoll and eventfd. Each is a thin wrapper that
+// The few Linux calls the direct engine needs that Swift's Glibc module does not import (it is
+// built without _GNU_SOURCE): splice(2), pipe sizes, epoll, eventfd, accept4 and non-blocking sockets. Each is a thin wrapper that
 // returns -1 and leaves errno set on failure, as the call it wraps does. On other systems every
-// function fails with ENOSYS, so the Swift side simply never splices there.
+// function fails with ENOSYS, so the Swift side simply stays on NIO there.
 #ifndef C_TCPPROXY_LINUX_H
 #define C_TCPPROXY_LINUX_H
 
@@ -30,6 +30,25 @@ ssize_t CTCPProxyLinux_splice(int from, int to, size_t length);
 /// A non-blocking, close-on-exec pipe whose capacity is set to at least `size` bytes if the system
 /// allows (F_SETPIPE_SZ). Returns the capacity it has (F_GETPIPE_SZ), or -1.
 int CTCPProxyLinux_pipe(int fds[2], int size);
+
+struct sockaddr;
+
+/// A listening TCP socket for the direct engine: non-blocking, close-on-exec, SO_REUSEADDR and
+/// TCP_NODELAY (accepted sockets inherit it), bound to `address` and listening with `backlog`.
+/// Returns the descriptor, or -1 with errno set by the call that failed.
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog);
+
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC; the peer's address goes into `address` (at most
+/// `*length` bytes; `*length` becomes its size).
+int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *length);
+
+/// A non-blocking, close-on-exec TCP socket with TCP_NODELAY, connecting to `address`. Returns the
+/// descriptor (the connect is in progress, or done when `*connected` is 1), or -1 with errno set.
+int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected);
+
+/// Registers a listening socket, level-triggered and EPOLLEXCLUSIVE (one engine wakes per connection),
+/// for EPOLLIN, reported with `token`.
+int CTCPProxyLinux_epollAddListener(int epoll, int fd, uint64_t token);
 
 /// epoll_create1(EPOLL_CLOEXEC).
 int CTCPProxyLinux_epollCreate(void);

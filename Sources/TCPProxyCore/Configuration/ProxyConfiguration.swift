@@ -121,6 +121,8 @@ public struct BridgeConfiguration: Sendable, Hashable {
     public var sendProxyHeader: ProxyProtocolVersion? = nil
     /// When a bridge's bytes move through the kernel with splice(2) instead of through NIO (`--splice`).
     public var splice: SpliceMode = .auto
+    /// What serves the bridges: the direct engine or NIO (`--engine`).
+    public var engine: EngineMode = .auto
 
     public init() {}
 

@@ -1,6 +1,6 @@
 import NIOCore
 
-/// How a spliced bridge ended, for the ``Bridge`` that handed it over.
+/// How a bridge handed over by NIO ended, for the ``Bridge`` that handed it over.
 struct DirectBridgeEnd: Sendable {
     var reason: CloseReason
     /// Bytes read from the client over the bridge's whole life (NIO part included).
@@ -29,27 +29,60 @@ struct DirectHandover {
     var onEnd: @Sendable (DirectBridgeEnd) -> Void
 }
 
-/// A bridge the splice engine owns: two sockets (duplicates of the ones NIO had, which NIO has closed),
-/// two pipes, the flows between them, and the bridge's timeouts.
+/// A bridge the direct engine owns: two sockets, the flows between them (through pipes with splice(2), or
+/// through user-space memory with read(2)/write(2)), and the bridge's timeouts.
 ///
-/// Built from a ``DirectHandover`` and from then on touched only by the engine's thread, so it needs no
-/// locks; the data path allocates nothing and logs nothing.
+/// It either came from a NIO ``Bridge`` that carried bulk (a ``DirectHandover``: sockets duplicated from
+/// NIO's, pipes made) or was accepted by the engine itself (``DirectAcceptor``: it starts connecting,
+/// then copies, and moves to pipes when it carries bulk). From then on only the engine's thread touches
+/// it, so it needs no locks; the data path allocates nothing and logs nothing.
 final class DirectBridge {
     typealias Side = BridgeStateMachine.Side
+
+    /// Whether the server connection is up yet (only accepted bridges connect).
+    enum Phase {
+        case connecting
+        case forwarding
+    }
+
+    /// Where the bytes wait between the sockets.
+    enum Transport {
+        /// User space: read(2) into the engine's scratch buffer, write(2) on at once.
+        case copy(upstream: CopyBuffer, downstream: CopyBuffer)
+        /// The kernel: splice(2) through a pipe per direction.
+        case splice(upstream: SplicePipe, downstream: SplicePipe)
+    }
+
+    /// Who is told when the bridge ends.
+    enum Origin {
+        case handover(@Sendable (DirectBridgeEnd) -> Void)
+        case accepted(DirectAcceptor)
+    }
 
     let id: UInt64
     private var client: CInt
     private var server: CInt
-    private let upstreamPipe: SplicePipe
-    private let downstreamPipe: SplicePipe
+    private(set) var phase: Phase
+    private(set) var transport: Transport
+    /// Copy path with `--splice auto`: watches for bulk.
+    private var spliceTrigger: SpliceTrigger?
     private var state: DirectLinkState
     private var timeouts: BridgeTimeouts
     private var reporter: ByteCountReporter
     private let metrics: ProxyMetrics?
-    private let baseUpstream: UInt64
-    private let baseDownstream: UInt64
-    private let onEnd: @Sendable (DirectBridgeEnd) -> Void
+    private var baseUpstream: UInt64
+    private var baseDownstream: UInt64
+    let origin: Origin
+    private let highWaterMark: Int
     let drain: DrainSignal?
+    /// When the bridge began (for the duration in its log line).
+    let startTime: NIODeadline
+    /// Until when the server connection may take (while connecting).
+    private var connectDeadline: NIODeadline?
+    /// Whether each side's peer is known to have sent its FIN (an event said so): its socket is then read
+    /// until EOF, since a short read may leave the FIN unread with no further edge.
+    private var clientPeerClosed = false
+    private var serverPeerClosed = false
 
     /// When the timeouts are sampled next; `nil` while the timer is stopped (no timeout on, or nothing
     /// held and nothing moving).
@@ -64,20 +97,66 @@ final class DirectBridge {
     /// Whether it waits in the engine's list of bridges to pump again.
     var isQueued = false
 
+    /// A bridge NIO hands over, its sockets connected and its pipes made.
     init(_ handover: DirectHandover) {
         self.id = handover.id
         self.client = handover.client
         self.server = handover.server
-        self.upstreamPipe = handover.upstreamPipe
-        self.downstreamPipe = handover.downstreamPipe
+        self.phase = .forwarding
+        self.transport = .splice(upstream: handover.upstreamPipe, downstream: handover.downstreamPipe)
         self.state = handover.state
         self.timeouts = handover.timeouts
         self.reporter = handover.reporter
         self.metrics = handover.metrics
         self.baseUpstream = handover.bytesUpstream
         self.baseDownstream = handover.bytesDownstream
-        self.onEnd = handover.onEnd
+        self.origin = .handover(handover.onEnd)
         self.drain = handover.drain
+        self.highWaterMark = handover.state.upstream.capacity
+        self.startTime = .now()
+    }
+
+    /// A bridge the engine accepted: `client` is the accepted socket, `server` a socket connecting (or,
+    /// when `connected`, connected) to the target.
+    init(
+        id: UInt64,
+        client: CInt,
+        server: CInt,
+        connected: Bool,
+        acceptor: DirectAcceptor,
+        now: NIODeadline
+    ) {
+        let configuration = acceptor.configuration
+        self.id = id
+        self.client = client
+        self.server = server
+        self.phase = connected ? .forwarding : .connecting
+        let capacity = configuration.highWaterMark
+        self.highWaterMark = capacity
+        if configuration.splice == .always, let pipes = Self.makePipes(capacity) {
+            self.transport = .splice(upstream: pipes.upstream, downstream: pipes.downstream)
+            self.state = DirectLinkState(
+                upstream: DirectFlow(capacity: min(capacity, pipes.upstream.capacity)),
+                downstream: DirectFlow(capacity: min(capacity, pipes.downstream.capacity))
+            )
+        } else {
+            self.transport = .copy(upstream: CopyBuffer(capacity: capacity), downstream: CopyBuffer(capacity: capacity))
+            self.spliceTrigger = configuration.splice == .auto ? SpliceTrigger(highWaterMark: capacity) : nil
+            self.state = DirectLinkState(upstream: DirectFlow(capacity: capacity), downstream: DirectFlow(capacity: capacity))
+        }
+        self.timeouts = BridgeTimeouts(
+            stallTimeout: configuration.stallTimeout,
+            idleTimeout: configuration.idleTimeout,
+            now: now
+        )
+        self.reporter = ByteCountReporter()
+        self.metrics = acceptor.metrics
+        self.baseUpstream = 0
+        self.baseDownstream = 0
+        self.origin = .accepted(acceptor)
+        self.drain = acceptor.drainSignal
+        self.startTime = now
+        self.connectDeadline = connected ? nil : now + configuration.connectTimeout
     }
 
     var bytesUpstream: UInt64 { self.baseUpstream &+ self.state.upstream.moved }
@@ -86,6 +165,35 @@ final class DirectBridge {
     /// This side's socket, -1 once closed.
     func descriptor(_ side: Side) -> CInt {
         side == .client ? self.client : self.server
+    }
+
+    /// Whether bytes pass through user space (then every socket stays registered for everything, and
+    /// nothing is re-registered: epoll_ctl once per socket).
+    var isCopying: Bool {
+        if case .copy = self.transport { return true }
+        return false
+    }
+
+    /// An event reported the peer's FIN (or a hangup) on `side`.
+    func peerClosed(_ side: Side) {
+        if side == .client { self.clientPeerClosed = true } else { self.serverPeerClosed = true }
+    }
+
+    /// Bytes held for `side`'s socket, not yet written to it.
+    func heldFor(_ side: Side) -> Int {
+        side == .client ? self.state.downstream.held : self.state.upstream.held
+    }
+
+    // MARK: Connecting
+
+    /// The server socket reported readiness while connecting: the connect is done, one way or the other.
+    /// - Returns: the connect's error (`errno`), or `nil` when it succeeded and the bridge now forwards.
+    func finishConnect(now: NIODeadline) -> CInt? {
+        let error = LinuxSocketOptions.pendingError(descriptor: self.server)
+        guard error == 0 else { return error }
+        self.phase = .forwarding
+        self.connectDeadline = nil
+        return nil
     }
 
     // MARK: Moving bytes
@@ -101,15 +209,30 @@ final class DirectBridge {
     }
 
     /// Moves what can move in `direction`, then closes sockets that are done.
-    func pump(_ direction: Direction) -> PumpResult {
+    func pump(_ direction: Direction, scratch: CopyScratch) -> PumpResult {
+        guard self.phase == .forwarding else { return .blocked }
         let outcome: DirectFlow.Outcome
-        switch direction {
-        case .upstream:
-            let io = SpliceDirectionIO(source: self.client, pipe: self.upstreamPipe, sink: self.server)
-            outcome = self.state.upstream.pump(io)
-        case .downstream:
-            let io = SpliceDirectionIO(source: self.server, pipe: self.downstreamPipe, sink: self.client)
-            outcome = self.state.downstream.pump(io)
+        switch (self.transport, direction) {
+        case (.splice(let upstream, _), .upstream):
+            outcome = self.state.upstream.pump(SpliceDirectionIO(source: self.client, pipe: upstream, sink: self.server))
+        case (.splice(_, let downstream), .downstream):
+            outcome = self.state.downstream.pump(
+                SpliceDirectionIO(source: self.server, pipe: downstream, sink: self.client)
+            )
+        case (.copy(let upstream, _), .upstream):
+            let before = self.state.upstream.moved
+            outcome = self.state.upstream.pump(
+                CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch),
+                stopAtShortRead: !self.clientPeerClosed
+            )
+            self.watchForBulk(Int(truncatingIfNeeded: self.state.upstream.moved &- before), .upstream)
+        case (.copy(_, let downstream), .downstream):
+            let before = self.state.downstream.moved
+            outcome = self.state.downstream.pump(
+                CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch),
+                stopAtShortRead: !self.serverPeerClosed
+            )
+            self.watchForBulk(Int(truncatingIfNeeded: self.state.downstream.moved &- before), .downstream)
         }
         if let reason = DirectLinkState.failure(outcome, in: direction) {
             return .end(reason)
@@ -124,6 +247,35 @@ final class DirectBridge {
                 return .end(reason)
             }
         }
+    }
+
+    /// `--splice auto` on the copy path: a bridge that carries bulk moves to pipes once nothing is held
+    /// in user space. Without pipes (descriptors or pipe quota used up) it stays on the copy path.
+    private func watchForBulk(_ count: Int, _ direction: Direction) {
+        guard count > 0, var trigger = self.spliceTrigger else { return }
+        let isBulk = trigger.read(count, direction)
+        self.spliceTrigger = trigger
+        guard isBulk, self.state.upstream.held == 0, self.state.downstream.held == 0 else { return }
+        self.spliceTrigger = nil
+        guard let pipes = Self.makePipes(self.highWaterMark) else { return }
+        if case .copy(let up, let down) = self.transport {
+            up.discard()
+            down.discard()
+        }
+        self.transport = .splice(upstream: pipes.upstream, downstream: pipes.downstream)
+        self.state.upstream.resize(min(self.highWaterMark, pipes.upstream.capacity))
+        self.state.downstream.resize(min(self.highWaterMark, pipes.downstream.capacity))
+        if case .accepted(let acceptor) = self.origin { acceptor.spliced(self) }
+    }
+
+    /// A pipe per direction, or `nil` (descriptors or pipe quota used up).
+    private static func makePipes(_ size: Int) -> (upstream: SplicePipe, downstream: SplicePipe)? {
+        guard let upstream = SplicePipe.make(size: size) else { return nil }
+        guard let downstream = SplicePipe.make(size: size) else {
+            upstream.close()
+            return nil
+        }
+        return (upstream, downstream)
     }
 
     /// What `side`'s socket must be watched for now (see ``DirectLinkState/interest(_:)``).
@@ -148,13 +300,16 @@ final class DirectBridge {
     }
 
     /// Whether a timeout is on but its timer stopped (checked before reading the clock).
-    var timerIsStopped: Bool { self.nextTick == nil && self.timeouts.isEnabled }
+    var timerIsStopped: Bool { self.nextTick == nil && self.timeouts.isEnabled && self.phase == .forwarding }
 
-    /// Samples the timeouts if their tick is due, and checks the drain deadline.
+    /// Samples the timeouts if their tick is due, and checks the drain and connect deadlines.
     /// - Returns: the reason to end the bridge, if one fired.
     func tick(now: NIODeadline) -> CloseReason? {
         if let drainDeadline, now >= drainDeadline {
             return .drainTimeout
+        }
+        if let connectDeadline, now >= connectDeadline {
+            return .connectTimeout
         }
         guard let nextTick, now >= nextTick else { return nil }
         let decision = self.timeouts.tick(
@@ -178,16 +333,11 @@ final class DirectBridge {
 
     /// The earliest moment this bridge needs the engine to wake up for.
     var nextDeadline: NIODeadline? {
-        switch (self.nextTick, self.drainDeadline) {
-        case (let tick?, let drain?): min(tick, drain)
-        case (let tick?, nil): tick
-        case (nil, let drain?): drain
-        case (nil, nil): nil
-        }
+        [self.nextTick, self.drainDeadline, self.connectDeadline].lazy.compactMap { $0 }.min()
     }
 
-    /// What a direction holds (its pipe) and what its sink's peer has acknowledged: the stall timeout
-    /// judges progress at the socket, as on the NIO path.
+    /// What a direction holds and what its sink's peer has acknowledged: the stall timeout judges
+    /// progress at the socket, as on the NIO path.
     private func sample(_ direction: Direction) -> BridgeTimeouts.Sample {
         let flow = direction == .upstream ? self.state.upstream : self.state.downstream
         let sink = direction == .upstream ? self.server : self.client
@@ -217,23 +367,34 @@ final class DirectBridge {
     }
 
     /// Closes everything still open (with a reset towards peers still connected when the reason is
-    /// abortive, SPEC §2 rule 6b), reports the last bytes, and tells the bridge.
+    /// abortive, SPEC §2 rule 6b), reports the last bytes, and tells whoever started the bridge.
     func end(_ reason: CloseReason) {
         for side in [Side.client, .server] where self.descriptor(side) >= 0 {
             if reason.isAbortive { LinuxSocketOptions.setResetOnClose(descriptor: self.descriptor(side)) }
             self.closeSocket(side)
         }
-        self.upstreamPipe.close()
-        self.downstreamPipe.close()
+        switch self.transport {
+        case .splice(let upstream, let downstream):
+            upstream.close()
+            downstream.close()
+        case .copy(let upstream, let downstream):
+            upstream.discard()
+            downstream.discard()
+        }
         self.reporter.report(upstream: self.bytesUpstream, downstream: self.bytesDownstream, to: self.metrics)
-        self.onEnd(
-            DirectBridgeEnd(
-                reason: reason,
-                bytesUpstream: self.bytesUpstream,
-                bytesDownstream: self.bytesDownstream,
-                reporter: self.reporter
+        switch self.origin {
+        case .handover(let onEnd):
+            onEnd(
+                DirectBridgeEnd(
+                    reason: reason,
+                    bytesUpstream: self.bytesUpstream,
+                    bytesDownstream: self.bytesDownstream,
+                    reporter: self.reporter
+                )
             )
-        )
+        case .accepted(let acceptor):
+            acceptor.bridgeEnded(self, reason: reason, now: .now())
+        }
     }
 }
 

@@ -12,15 +12,17 @@ import Musl
 import Darwin
 #endif
 
-/// The thread that moves the bytes of spliced bridges: its own epoll (edge-triggered), an eventfd for
-/// commands, and for each bridge two pipes between its sockets (docs/BRIDGE.md, "The splice path").
+/// A thread that serves bridges off NIO: its own epoll (edge-triggered for bridges), an eventfd for
+/// commands, and per bridge two sockets with either pipes (splice(2)) or user-space buffers (read(2) and
+/// write(2)) between them (docs/BRIDGE.md, "The direct engine").
 ///
-/// Bridges come in through ``add(_:)`` from any event loop; from then on only this thread touches them.
-/// Every event is a few splice(2) calls; nothing is allocated, locked or logged per chunk. Timeouts are
-/// sampled on the epoll timeout, at the nearest deadline of any bridge.
+/// Bridges come in two ways: NIO hands over one that carries bulk (``add(_:)``, on ``shared``), or an
+/// engine of the ``pool(count:)`` accepts it itself from a listening socket (``addListener(_:)``).
+/// From then on only this thread touches them. Nothing is allocated, locked or logged per chunk. Timeouts
+/// are sampled on the epoll timeout, at the nearest deadline of any bridge.
 final class DirectEngine: Sendable {
-    /// The process's engine, started by the first bridge that splices; `nil` if it cannot start (no
-    /// epoll, or not Linux): then every bridge stays on NIO.
+    /// The engine NIO bridges hand bulk to, started by the first bridge that splices; `nil` if it cannot
+    /// start (no epoll, or not Linux): then every bridge stays on NIO.
     static let shared: DirectEngine? = {
         let engine = DirectEngine()
         if engine != nil { DirectEngine.isStarted.store(true, ordering: .releasing) }
@@ -34,9 +36,32 @@ final class DirectEngine: Sendable {
         Self.isStarted.load(ordering: .acquiring) ? Self.shared : nil
     }
 
+    /// Engines that accept for direct listeners, one per `--threads`, made as the first listener asks.
+    private static let poolEngines = NIOLockedValueBox<[DirectEngine]>([])
+
+    /// `count` engines for direct listeners (shared by every listener of the process); `nil` if they
+    /// cannot start.
+    static func pool(count: Int) -> [DirectEngine]? {
+        Self.poolEngines.withLockedValue { engines in
+            while engines.count < count {
+                guard let engine = DirectEngine() else { return nil }
+                engines.append(engine)
+            }
+            return Array(engines.prefix(count))
+        }
+    }
+
+    /// Every engine that runs: a listener's drain deadline concerns them all.
+    static func notifyDrainChanged() {
+        Self.startedEngine?.drainChanged()
+        for engine in Self.poolEngines.withLockedValue({ $0 }) { engine.drainChanged() }
+    }
+
     private enum Command: Sendable {
         case add(DirectHandover)
         case drainChanged
+        case addListener(DirectAcceptor)
+        case removeListener(DirectAcceptor, done: @Sendable () -> Void)
     }
 
     private let epoll: CInt
@@ -78,6 +103,19 @@ final class DirectEngine: Sendable {
         self.send(.add(handover))
     }
 
+    /// Starts accepting from `acceptor`'s socket (with every other engine it is added to: the kernel wakes
+    /// one of them per connection).
+    func addListener(_ acceptor: DirectAcceptor) {
+        self.send(.addListener(acceptor))
+    }
+
+    /// Stops accepting from `acceptor`'s socket; returns once this engine no longer watches it.
+    func removeListener(_ acceptor: DirectAcceptor) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            self.send(.removeListener(acceptor, done: { continuation.resume() }))
+        }
+    }
+
     /// A listener began draining: look at the bridges' drain deadlines again.
     func drainChanged() {
         self.send(.drainChanged)
@@ -89,6 +127,8 @@ final class DirectEngine: Sendable {
     }
 
     fileprivate static let wakeUpToken = UInt64.max
+    /// Listening sockets' tokens: this bit and the listener's index (bridge tokens never have it).
+    fileprivate static let listenerTokenBit: UInt64 = 1 << 63
 
     /// The engine thread's state and loop. A named type, so stack dumps read well.
     private struct DirectEngineLoop {
@@ -105,6 +145,12 @@ final class DirectEngine: Sendable {
         private var requeued: [DirectBridge] = []
         /// The earliest timer or drain deadline of any bridge.
         private var nextWake: NIODeadline?
+        /// Where copying bridges read to.
+        private let scratch = CopyScratch()
+        /// Listening sockets this engine accepts from, by index (`nil`: removed).
+        private var listeners: [DirectAcceptor?] = []
+        /// Listeners taken out of epoll for a moment because descriptors ran out, and when to put them back.
+        private var pausedListeners: [(index: Int, until: NIODeadline)] = []
 
         init(epoll: CInt, wakeUp: CInt, activeCount: ManagedAtomic<Int>) {
             self.epoll = epoll
@@ -137,6 +183,8 @@ final class DirectEngine: Sendable {
                     if event.token == DirectEngine.wakeUpToken {
                         CTCPProxyLinux_eventDrain(self.wakeUp)
                         for command in takeCommands() { self.perform(command) }
+                    } else if event.token & DirectEngine.listenerTokenBit != 0 {
+                        self.acceptClients(Int(event.token & ~DirectEngine.listenerTokenBit))
                     } else {
                         self.handle(event)
                     }
@@ -159,7 +207,65 @@ final class DirectEngine: Sendable {
                     bridge.drainDeadline = bridge.drain?.deadline
                     self.wake(at: bridge.nextDeadline)
                 }
+            case .addListener(let acceptor):
+                self.scratch.reserve(acceptor.configuration.highWaterMark)
+                let index = self.listeners.count
+                self.listeners.append(acceptor)
+                let token = DirectEngine.listenerTokenBit | UInt64(index)
+                if CTCPProxyLinux_epollAddListener(self.epoll, acceptor.descriptor, token) != 0 {
+                    acceptor.cannotWatch(errno: errno)
+                }
+            case .removeListener(let acceptor, let done):
+                if let index = self.listeners.firstIndex(where: { $0 === acceptor }) {
+                    _ = CTCPProxyLinux_epollRemove(self.epoll, acceptor.descriptor)
+                    self.listeners[index] = nil
+                    self.pausedListeners.removeAll { $0.index == index }
+                }
+                done()
             }
+        }
+
+        // MARK: Accepting
+
+        /// How many clients one wakeup accepts before the engine serves its bridges again (the listening
+        /// socket is level-triggered: the rest are reported at the next poll).
+        private static let acceptBatch = 32
+
+        private mutating func acceptClients(_ index: Int) {
+            guard index < self.listeners.count, let acceptor = self.listeners[index] else { return }
+            for _ in 0..<Self.acceptBatch {
+                switch acceptor.acceptClient(now: NIODeadline.now()) {
+                case .none:
+                    return
+                case .handled:
+                    continue
+                case .bridge(let bridge):
+                    self.add(bridge)
+                case .descriptorsExhausted:
+                    // Level-triggered, the socket would wake the engine at once again: rest it a moment.
+                    _ = CTCPProxyLinux_epollRemove(self.epoll, acceptor.descriptor)
+                    let until = NIODeadline.now() + .milliseconds(100)
+                    self.pausedListeners.append((index, until))
+                    self.wake(at: until)
+                    return
+                }
+            }
+        }
+
+        private mutating func resumePausedListeners(now: NIODeadline) {
+            guard !self.pausedListeners.isEmpty else { return }
+            var stillPaused: [(index: Int, until: NIODeadline)] = []
+            for paused in self.pausedListeners {
+                guard let acceptor = self.listeners[paused.index] else { continue }
+                if now >= paused.until {
+                    let token = DirectEngine.listenerTokenBit | UInt64(paused.index)
+                    _ = CTCPProxyLinux_epollAddListener(self.epoll, acceptor.descriptor, token)
+                } else {
+                    stillPaused.append(paused)
+                    self.wake(at: paused.until)
+                }
+            }
+            self.pausedListeners = stillPaused
         }
 
         private mutating func add(_ bridge: DirectBridge) {
@@ -175,7 +281,9 @@ final class DirectEngine: Sendable {
             bridge.slot = slot
             self.activeCount.wrappingIncrement(ordering: .relaxed)
             for side in [BridgeStateMachine.Side.client, .server] where bridge.descriptor(side) >= 0 {
-                let events = Self.events(bridge.interest(side))
+                // A copying bridge is registered once for everything: with edge triggers, readiness it has
+                // no use for costs a rare wakeup, and changing the registration a call every time.
+                let events = bridge.isCopying ? Self.allEvents : Self.events(bridge.interest(side))
                 if CTCPProxyLinux_epollAdd(self.epoll, bridge.descriptor(side), events, self.token(slot, side)) != 0 {
                     // Cannot happen for a valid socket; the bridge cannot go on without it.
                     self.end(bridge, side == .client ? .clientReset : .serverReset)
@@ -184,12 +292,40 @@ final class DirectEngine: Sendable {
                 if side == .client { bridge.clientEvents = events } else { bridge.serverEvents = events }
             }
             bridge.drainDeadline = bridge.drain?.deadline
-            let now = NIODeadline.now()
-            self.wake(at: bridge.startTimerIfStopped(now: now))
             self.wake(at: bridge.drainDeadline)
-            // Bytes may have arrived between NIO's last read and the registration.
+            self.wake(at: bridge.nextDeadline)
+            if bridge.phase == .forwarding {
+                self.startForwarding(bridge)
+            }
+        }
+
+        /// Both sockets are connected: start the timer and move what is waiting (bytes may have arrived
+        /// between NIO's last read and the registration, or while the server connection was made).
+        private mutating func startForwarding(_ bridge: DirectBridge) {
+            self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
             for direction in [Direction.upstream, .downstream] {
                 guard self.pump(bridge, direction) else { return }
+            }
+        }
+
+        /// A connecting bridge's event: the server socket's readiness ends the connect; the client's
+        /// bytes wait in its socket (SPEC §2 rule 2) unless it went away.
+        private mutating func handleConnecting(_ bridge: DirectBridge, _ side: BridgeStateMachine.Side, _ events: UInt32) {
+            let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
+            switch side {
+            case .client:
+                if events & failure != 0 {
+                    self.end(bridge, .clientReset)
+                }
+            case .server:
+                guard events & (CTCPProxyLinux_EPOLLOUT | failure) != 0 else { return }
+                if let error = bridge.finishConnect(now: NIODeadline.now()) {
+                    if case .accepted(let acceptor) = bridge.origin { acceptor.connectFailed(bridge, errno: error) }
+                    self.end(bridge, .connectFailed)
+                    return
+                }
+                if case .accepted(let acceptor) = bridge.origin { acceptor.connected(bridge) }
+                self.startForwarding(bridge)
             }
         }
 
@@ -207,6 +343,13 @@ final class DirectEngine: Sendable {
             let side: BridgeStateMachine.Side = event.token & 1 == 0 ? .client : .server
             guard bridge.descriptor(side) >= 0 else { return }
             let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
+            if event.events & (CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP) != 0 {
+                bridge.peerClosed(side)
+            }
+            if bridge.phase == .connecting {
+                self.handleConnecting(bridge, side, event.events)
+                return
+            }
             if event.events & CTCPProxyLinux_EPOLLERR != 0, let reason = bridge.checkError(on: side) {
                 self.end(bridge, reason)
                 return
@@ -224,7 +367,9 @@ final class DirectEngine: Sendable {
             if event.events & readable != 0 {
                 guard self.pump(bridge, from, dropping: unused, on: side) else { return }
             }
-            if event.events & writable != 0 {
+            // A copying bridge's writable socket matters only while bytes wait for it; there is nothing to
+            // drop either (it stays registered for everything).
+            if event.events & writable != 0 && (!bridge.isCopying || bridge.heldFor(side) > 0) {
                 _ = self.pump(bridge, from == .upstream ? .downstream : .upstream, dropping: unused, on: side)
             }
         }
@@ -238,7 +383,7 @@ final class DirectEngine: Sendable {
             on side: BridgeStateMachine.Side = .client
         ) -> Bool {
             let before = bridge.trafficBytes
-            let result = bridge.pump(direction)
+            let result = bridge.pump(direction, scratch: self.scratch)
             if bridge.timerIsStopped, bridge.trafficBytes != before {
                 self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
             }
@@ -259,6 +404,8 @@ final class DirectEngine: Sendable {
             }
         }
 
+        private static let allEvents = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLOUT
+
         private static func events(_ interest: (readable: Bool, writable: Bool)) -> UInt32 {
             (interest.readable ? CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP : 0)
                 | (interest.writable ? CTCPProxyLinux_EPOLLOUT : 0)
@@ -267,6 +414,7 @@ final class DirectEngine: Sendable {
         /// Registers each open socket for what it needs now that it is not registered for yet, and drops
         /// from `side` the `unused` readiness that woke the engine for nothing (unless it is needed again).
         private func updateInterest(_ bridge: DirectBridge, dropping unused: UInt32, on side: BridgeStateMachine.Side) {
+            guard !bridge.isCopying else { return }
             let wantedByClient = Self.events(bridge.interest(.client))
             let client = (bridge.clientEvents | wantedByClient) & ~(side == .client ? unused & ~wantedByClient : 0)
             if client != bridge.clientEvents, bridge.descriptor(.client) >= 0 {
@@ -314,6 +462,7 @@ final class DirectEngine: Sendable {
         private mutating func tickAll() {
             let now = NIODeadline.now()
             self.nextWake = nil
+            self.resumePausedListeners(now: now)
             for case let bridge? in self.slots {
                 if let reason = bridge.tick(now: now) {
                     self.end(bridge, reason)
@@ -329,7 +478,8 @@ final class DirectEngine: Sendable {
             bridge.slot = -1
             self.slots[slot] = nil
             self.generations[slot] &+= 1
-            self.generations[slot] &= 0x7FFF_FFFF
+            // 30 bits: a bridge token never has the listener bit (63).
+            self.generations[slot] &= 0x3FFF_FFFF
             self.freeSlots.append(slot)
             self.activeCount.wrappingDecrement(ordering: .relaxed)
             bridge.end(reason)

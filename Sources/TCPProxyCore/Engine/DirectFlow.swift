@@ -21,9 +21,10 @@ protocol FlowIO {
     func shutdownSink() -> CInt?
 }
 
-/// One direction of a spliced bridge: source socket → pipe → sink socket (SPEC §2, without I/O).
+/// One direction of a direct-engine bridge: source socket → buffer (a pipe, or user-space memory) → sink
+/// socket (SPEC §2, without I/O).
 ///
-/// The pipe is the direction's whole buffer. The flow never asks the source for more than the pipe has
+/// The buffer is all the direction holds. The flow never asks the source for more than the buffer has
 /// room for, so a sink that stops reading stops the source within `capacity` bytes (rule 4). EOF from the
 /// source becomes `SHUT_WR` on the sink once the pipe is empty (rule 5).
 struct DirectFlow: Equatable {
@@ -40,8 +41,8 @@ struct DirectFlow: Equatable {
         case sinkFailed
     }
 
-    /// Most bytes the pipe may hold: the high-water mark, or the pipe's capacity if that is smaller.
-    let capacity: Int
+    /// Most bytes the buffer may hold: the high-water mark, or the pipe's capacity if that is smaller.
+    private(set) var capacity: Int
     /// Bytes in the pipe: read from the source, not yet written to the sink.
     private(set) var held = 0
     /// Bytes read from the source since the bridge was spliced.
@@ -60,6 +61,12 @@ struct DirectFlow: Equatable {
         self.sinkShut = ended
     }
 
+    /// The flow moves to a buffer of another size (copy → pipe), with nothing held.
+    mutating func resize(_ capacity: Int) {
+        precondition(self.held == 0, "a flow changes buffers only when it holds nothing")
+        self.capacity = capacity
+    }
+
     /// EOF passed on and nothing left to write: this direction is done.
     var isFinished: Bool { self.sourceEnded && self.sinkShut }
 
@@ -68,15 +75,23 @@ struct DirectFlow: Equatable {
     /// Each round reads what the pipe has room for, then writes what the pipe holds. Edge-triggered
     /// readiness is only re-armed by `EAGAIN`, so a pump that stops for any other reason reports
     /// ``Outcome/yielded`` and must be run again.
-    mutating func pump(_ io: some FlowIO, rounds: Int = 16) -> Outcome {
+    ///
+    /// With `stopAtShortRead`, a read that returns less than it asked for ends reading for this pump: the
+    /// socket's receive queue was empty at that moment, so any later byte raises a new edge. (Not for
+    /// splice, which also stops short when the pipe runs out of slots; not once the peer's FIN was seen,
+    /// which a short read may leave unread without a new edge.)
+    mutating func pump(_ io: some FlowIO, rounds: Int = 16, stopAtShortRead: Bool = false) -> Outcome {
+        var sourceDrained = false
         for _ in 0..<rounds {
             var progress = false
-            if !self.sourceEnded && self.held < self.capacity {
-                switch io.fill(max: self.capacity - self.held) {
+            if !self.sourceEnded && !sourceDrained && self.held < self.capacity {
+                let room = self.capacity - self.held
+                switch io.fill(max: room) {
                 case .moved(let count):
                     self.held += count
                     self.moved &+= UInt64(count)
                     progress = true
+                    sourceDrained = stopAtShortRead && count < room
                 case .endOfStream:
                     self.sourceEnded = true
                     progress = true

@@ -22,6 +22,6 @@ final class DrainSignal: Sendable {
         guard let timeout else { return }
         let deadline = NIODeadline.now() + timeout
         self.deadlineNanoseconds.store(deadline.uptimeNanoseconds, ordering: .relaxed)
-        DirectEngine.startedEngine?.drainChanged()
+        DirectEngine.notifyDrainChanged()
     }
 }

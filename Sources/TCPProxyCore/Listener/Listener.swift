@@ -10,15 +10,15 @@ import ServiceLifecycle
 /// One listening socket and the bridges it accepts: a `Service` that runs until graceful shutdown,
 /// then stops accepting and lets open bridges finish within the drain timeout.
 public final class Listener: Service, Sendable {
-    private let configuration: ProxyConfiguration
-    private let group: EventLoopGroup
-    private let logger: Logger
-    private let activeBridges = AdmissionCounter()
-    private let nextBridgeID = ManagedAtomic<UInt64>(1)
+    let configuration: ProxyConfiguration
+    let group: EventLoopGroup
+    let logger: Logger
+    let activeBridges = AdmissionCounter()
+    let nextBridgeID = ManagedAtomic<UInt64>(1)
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
-    private let observers: Bridge.Observers
+    let observers: Bridge.Observers
     /// The drain deadline, for bridges that were handed to the splice engine.
-    private let spliceDrain = DrainSignal()
+    let spliceDrain = DrainSignal()
     /// With several targets or health checks: the targets and what is known of them.
     private let targetPool: TargetPool?
     private let healthChecker: HealthChecker?
@@ -69,7 +69,15 @@ public final class Listener: Service, Sendable {
     /// Open bridges right now.
     public var activeBridgeCount: Int { self.activeBridges.count }
 
+    func setBoundAddress(_ address: SocketAddress?) {
+        self.boundAddress.withLockedValue { $0 = address }
+    }
+
     public func run() async throws {
+        if let plan = self.directPlan() {
+            try await self.runDirect(target: plan.target, engines: plan.engines)
+            return
+        }
         if self.configuration.bridge.splice != .never {
             // Started now rather than by the first bulk bridge: the first handover is not slowed by it, and
             // the process's descriptor count at rest does not change later (the engine holds two).

@@ -23,6 +23,22 @@ enum ListenerDrain {
         active: () -> Int,
         beforeQuiescing: () -> Void = {}
     ) async {
+        await Self.run(bridge: bridge, logger: logger, active: active) {
+            beforeQuiescing()
+            let drained = group.next().makePromise(of: Void.self)
+            quiescing.initiateShutdown(promise: drained)
+            try? await drained.futureResult.get()
+        }
+    }
+
+    /// The same drain for a listener that stops accepting its own way (the direct engine's).
+    /// - Parameter stopAccepting: closes the listening socket and starts every open bridge's drain.
+    static func run(
+        bridge: BridgeConfiguration,
+        logger: Logger,
+        active: () -> Int,
+        stopAccepting: () async -> Void
+    ) async {
         logger.notice(
             "draining",
             metadata: [
@@ -30,10 +46,7 @@ enum ListenerDrain {
                 "drain.timeout": "\(bridge.drainTimeout.map { "\($0)" } ?? "none")",
             ]
         )
-        beforeQuiescing()
-        let drained = group.next().makePromise(of: Void.self)
-        quiescing.initiateShutdown(promise: drained)
-        try? await drained.futureResult.get()
+        await stopAccepting()
         // The quiescing helper watches client sockets only: a bridge may still be writing its last bytes to a
         // slow server, a stream its client's last bytes as credit comes.
         let limit = (bridge.drainTimeout ?? .zero) + (bridge.stallTimeout ?? .zero) + .seconds(5)

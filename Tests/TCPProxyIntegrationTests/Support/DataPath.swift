@@ -1,26 +1,45 @@
 import Foundation
 import Testing
 
-/// The two data paths a bridge can take; SPEC §2 tests run on both (`--splice never` and `--splice always`).
+/// The data paths a bridge can take; SPEC §2 tests run on each: NIO's channels (`--engine nio`), NIO with
+/// the splice engine (`--engine nio --splice always`), and the direct engine copying (`--engine direct
+/// --splice never`) or splicing (`--engine direct --splice always`).
 enum DataPath: String, CaseIterable, Sendable, CustomTestStringConvertible {
     /// Bytes pass through NIO's channels.
     case nio
-    /// The bridge is handed to the splice engine as soon as both sides are connected.
+    /// NIO hands the bridge to the splice engine as soon as both sides are connected.
     case splice
+    /// The direct engine accepts, connects and copies with read(2)/write(2).
+    case direct
+    /// The direct engine splices from the start.
+    case directSplice = "direct-splice"
 
-    /// The `--splice` option that selects this path.
+    /// The options that select this path.
     var arguments: [String] {
-        ["--splice", self == .nio ? "never" : "always"]
+        switch self {
+        case .nio: ["--engine", "nio", "--splice", "never"]
+        case .splice: ["--engine", "nio", "--splice", "always"]
+        case .direct: ["--engine", "direct", "--splice", "never"]
+        case .directSplice: ["--engine", "direct", "--splice", "always"]
+        }
     }
 
-    var testDescription: String { self == .nio ? "NIO path" : "splice path" }
+    var testDescription: String {
+        switch self {
+        case .nio: "NIO path"
+        case .splice: "splice path"
+        case .direct: "direct path"
+        case .directSplice: "direct splice path"
+        }
+    }
 
-    /// Both paths; `TCPPROXY_TEST_PATHS=nio` (or `splice`) runs the data-path tests on one only, e.g. to
-    /// compare a loaded machine's timing failures with the suite as it was before the splice path.
+    /// Every path; `TCPPROXY_TEST_PATHS=nio,direct` (any of the raw values) runs the data-path tests on
+    /// those only, e.g. to compare a loaded machine's timing failures between paths.
     static var allCases: [DataPath] {
-        guard let only = ProcessInfo.processInfo.environment["TCPPROXY_TEST_PATHS"] else { return [.nio, .splice] }
+        let every: [DataPath] = [.nio, .splice, .direct, .directSplice]
+        guard let only = ProcessInfo.processInfo.environment["TCPPROXY_TEST_PATHS"] else { return every }
         let paths = only.split(separator: ",").compactMap { DataPath(rawValue: String($0)) }
-        return paths.isEmpty ? [.nio, .splice] : paths
+        return paths.isEmpty ? every : paths
     }
 }
 

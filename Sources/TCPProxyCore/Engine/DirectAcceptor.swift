@@ -1,0 +1,230 @@
+import Atomics
+import CTCPProxyLinux
+import Logging
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A forward listener's socket as the direct engines serve it: accepts clients, admits or turns them away
+/// (`--allow`, `--max-connections`), starts each one's server connection, and logs and counts each
+/// bridge's life as a NIO ``Bridge`` does (the same log lines, metrics and close reasons).
+///
+/// Shared by the engines that watch its socket, so everything in it is immutable or atomic. The
+/// per-connection work allocates only the bridge and its two (empty) buffer records; client addresses
+/// are made only when `--allow` or an info-level log needs them.
+final class DirectAcceptor: Sendable {
+    /// The listening socket (non-blocking).
+    let descriptor: CInt
+    let configuration: BridgeConfiguration
+    let metrics: ProxyMetrics?
+    let drainSignal: DrainSignal
+    private let admission: AdmissionPolicy
+    private let activeBridges: AdmissionCounter
+    private let nextBridgeID: ManagedAtomic<UInt64>
+    private let target: SocketAddress
+    private let logger: Logger
+    /// Whether per-bridge events are logged (the level is info or lower).
+    private let logsBridges: Bool
+    /// Whether a client's address must be known at accept (`--allow`, or logs).
+    private let needsClientAddress: Bool
+
+    /// - Parameters:
+    ///   - descriptor: the listening socket; the caller closes it after every engine let go of it.
+    ///   - target: the server every client is bridged to.
+    ///   - nextBridgeID: the listener's bridge numbers.
+    init(
+        descriptor: CInt,
+        target: SocketAddress,
+        configuration: BridgeConfiguration,
+        admission: AdmissionPolicy,
+        activeBridges: AdmissionCounter,
+        nextBridgeID: ManagedAtomic<UInt64>,
+        metrics: ProxyMetrics?,
+        drainSignal: DrainSignal,
+        logger: Logger
+    ) {
+        self.descriptor = descriptor
+        self.target = target
+        self.configuration = configuration
+        self.admission = admission
+        self.activeBridges = activeBridges
+        self.nextBridgeID = nextBridgeID
+        self.metrics = metrics
+        self.drainSignal = drainSignal
+        self.logger = logger
+        self.logsBridges = logger.logLevel <= .info
+        self.needsClientAddress = self.logsBridges || !admission.allow.isEmpty
+    }
+
+    /// What one accept did.
+    enum AcceptResult {
+        /// No client is waiting (or the accept failed in a way that ends this round).
+        case none
+        /// A client was dealt with (turned away, or its connect failed at once); accept the next.
+        case handled
+        /// A client whose bridge the engine now takes.
+        case bridge(DirectBridge)
+        /// Descriptors ran out: stop accepting for a moment instead of spinning.
+        case descriptorsExhausted
+    }
+
+    /// Accepts one client and starts its bridge (on the calling engine's thread).
+    func acceptClient(now: NIODeadline) -> AcceptResult {
+        var storage = sockaddr_storage()
+        var length = UInt32(MemoryLayout<sockaddr_storage>.size)
+        let client = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                CTCPProxyLinux_accept(self.descriptor, $0, &length)
+            }
+        }
+        guard client >= 0 else {
+            let error = errno
+            switch error {
+            case EAGAIN, EWOULDBLOCK:
+                return .none
+            case EINTR, ECONNABORTED, EPROTO, EPERM:
+                return .handled
+            case EMFILE, ENFILE, ENOBUFS, ENOMEM:
+                self.logger.warning(
+                    "accept failed, pausing accepts for 100 ms",
+                    metadata: ["error": "\(Self.errorText(error))"]
+                )
+                return .descriptorsExhausted
+            default:
+                self.logger.warning("accept failed", metadata: ["error": "\(Self.errorText(error))"])
+                return .none
+            }
+        }
+        self.metrics?.accepted()
+        let address = self.needsClientAddress ? SocketAddress(storage: storage) : nil
+        let decision = self.activeBridges.admit(self.admission, address: address)
+        guard decision == .admit else {
+            let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
+            self.metrics?.rejected(reason)
+            self.logger.info(
+                "connection rejected",
+                metadata: ["client.address": "\(address.logDescription)", "close.reason": "\(reason)"]
+            )
+            closeDescriptor(client)
+            return .handled
+        }
+        let id = self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed)
+        self.metrics?.bridgeOpened()
+        if self.logsBridges {
+            self.logger.info(
+                "bridge accepted",
+                metadata: ["bridge.id": "\(id)", "client.address": "\(address.logDescription)"]
+            )
+        }
+        var connected: CInt = 0
+        let server = self.target.withSockAddr { address, size in
+            CTCPProxyLinux_connect(address, UInt32(size), &connected)
+        }
+        guard server >= 0 else {
+            // Refused at once (no route, descriptors exhausted): the client is closed as on any failed connect.
+            let error = errno
+            self.logConnectFailure(id: id, errno: error)
+            closeDescriptor(client)
+            self.finish(id: id, reason: .connectFailed, bytes: (0, 0), duration: .zero)
+            return .handled
+        }
+        return .bridge(
+            DirectBridge(id: id, client: client, server: server, connected: connected != 0, acceptor: self, now: now)
+        )
+    }
+
+    private static func errorText(_ error: CInt) -> String {
+        String(cString: strerror(error)).lowercased()
+    }
+
+    /// An engine could not watch the listening socket (it is then served by the others, if any).
+    func cannotWatch(errno error: CInt) {
+        self.logger.error(
+            "cannot watch listening socket",
+            metadata: ["error": "\(Self.errorText(error))"]
+        )
+    }
+
+    /// The server connection is up.
+    func connected(_ bridge: DirectBridge) {
+        guard self.logsBridges else { return }
+        self.logger.info(
+            "bridge connected",
+            metadata: ["bridge.id": "\(bridge.id)", "server.address": "\(self.target.logDescription)"]
+        )
+    }
+
+    /// A copying bridge carries bulk and moved to pipes.
+    func spliced(_ bridge: DirectBridge) {
+        self.logger.debug("bridge spliced", metadata: ["bridge.id": "\(bridge.id)", "engine": "direct"])
+    }
+
+    /// The server connection failed; the bridge ends next (`connectFailed`).
+    func connectFailed(_ bridge: DirectBridge, errno error: CInt) {
+        self.logConnectFailure(id: bridge.id, errno: error)
+    }
+
+    private func logConnectFailure(id: UInt64, errno error: CInt) {
+        self.logger.info(
+            "bridge connect failed",
+            metadata: [
+                "bridge.id": "\(id)", "server.address": "\(self.target.logDescription)",
+                "error": "\(Self.errorText(error))",
+            ]
+        )
+    }
+
+    /// Both sockets are closed: log the end, count it, and give the slot back.
+    func bridgeEnded(_ bridge: DirectBridge, reason: CloseReason, now: NIODeadline) {
+        self.finish(
+            id: bridge.id,
+            reason: reason,
+            bytes: (bridge.bytesUpstream, bridge.bytesDownstream),
+            duration: now - bridge.startTime
+        )
+    }
+
+    private func finish(id: UInt64, reason: CloseReason, bytes: (upstream: UInt64, downstream: UInt64), duration: TimeAmount) {
+        if self.logsBridges {
+            self.logger.info(
+                "bridge closed",
+                metadata: [
+                    "bridge.id": "\(id)", "close.reason": "\(reason)",
+                    "bytes.upstream": "\(bytes.upstream)", "bytes.downstream": "\(bytes.downstream)",
+                    "duration": "\(Double(duration.nanoseconds) / 1e9)",
+                ]
+            )
+        }
+        self.metrics?.bridgeClosed(reason, duration: duration)
+        self.activeBridges.release()
+    }
+}
+
+extension SocketAddress {
+    /// The address the kernel wrote into `storage` (IPv4 or IPv6), `nil` for another family.
+    init?(storage: sockaddr_storage) {
+        var storage = storage
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in.self) }
+            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            var raw = address.sin_addr
+            inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+            self.init(address, host: text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        case AF_INET6:
+            let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            var raw = address.sin6_addr
+            inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
+            self.init(address, host: text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        default:
+            return nil
+        }
+    }
+}
