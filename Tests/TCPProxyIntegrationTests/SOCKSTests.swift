@@ -98,7 +98,7 @@ struct SOCKSTests {
         "curl --socks4, --socks4a, --socks5 and --socks5-hostname fetch pages byte for byte",
         .enabled(if: hasCurl, "curl is not installed"),
         .serialized,
-        arguments: DataPath.allCases
+        arguments: DataPath.nioPaths
     )
     func curlModes(path: DataPath) async throws {
         let web = try await Self.startWebServer()
@@ -185,7 +185,7 @@ struct SOCKSTests {
     @Test(
         "the success reply carries the real bound address of the server-side socket; data follows it both ways",
         .serialized,
-        arguments: DataPath.allCases
+        arguments: DataPath.nioPaths
     )
     func boundAddress(path: DataPath) async throws {
         let server = try TestServer()
@@ -210,7 +210,7 @@ struct SOCKSTests {
     @Test(
         "a server that speaks first: its bytes arrive after the reply, then its EOF",
         .serialized,
-        arguments: DataPath.allCases
+        arguments: DataPath.nioPaths
     )
     func serverSpeaksFirst(path: DataPath) async throws {
         let banner = pattern(count: 100_000, seed: 9)

@@ -283,7 +283,9 @@ final class DirectEngine: Sendable {
             for side in [BridgeStateMachine.Side.client, .server] where bridge.descriptor(side) >= 0 {
                 // A copying bridge is registered once for everything: with edge triggers, readiness it has
                 // no use for costs a rare wakeup, and changing the registration a call every time.
-                let events = bridge.isCopying ? Self.allEvents : Self.events(bridge.interest(side))
+                // A connecting one must hear of its connect (EPOLLOUT) whatever its transport.
+                let everything = bridge.isCopying || bridge.phase == .connecting
+                let events = everything ? Self.allEvents : Self.events(bridge.interest(side))
                 if CTCPProxyLinux_epollAdd(self.epoll, bridge.descriptor(side), events, self.token(slot, side)) != 0 {
                     // Cannot happen for a valid socket; the bridge cannot go on without it.
                     self.end(bridge, side == .client ? .clientReset : .serverReset)

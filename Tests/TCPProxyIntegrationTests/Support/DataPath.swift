@@ -33,6 +33,11 @@ enum DataPath: String, CaseIterable, Sendable, CustomTestStringConvertible {
         }
     }
 
+    /// The paths of modes the direct engine does not serve (SOCKS): NIO, with and without splicing.
+    static var nioPaths: [DataPath] {
+        Self.allCases.filter { $0 == .nio || $0 == .splice }
+    }
+
     /// Every path; `TCPPROXY_TEST_PATHS=nio,direct` (any of the raw values) runs the data-path tests on
     /// those only, e.g. to compare a loaded machine's timing failures between paths.
     static var allCases: [DataPath] {
