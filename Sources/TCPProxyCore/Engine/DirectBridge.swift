@@ -1,5 +1,11 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// How a bridge handed over by NIO ended, for the ``Bridge`` that handed it over.
 struct DirectBridgeEnd: Sendable {
     var reason: CloseReason
@@ -187,10 +193,14 @@ final class DirectBridge {
     // MARK: Connecting
 
     /// The server socket reported readiness while connecting: the connect is done, one way or the other.
+    /// - Parameter reportedFailure: the event carried `EPOLLERR` or `EPOLLHUP` (a plain `EPOLLOUT` is a
+    ///   connected socket, which saves asking for `SO_ERROR`).
     /// - Returns: the connect's error (`errno`), or `nil` when it succeeded and the bridge now forwards.
-    func finishConnect(now: NIODeadline) -> CInt? {
-        let error = LinuxSocketOptions.pendingError(descriptor: self.server)
-        guard error == 0 else { return error }
+    func finishConnect(reportedFailure: Bool) -> CInt? {
+        if reportedFailure {
+            let error = LinuxSocketOptions.pendingError(descriptor: self.server)
+            return error == 0 ? ECONNREFUSED : error
+        }
         self.phase = .forwarding
         self.connectDeadline = nil
         return nil

@@ -321,7 +321,7 @@ final class DirectEngine: Sendable {
                 }
             case .server:
                 guard events & (CTCPProxyLinux_EPOLLOUT | failure) != 0 else { return }
-                if let error = bridge.finishConnect(now: NIODeadline.now()) {
+                if let error = bridge.finishConnect(reportedFailure: events & failure != 0) {
                     if case .accepted(let acceptor) = bridge.origin { acceptor.connectFailed(bridge, errno: error) }
                     self.end(bridge, .connectFailed)
                     return
@@ -461,6 +461,9 @@ final class DirectEngine: Sendable {
             return CInt(clamping: (nanoseconds + 999_999) / 1_000_000)
         }
 
+        /// The least time between two passes over all bridges' timers (deadlines are late by at most this).
+        private static let tickSpacing = TimeAmount.milliseconds(10)
+
         private mutating func tickAll() {
             let now = NIODeadline.now()
             self.nextWake = nil
@@ -471,6 +474,11 @@ final class DirectEngine: Sendable {
                 } else {
                     self.wake(at: bridge.nextDeadline)
                 }
+            }
+            // Every bridge is visited per pass, so passes are spaced: with thousands of bridges whose
+            // samples fall at different moments, a pass per deadline would cost more than the samples.
+            if let nextWake, nextWake < now + Self.tickSpacing {
+                self.nextWake = now + Self.tickSpacing
             }
         }
 
