@@ -43,13 +43,19 @@ int CTCPProxyLinux_pipe(int fds[2], int size) {
     return capacity;
 }
 
-int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog) {
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort) {
     int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
     }
     int one = 1;
     (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reusePort && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     if (bind(fd, address, length) != 0 || listen(fd, backlog) != 0) {
         int saved = errno;
@@ -157,7 +163,10 @@ const uint32_t CTCPProxyLinux_EPOLLHUP = 0x010;
 
 ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
-int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog) { errno = ENOSYS; return -1; }
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort) {
+    errno = ENOSYS;
+    return -1;
+}
 int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *length) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected) {
     errno = ENOSYS;

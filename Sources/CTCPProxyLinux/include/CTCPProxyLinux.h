@@ -34,9 +34,9 @@ int CTCPProxyLinux_pipe(int fds[2], int size);
 struct sockaddr;
 
 /// A listening TCP socket for the direct engine: non-blocking, close-on-exec, SO_REUSEADDR and
-/// TCP_NODELAY (accepted sockets inherit it), bound to `address` and listening with `backlog`.
-/// Returns the descriptor, or -1 with errno set by the call that failed.
-int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog);
+/// TCP_NODELAY (accepted sockets inherit it), with SO_REUSEPORT when `reusePort` is 1, bound to `address`
+/// and listening with `backlog`. Returns the descriptor, or -1 with errno set by the call that failed.
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort);
 
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC; the peer's address goes into `address` (at most
 /// `*length` bytes; `*length` becomes its size).

@@ -27,42 +27,56 @@ extension Listener {
     }
 
     /// Binds, accepts on the engines until a graceful shutdown, then drains.
+    ///
+    /// One listening socket shared by every engine (EPOLLEXCLUSIVE). `TCPPROXY_DIRECT_REUSEPORT=1` instead
+    /// gives each engine a socket of its own bound with SO_REUSEPORT: a measurement switch only
+    /// (docs/BENCHMARKS.md, "Accepts"), not an option.
     func runDirect(target: SocketAddress, engines: [DirectEngine]) async throws {
         let listen = self.configuration.listen
-        let descriptor: CInt
+        let reusePort = getenv("TCPPROXY_DIRECT_REUSEPORT").map { String(cString: $0) == "1" } ?? false
+        var descriptors: [CInt] = []
         do {
-            let address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
-            descriptor = address.withSockAddr { pointer, size in
-                CTCPProxyLinux_listen(pointer, UInt32(size), 4096)
+            var address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
+            for _ in 0..<(reusePort ? engines.count : 1) {
+                let descriptor = address.withSockAddr { pointer, size in
+                    CTCPProxyLinux_listen(pointer, UInt32(size), 4096, reusePort ? 1 : 0)
+                }
+                guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "bind") }
+                descriptors.append(descriptor)
+                // Port 0: the other sockets of the group take the port the first one got.
+                if let bound = Self.localAddress(of: descriptor) { address = bound }
             }
-            guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "bind") }
         } catch {
+            descriptors.forEach(closeDescriptor)
             throw ListenerError(endpoint: listen, underlying: error)
         }
-        let bound = Self.localAddress(of: descriptor)
+        let bound = Self.localAddress(of: descriptors[0])
         self.setBoundAddress(bound)
         self.logger.info(
             "listening on \(bound?.logDescription ?? listen.description)",
             metadata: ["mode": "\(self.configuration.mode)", "engine": "direct"]
         )
-        let acceptor = DirectAcceptor(
-            descriptor: descriptor,
-            target: target,
-            configuration: self.configuration.bridge,
-            admission: self.configuration.admission,
-            activeBridges: self.activeBridges,
-            nextBridgeID: self.nextBridgeID,
-            metrics: self.observers.metrics,
-            drainSignal: self.spliceDrain,
-            logger: self.logger
-        )
-        for engine in engines { engine.addListener(acceptor) }
+        let acceptors = descriptors.map { descriptor in
+            DirectAcceptor(
+                descriptor: descriptor,
+                target: target,
+                configuration: self.configuration.bridge,
+                admission: self.configuration.admission,
+                activeBridges: self.activeBridges,
+                nextBridgeID: self.nextBridgeID,
+                metrics: self.observers.metrics,
+                drainSignal: self.spliceDrain,
+                logger: self.logger
+            )
+        }
+        let watches = engines.enumerated().map { index, engine in (engine, acceptors[index % acceptors.count]) }
+        for (engine, acceptor) in watches { engine.addListener(acceptor) }
 
         try? await gracefulShutdown()
 
         await ListenerDrain.run(bridge: self.configuration.bridge, logger: self.logger, active: { self.activeBridgeCount }) {
-            for engine in engines { await engine.removeListener(acceptor) }
-            closeDescriptor(descriptor)
+            for (engine, acceptor) in watches { await engine.removeListener(acceptor) }
+            descriptors.forEach(closeDescriptor)
             self.spliceDrain.beginDrain(timeout: self.configuration.bridge.drainTimeout)
         }
         self.logger.info("listener stopped")
