@@ -1,0 +1,377 @@
+import Atomics
+import CTCPProxyLinux
+import NIOCore
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The engine thread's state and loop. A named type, so stack dumps read well.
+struct DirectEngineLoop {
+    let epoll: CInt
+    let wakeUp: CInt
+    let activeCount: ManagedAtomic<Int>
+    /// Bridges by slot; a slot's generation changes when it is freed, so a stale event is ignored.
+    private var slots: [DirectBridge?] = []
+    private var generations: [UInt32] = []
+    private var freeSlots: [Int] = []
+    /// Bridges whose last pump stopped at the round limit: pumped again after the next poll.
+    private var queued: [DirectBridge] = []
+    /// The batch being pumped again (kept to reuse its storage).
+    private var requeued: [DirectBridge] = []
+    /// The earliest timer or drain deadline of any bridge.
+    private var nextWake: NIODeadline?
+    /// Where copying bridges read to.
+    private let scratch = CopyScratch()
+    /// Listening sockets this engine accepts from, by index (`nil`: removed).
+    private var listeners: [DirectAcceptor?] = []
+    /// Listeners taken out of epoll for a moment because descriptors ran out, and when to put them back.
+    private var pausedListeners: [(index: Int, until: NIODeadline)] = []
+
+    init(epoll: CInt, wakeUp: CInt, activeCount: ManagedAtomic<Int>) {
+        self.epoll = epoll
+        self.wakeUp = wakeUp
+        self.activeCount = activeCount
+    }
+
+    mutating func run(takeCommands: () -> [DirectEngine.Command]) {
+        // splice(2) into a socket whose peer went away raises SIGPIPE in the calling thread; here it
+        // must only fail with EPIPE.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+        let capacity = 64
+        let events = UnsafeMutableBufferPointer<CTCPProxyLinux_Event>.allocate(capacity: capacity)
+        defer { events.deallocate() }
+        while true {
+            let timeout = self.queued.isEmpty ? self.pollTimeout() : 0
+            let count = CTCPProxyLinux_epollWait(self.epoll, events.baseAddress, CInt(capacity), timeout)
+            if count < 0 {
+                if errno == EINTR { continue }
+                // Nothing sensible to do but not spin.
+                usleep(10_000)
+                continue
+            }
+            for index in 0..<Int(count) {
+                let event = events[index]
+                if event.token == DirectEngine.wakeUpToken {
+                    CTCPProxyLinux_eventDrain(self.wakeUp)
+                    for command in takeCommands() { self.perform(command) }
+                } else if event.token & DirectEngine.listenerTokenBit != 0 {
+                    self.acceptClients(Int(event.token & ~DirectEngine.listenerTokenBit))
+                } else {
+                    self.handle(event)
+                }
+            }
+            self.pumpQueued()
+            if let nextWake, NIODeadline.now() >= nextWake {
+                self.tickAll()
+            }
+        }
+    }
+
+    // MARK: Commands
+
+    private mutating func perform(_ command: DirectEngine.Command) {
+        switch command {
+        case .add(let handover):
+            self.add(DirectBridge(handover))
+        case .drainChanged:
+            for case let bridge? in self.slots {
+                bridge.drainDeadline = bridge.drain?.deadline
+                self.wake(at: bridge.nextDeadline)
+            }
+        case .addListener(let acceptor):
+            self.scratch.reserve(acceptor.configuration.highWaterMark)
+            let index = self.listeners.count
+            self.listeners.append(acceptor)
+            let token = DirectEngine.listenerTokenBit | UInt64(index)
+            if CTCPProxyLinux_epollAddListener(self.epoll, acceptor.descriptor, token) != 0 {
+                acceptor.cannotWatch(errno: errno)
+            }
+        case .removeListener(let acceptor, let done):
+            if let index = self.listeners.firstIndex(where: { $0 === acceptor }) {
+                _ = CTCPProxyLinux_epollRemove(self.epoll, acceptor.descriptor)
+                self.listeners[index] = nil
+                self.pausedListeners.removeAll { $0.index == index }
+            }
+            done()
+        }
+    }
+
+    // MARK: Accepting
+
+    /// How many clients one wakeup accepts before the engine serves its bridges again (the listening
+    /// socket is level-triggered: the rest are reported at the next poll).
+    private static let acceptBatch = 32
+
+    private mutating func acceptClients(_ index: Int) {
+        guard index < self.listeners.count, let acceptor = self.listeners[index] else { return }
+        for _ in 0..<Self.acceptBatch {
+            switch acceptor.acceptClient(now: NIODeadline.now()) {
+            case .none:
+                return
+            case .handled:
+                continue
+            case .bridge(let bridge):
+                self.add(bridge)
+            case .descriptorsExhausted:
+                // Level-triggered, the socket would wake the engine at once again: rest it a moment.
+                _ = CTCPProxyLinux_epollRemove(self.epoll, acceptor.descriptor)
+                let until = NIODeadline.now() + .milliseconds(100)
+                self.pausedListeners.append((index, until))
+                self.wake(at: until)
+                return
+            }
+        }
+    }
+
+    private mutating func resumePausedListeners(now: NIODeadline) {
+        guard !self.pausedListeners.isEmpty else { return }
+        var stillPaused: [(index: Int, until: NIODeadline)] = []
+        for paused in self.pausedListeners {
+            guard let acceptor = self.listeners[paused.index] else { continue }
+            if now >= paused.until {
+                let token = DirectEngine.listenerTokenBit | UInt64(paused.index)
+                _ = CTCPProxyLinux_epollAddListener(self.epoll, acceptor.descriptor, token)
+            } else {
+                stillPaused.append(paused)
+                self.wake(at: paused.until)
+            }
+        }
+        self.pausedListeners = stillPaused
+    }
+
+    private mutating func add(_ bridge: DirectBridge) {
+        let slot: Int
+        if let free = self.freeSlots.popLast() {
+            slot = free
+            self.slots[slot] = bridge
+        } else {
+            slot = self.slots.count
+            self.slots.append(bridge)
+            self.generations.append(0)
+        }
+        bridge.slot = slot
+        self.activeCount.wrappingIncrement(ordering: .relaxed)
+        for side in [BridgeStateMachine.Side.client, .server] where bridge.descriptor(side) >= 0 {
+            // A copying bridge is registered once for everything: with edge triggers, readiness it has
+            // no use for costs a rare wakeup, and changing the registration a call every time.
+            // A connecting one must hear of its connect (EPOLLOUT) whatever its transport.
+            let everything = bridge.isCopying || bridge.phase == .connecting
+            let events = everything ? Self.allEvents : Self.events(bridge.interest(side))
+            if CTCPProxyLinux_epollAdd(self.epoll, bridge.descriptor(side), events, self.token(slot, side)) != 0 {
+                // Cannot happen for a valid socket; the bridge cannot go on without it.
+                self.end(bridge, side == .client ? .clientReset : .serverReset)
+                return
+            }
+            if side == .client { bridge.clientEvents = events } else { bridge.serverEvents = events }
+        }
+        bridge.drainDeadline = bridge.drain?.deadline
+        self.wake(at: bridge.drainDeadline)
+        self.wake(at: bridge.nextDeadline)
+        if bridge.phase == .forwarding {
+            self.startForwarding(bridge)
+        }
+    }
+
+    /// Both sockets are connected: start the timer and move what is waiting (bytes may have arrived
+    /// between NIO's last read and the registration, or while the server connection was made).
+    private mutating func startForwarding(_ bridge: DirectBridge) {
+        self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
+        for direction in [Direction.upstream, .downstream] {
+            guard self.pump(bridge, direction) else { return }
+        }
+    }
+
+    /// A connecting bridge's event: the server socket's readiness ends the connect; the client's
+    /// bytes wait in its socket (SPEC §2 rule 2) unless it went away.
+    private mutating func handleConnecting(_ bridge: DirectBridge, _ side: BridgeStateMachine.Side, _ events: UInt32) {
+        let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
+        switch side {
+        case .client:
+            if events & failure != 0 {
+                self.end(bridge, .clientReset)
+            }
+        case .server:
+            guard events & (CTCPProxyLinux_EPOLLOUT | failure) != 0 else { return }
+            if let error = bridge.finishConnect(reportedFailure: events & failure != 0) {
+                if case .accepted(let acceptor) = bridge.origin { acceptor.connectFailed(bridge, errno: error) }
+                self.end(bridge, .connectFailed)
+                return
+            }
+            if case .accepted(let acceptor) = bridge.origin { acceptor.connected(bridge) }
+            self.startForwarding(bridge)
+        }
+    }
+
+    // MARK: Events
+
+    private func token(_ slot: Int, _ side: BridgeStateMachine.Side) -> UInt64 {
+        UInt64(self.generations[slot]) << 33 | UInt64(slot) << 1 | (side == .client ? 0 : 1)
+    }
+
+    private mutating func handle(_ event: CTCPProxyLinux_Event) {
+        let slot = Int((event.token >> 1) & 0xFFFF_FFFF)
+        guard slot < self.slots.count, UInt64(self.generations[slot]) == event.token >> 33,
+            let bridge = self.slots[slot]
+        else { return }
+        let side: BridgeStateMachine.Side = event.token & 1 == 0 ? .client : .server
+        guard bridge.descriptor(side) >= 0 else { return }
+        let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
+        if event.events & (CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP) != 0 {
+            bridge.peerClosed(side)
+        }
+        if bridge.phase == .connecting {
+            self.handleConnecting(bridge, side, event.events)
+            return
+        }
+        if event.events & CTCPProxyLinux_EPOLLERR != 0, let reason = bridge.checkError(on: side) {
+            self.end(bridge, reason)
+            return
+        }
+        let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | failure
+        let writable = CTCPProxyLinux_EPOLLOUT | failure
+        // Readiness the socket is registered for but has no use for now woke the engine for nothing:
+        // it is dropped (interest is added as soon as it is needed, and dropped only this way, so a
+        // steady flow makes no epoll_ctl calls).
+        let interest = bridge.interest(side)
+        var unused: UInt32 = 0
+        if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
+        if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
+        let from = DirectLinkState.direction(from: side)
+        if event.events & readable != 0 {
+            guard self.pump(bridge, from, dropping: unused, on: side) else { return }
+        }
+        // A copying bridge's writable socket matters only while bytes wait for it; there is nothing to
+        // drop either (it stays registered for everything).
+        if event.events & writable != 0 && (!bridge.isCopying || bridge.heldFor(side) > 0) {
+            _ = self.pump(bridge, from == .upstream ? .downstream : .upstream, dropping: unused, on: side)
+        }
+    }
+
+    /// Pumps one direction of `bridge` and acts on the result.
+    /// - Returns: whether the bridge is still open.
+    private mutating func pump(
+        _ bridge: DirectBridge,
+        _ direction: Direction,
+        dropping unused: UInt32 = 0,
+        on side: BridgeStateMachine.Side = .client
+    ) -> Bool {
+        let before = bridge.trafficBytes
+        let result = bridge.pump(direction, scratch: self.scratch)
+        if bridge.timerIsStopped, bridge.trafficBytes != before {
+            self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
+        }
+        switch result {
+        case .blocked:
+            self.updateInterest(bridge, dropping: unused, on: side)
+            return true
+        case .yielded:
+            self.updateInterest(bridge, dropping: unused, on: side)
+            if !bridge.isQueued {
+                bridge.isQueued = true
+                self.queued.append(bridge)
+            }
+            return true
+        case .end(let reason):
+            self.end(bridge, reason)
+            return false
+        }
+    }
+
+    private static let allEvents = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLOUT
+
+    private static func events(_ interest: (readable: Bool, writable: Bool)) -> UInt32 {
+        (interest.readable ? CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP : 0)
+            | (interest.writable ? CTCPProxyLinux_EPOLLOUT : 0)
+    }
+
+    /// Registers each open socket for what it needs now that it is not registered for yet, and drops
+    /// from `side` the `unused` readiness that woke the engine for nothing (unless it is needed again).
+    private func updateInterest(_ bridge: DirectBridge, dropping unused: UInt32, on side: BridgeStateMachine.Side) {
+        guard !bridge.isCopying else { return }
+        let wantedByClient = Self.events(bridge.interest(.client))
+        let client = (bridge.clientEvents | wantedByClient) & ~(side == .client ? unused & ~wantedByClient : 0)
+        if client != bridge.clientEvents, bridge.descriptor(.client) >= 0 {
+            bridge.clientEvents = client
+            let token = self.token(bridge.slot, .client)
+            _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.client), client, token)
+        }
+        let wantedByServer = Self.events(bridge.interest(.server))
+        let server = (bridge.serverEvents | wantedByServer) & ~(side == .server ? unused & ~wantedByServer : 0)
+        if server != bridge.serverEvents, bridge.descriptor(.server) >= 0 {
+            bridge.serverEvents = server
+            let token = self.token(bridge.slot, .server)
+            _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.server), server, token)
+        }
+    }
+
+    /// Gives the bridges that hit the round limit another turn, after everyone else had one.
+    private mutating func pumpQueued() {
+        guard !self.queued.isEmpty else { return }
+        swap(&self.queued, &self.requeued)
+        for bridge in self.requeued {
+            bridge.isQueued = false
+            guard bridge.slot >= 0, self.pump(bridge, .upstream) else { continue }
+            _ = self.pump(bridge, .downstream)
+        }
+        self.requeued.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Time
+
+    private mutating func wake(at deadline: NIODeadline?) {
+        guard let deadline else { return }
+        if let nextWake, nextWake <= deadline { return }
+        self.nextWake = deadline
+    }
+
+    /// Milliseconds until the next deadline, rounded up; -1 for none.
+    private func pollTimeout() -> CInt {
+        guard let nextWake else { return -1 }
+        let nanoseconds = (nextWake - NIODeadline.now()).nanoseconds
+        guard nanoseconds > 0 else { return 0 }
+        return CInt(clamping: (nanoseconds + 999_999) / 1_000_000)
+    }
+
+    /// The least time between two passes over all bridges' timers (deadlines are late by at most this).
+    private static let tickSpacing = TimeAmount.milliseconds(10)
+
+    private mutating func tickAll() {
+        let now = NIODeadline.now()
+        self.nextWake = nil
+        self.resumePausedListeners(now: now)
+        for case let bridge? in self.slots {
+            if let reason = bridge.tick(now: now) {
+                self.end(bridge, reason)
+            } else {
+                self.wake(at: bridge.nextDeadline)
+            }
+        }
+        // Every bridge is visited per pass, so passes are spaced: with thousands of bridges whose
+        // samples fall at different moments, a pass per deadline would cost more than the samples.
+        if let nextWake, nextWake < now + Self.tickSpacing {
+            self.nextWake = now + Self.tickSpacing
+        }
+    }
+
+    private mutating func end(_ bridge: DirectBridge, _ reason: CloseReason) {
+        let slot = bridge.slot
+        guard slot >= 0 else { return }
+        bridge.slot = -1
+        self.slots[slot] = nil
+        self.generations[slot] &+= 1
+        // 30 bits: a bridge token never has the listener bit (63).
+        self.generations[slot] &= 0x3FFF_FFFF
+        self.freeSlots.append(slot)
+        self.activeCount.wrappingDecrement(ordering: .relaxed)
+        bridge.end(reason)
+    }
+}
