@@ -31,11 +31,21 @@ final class Session: @unchecked Sendable {
     }
 }
 
-/// Whether the client talks to the server through tcpproxy's forward bridge or straight (the harness's own
-/// cost, which should be 0).
+/// How the client reaches the server; the benchmark's name ends in the raw value.
 enum Path: String, CaseIterable {
+    /// Straight to the server, no proxy: the harness's own cost, which should be 0.
     case direct
-    case bridge
+    /// Through tcpproxy's forward listener on the NIO engine (`--engine nio`): two channels per bridge.
+    case nio
+    /// Through tcpproxy's forward listener on the direct engine (`--engine direct`): its own threads,
+    /// read(2)/write(2) or splice(2), no NIO channel.
+    case engine
+
+    /// Whether the client's bytes pass through tcpproxy.
+    var isProxied: Bool { self != .direct }
+
+    /// The engine the fixture's listener runs on. The direct baseline's listener only sits idle beside it.
+    var engineMode: EngineMode { self == .engine ? .direct : .nio }
 }
 
 /// Registers a benchmark whose setup starts a proxy (and, for `connected`, opens one connection and
@@ -60,10 +70,12 @@ func proxyBenchmark(
         configuration: .init(thresholds: [.mallocCountTotal: .init(absolute: [.p90: mallocTolerance])]),
         closure: { benchmark in try body(benchmark, holder.session!) },
         setup: {
+            var bridge = bridge
+            bridge.engine = path.engineMode
             let fixture = try await ProxyFixture.start(bridge: bridge, logging: logging)
             let session = Session(fixture: fixture)
             if connected {
-                let (client, server) = try path == .bridge ? fixture.openBridge() : fixture.openDirect()
+                let (client, server) = try path.isProxied ? fixture.openBridge() : fixture.openDirect()
                 session.client = client
                 session.server = server
             }
@@ -129,7 +141,7 @@ func connections(_ session: Session, path: Path, count: Int) throws {
     let byte = session.buffers.outgoing(1)
     let incoming = session.buffers.incoming(1)
     for _ in 0..<count {
-        let (client, server) = try path == .bridge ? fixture.openBridge() : fixture.openDirect()
+        let (client, server) = try path.isProxied ? fixture.openBridge() : fixture.openDirect()
         defer {
             client.close()
             server.close()
@@ -142,7 +154,9 @@ func connections(_ session: Session, path: Path, count: Int) throws {
         try server.readUntilEOF(scratch: session.buffers.receive)
         server.shutdownOutput()
         try client.readUntilEOF(scratch: session.buffers.receive)
-        if path == .bridge { try fixture.waitForNoBridges() }
+        // On either engine the count drops only once both sockets are closed and the end is logged and
+        // counted (the last thing a bridge does), so its whole teardown falls in this iteration.
+        if path.isProxied { try fixture.waitForNoBridges() }
     }
 }
 
@@ -158,10 +172,43 @@ let mallocMetrics: [BenchmarkMetric] = [
     .throughput,
 ]
 
-/// How far a data benchmark's p90 may rise before `thresholds check` fails: two samples of the bridge's timer
-/// (8 mallocs each, every 1.25 s), which land in more than a tenth of the batches when a loaded machine makes
-/// batches slow. An allocation per chunk or per round trip would add 1000 or 100 per batch, far more.
-let timerTolerance = 16
+/// How far a data benchmark's p90 may rise before `thresholds check` fails: two samples of a busy bridge's
+/// timeout timer (every 1.25 s, an eighth of the default `--stall-timeout`), which land in more than a tenth of
+/// the batches when a loaded machine makes batches slow. A NIO bridge's sample costs 8 mallocs (reading
+/// `TCP_INFO` through NIO's socket-option future); a sample on an engine thread costs 1 (see the README). An
+/// allocation per chunk or per round trip would add 1000 or 100 per batch, far more.
+func timerTolerance(_ path: Path) -> Int {
+    switch path {
+    case .direct: 0
+    // The chunk benchmarks' NIO bridge is normally handed to the splice engine during warm-up (1 malloc a
+    // sample from then on), but keeps NIO's 8 if the handover does not happen.
+    case .nio: 2 * 8
+    case .engine: 2 * 1
+    }
+}
+
+/// How far a connection benchmark's p90 may rise. NIO's count moves with SwiftNIO itself, so a NIO bridge
+/// may cost one more per connection; the direct engine's few records are ours alone, so its batches may only
+/// take the odd timer sample of a bridge that is open when one falls due (twice), and one more record per
+/// connection fails the check.
+func connectionTolerance(_ path: Path) -> Int {
+    switch path {
+    case .direct: 0
+    case .nio: connectionsPerIteration
+    case .engine: timerTolerance(.engine)
+    }
+}
+
+/// The chunk benchmarks once more with `--splice never`. With the default `--splice auto` a bridge that
+/// carries 16 KiB chunks back to back is bulk (docs/BRIDGE.md, "The splice path"): within its first 512 KiB it
+/// moves to pipes (the NIO bridge by a handover to the splice engine, the direct engine's own bridge in place),
+/// so the default chunk benchmarks measure splice(2) on both engines. These keep each engine's own data path
+/// under bulk: NIO's pipeline, and the direct engine's read(2)/write(2) through its scratch buffer.
+let spliceNever: BridgeConfiguration = {
+    var bridge = BridgeConfiguration()
+    bridge.splice = .never
+    return bridge
+}()
 
 let benchmarks: @Sendable () -> Void = {
     // One measured iteration is a batch (1000 chunks, 100 round trips, 10 connections): divide its malloc
@@ -180,7 +227,7 @@ let benchmarks: @Sendable () -> Void = {
             "chunks-16KiB-x\(chunksPerIteration)-lockstep",
             path: path,
             connected: true,
-            mallocTolerance: path == .direct ? 0 : timerTolerance,
+            mallocTolerance: timerTolerance(path),
             warmUp: { try lockstepChunks($0, count: 200) }
         ) { _, session in
             try lockstepChunks(session, count: chunksPerIteration)
@@ -191,7 +238,7 @@ let benchmarks: @Sendable () -> Void = {
             path: path,
             connected: true,
             // Plus NIO now and then reading into a fresh 64 KiB buffer under back-pressure (2 mallocs each).
-            mallocTolerance: path == .direct ? 0 : timerTolerance + 4,
+            mallocTolerance: path == .nio ? timerTolerance(path) + 4 : timerTolerance(path),
             warmUp: { try streamChunks($0, count: 500) }
         ) { _, session in
             try streamChunks(session, count: chunksPerIteration)
@@ -201,7 +248,7 @@ let benchmarks: @Sendable () -> Void = {
             "request-response-100B-x\(roundTripsPerIteration)",
             path: path,
             connected: true,
-            mallocTolerance: path == .direct ? 0 : timerTolerance,
+            mallocTolerance: timerTolerance(path),
             warmUp: { try roundTrips($0, count: 200) }
         ) { _, session in
             try roundTrips(session, count: roundTripsPerIteration)
@@ -211,21 +258,45 @@ let benchmarks: @Sendable () -> Void = {
             "connections-x\(connectionsPerIteration)-loglevel-warning",
             path: path,
             connected: false,
-            mallocTolerance: path == .direct ? 0 : connectionsPerIteration,
+            mallocTolerance: connectionTolerance(path),
             warmUp: { try connections($0, path: path, count: 20) }
         ) { _, session in
             try connections(session, path: path, count: connectionsPerIteration)
         }
     }
 
-    proxyBenchmark(
-        "connections-x\(connectionsPerIteration)-loglevel-info",
-        path: .bridge,
-        logging: .defaultInfo,
-        connected: false,
-        mallocTolerance: connectionsPerIteration,
-        warmUp: { try connections($0, path: .bridge, count: 20) }
-    ) { _, session in
-        try connections(session, path: .bridge, count: connectionsPerIteration)
+    for path in Path.allCases where path.isProxied {
+        proxyBenchmark(
+            "chunks-16KiB-x\(chunksPerIteration)-lockstep-splice-never",
+            path: path,
+            bridge: spliceNever,
+            connected: true,
+            mallocTolerance: timerTolerance(path),
+            warmUp: { try lockstepChunks($0, count: 200) }
+        ) { _, session in
+            try lockstepChunks(session, count: chunksPerIteration)
+        }
+
+        proxyBenchmark(
+            "chunks-16KiB-x\(chunksPerIteration)-stream-splice-never",
+            path: path,
+            bridge: spliceNever,
+            connected: true,
+            mallocTolerance: path == .nio ? timerTolerance(path) + 4 : timerTolerance(path),
+            warmUp: { try streamChunks($0, count: 500) }
+        ) { _, session in
+            try streamChunks(session, count: chunksPerIteration)
+        }
+
+        proxyBenchmark(
+            "connections-x\(connectionsPerIteration)-loglevel-info",
+            path: path,
+            logging: .defaultInfo,
+            connected: false,
+            mallocTolerance: connectionTolerance(path),
+            warmUp: { try connections($0, path: path, count: 20) }
+        ) { _, session in
+            try connections(session, path: path, count: connectionsPerIteration)
+        }
     }
 }

@@ -19,11 +19,12 @@ enum FixtureLogging {
     case defaultInfo
 }
 
-/// A real `tcpproxy forward` listener on 127.0.0.1, on one event loop (`--threads 1`), run by a
-/// `ServiceGroup` as the CLI runs it, in front of a plain-socket server (``LoopbackSocket``).
+/// A real `tcpproxy forward` listener on 127.0.0.1 with `--threads 1` (one event loop, and on the direct
+/// engine one engine thread), run by a `ServiceGroup` as the CLI runs it, in front of a plain-socket server
+/// (``LoopbackSocket``).
 ///
 /// The benchmark thread plays both the client and the server with non-blocking sockets, so the only
-/// code that runs on a NIO thread is tcpproxy's.
+/// code that runs on a NIO or engine thread is tcpproxy's.
 final class ProxyFixture: @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     let listener: Listener
@@ -58,12 +59,24 @@ final class ProxyFixture: @unchecked Sendable {
 
     /// Starts the server and the proxy in front of it, and waits until the proxy listens.
     /// - Parameters:
-    ///   - bridge: the bridge options (the CLI's defaults unless a benchmark says otherwise).
+    ///   - bridge: the bridge options (the CLI's defaults unless a benchmark says otherwise); its `engine`
+    ///     says which engine serves the listener.
     ///   - logging: how tcpproxy logs.
+    /// - Throws: ``FixtureError`` when `bridge.engine` is `.direct` but the listener does not qualify for
+    ///   the direct engine (the listener would quietly run on NIO, and the numbers would be NIO's).
     static func start(bridge: BridgeConfiguration = .init(), logging: FixtureLogging = .quiet) async throws
         -> ProxyFixture
     {
         let (server, serverPort) = try LoopbackSocket.listen()
+        let configuration = ProxyConfiguration(
+            listen: Endpoint(host: "127.0.0.1", port: 0),
+            mode: .forward(ForwardConfiguration(target: Endpoint(host: "127.0.0.1", port: serverPort))),
+            bridge: bridge
+        )
+        if bridge.engine == .direct, let obstacle = configuration.directEngineObstacle(capturing: false) {
+            server.close()
+            throw FixtureError(description: "the listener does not qualify for the direct engine: \(obstacle)")
+        }
         var savedStandardError: Int32? = nil
         let level: Logger.Level
         switch logging {
@@ -78,11 +91,6 @@ final class ProxyFixture: @unchecked Sendable {
         }
         let logger = Logger(label: "tcpproxy") { label in ProxyLogHandler(label: label, format: .text, level: level) }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let configuration = ProxyConfiguration(
-            listen: Endpoint(host: "127.0.0.1", port: 0),
-            mode: .forward(ForwardConfiguration(target: Endpoint(host: "127.0.0.1", port: serverPort))),
-            bridge: bridge
-        )
         let listener = Listener(configuration: configuration, group: group, logger: logger)
         let serviceGroup = ServiceGroup(
             services: [listener],
@@ -140,6 +148,11 @@ final class ProxyFixture: @unchecked Sendable {
             close(saved)
         }
     }
+}
+
+/// The fixture cannot measure what the benchmark asks for.
+struct FixtureError: Error, CustomStringConvertible {
+    var description: String
 }
 
 /// Buffers allocated once per benchmark, outside the measured region.
