@@ -31,7 +31,9 @@ struct BridgeTimeouts {
     private let idleTimeout: TimeAmount?
     private var lastTraffic: NIODeadline
     private var lastTrafficBytes: UInt64 = 0
-    private var directions = [DirectionProgress](repeating: .init(), count: 2)
+    // Two fields, not an array: a bridge's timeouts cost no allocation of their own.
+    private var upstreamProgress = DirectionProgress()
+    private var downstreamProgress = DirectionProgress()
 
     private struct DirectionProgress {
         var lastDelivered: UInt64 = 0
@@ -92,8 +94,9 @@ struct BridgeTimeouts {
         }
         var nextDeadline: NIODeadline? = nil
         if let stallTimeout {
-            for (index, sample) in [upstream, downstream].enumerated() {
-                var progress = self.directions[index]
+            for direction in [Direction.upstream, .downstream] {
+                let sample = direction == .upstream ? upstream : downstream
+                var progress = direction == .upstream ? self.upstreamProgress : self.downstreamProgress
                 if sample.held > 0 && sample.delivered != progress.lastDelivered {
                     // A backlog still draining to a slow reader is traffic too.
                     self.lastTraffic = now
@@ -102,7 +105,7 @@ struct BridgeTimeouts {
                     progress.lastProgress = now
                     progress.lastDelivered = sample.delivered
                 }
-                self.directions[index] = progress
+                if direction == .upstream { self.upstreamProgress = progress } else { self.downstreamProgress = progress }
                 guard sample.held > 0, let last = progress.lastProgress else { continue }
                 if now - last >= stallTimeout {
                     return .expire(.stallTimeout)
@@ -132,8 +135,7 @@ struct BridgeTimeouts {
 
     /// The timer restarts after a stop: forget the old progress marks so a fresh stall is timed from now.
     mutating func restart(now: NIODeadline) {
-        for index in self.directions.indices {
-            self.directions[index].lastProgress = now
-        }
+        self.upstreamProgress.lastProgress = now
+        self.downstreamProgress.lastProgress = now
     }
 }

@@ -348,7 +348,11 @@ struct DirectEngineLoop {
         let now = NIODeadline.now()
         self.nextWake = nil
         self.resumePausedListeners(now: now)
-        for case let bridge? in self.slots {
+        // By index: iterating `slots` itself would copy the array, since `end` writes to it.
+        var slot = 0
+        while slot < self.slots.count {
+            defer { slot += 1 }
+            guard let bridge = self.slots[slot] else { continue }
             if let reason = bridge.tick(now: now) {
                 self.end(bridge, reason)
             } else {
