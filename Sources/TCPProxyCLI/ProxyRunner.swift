@@ -85,9 +85,12 @@ enum ProxyRunner {
             )
         )
 
+        // Trapped before any listener starts: a signal sent as soon as `listening on` is logged must
+        // drain, not kill the process with the default action.
+        let trapped = await UnixSignalsSequence(trapping: .sigint, .sigterm)
         let signals = Task {
             var received = 0
-            for await signal in await UnixSignalsSequence(trapping: .sigint, .sigterm) {
+            for await signal in trapped {
                 received += 1
                 if received == 1 {
                     logger.notice("shutting down", metadata: ["signal": "\(signal)"])

@@ -43,8 +43,9 @@ public final class MetricsEndpoint: Service, Sendable {
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
         let address = channel.localAddress
-        self.boundAddress.withLockedValue { $0 = address }
         self.logger.info("metrics listening on \(address.map(\.logDescription) ?? self.endpoint.description)")
+        // Published after the line: whoever sees the address can also find the line.
+        self.boundAddress.withLockedValue { $0 = address }
 
         // Runs until the service group starts a graceful shutdown (or is cancelled).
         try? await gracefulShutdown()
