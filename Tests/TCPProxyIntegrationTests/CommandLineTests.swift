@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// SPEC §1: exit statuses, the seed command lines, addresses, signals, log formats.
-@Suite("Command line, signals and logs")
+@Suite("Command line, signals and logs", .ownThread)
 struct CommandLineTests {
     static let usageErrors: [[String]] = [
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--no-such-option"],

@@ -7,7 +7,7 @@ import Glibc
 
 /// Running out of file descriptors must not crash the proxy or make it spin: it keeps serving the
 /// bridges it has, turns away what it cannot take, and accepts again once descriptors are free.
-@Suite("Descriptor exhaustion")
+@Suite("Descriptor exhaustion", .ownThread)
 struct DescriptorExhaustionTests {
     /// Sets the open-file limit of a running process (soft and hard) with util-linux's `prlimit`.
     private func limitOpenFiles(of pid: Int32, to limit: Int) throws {

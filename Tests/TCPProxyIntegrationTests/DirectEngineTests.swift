@@ -8,7 +8,7 @@ import Glibc
 /// What only the direct engine (`--engine auto|direct`) must get right: which listeners it refuses, that
 /// `auto` picks it, its own connect handling (refused, pending, timed out, a client gone meanwhile), its
 /// threads, and what an idle bridge costs. SPEC §2 itself runs on it through ``DataPath``.
-@Suite("Direct engine")
+@Suite("Direct engine", .ownThread)
 struct DirectEngineTests {
     // MARK: Choosing the engine
 

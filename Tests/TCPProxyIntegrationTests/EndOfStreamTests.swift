@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// SPEC §2.5-6: EOF passes through as SHUT_WR with the other direction still flowing; resets pass through.
-@Suite("End of stream and resets")
+@Suite("End of stream and resets", .ownThread)
 struct EndOfStreamTests {
     /// A proxy in front of a manual server, with one bridged pair already accepted.
     struct Pair {

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Admission limits, timeouts, connect failures, and bounded memory and descriptors.
-@Suite("Limits, timeouts and resources")
+@Suite("Limits, timeouts and resources", .ownThread)
 struct LimitsTests {
     @Test(
         "--max-connections 2: a third client is closed at once and logged limitReached; after one leaves, a new one works",

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Running a mux and a demux: metrics, limits, `--log-data`, refused options and SIGTERM.
-@Suite("Mux and demux operations", .serialized)
+@Suite("Mux and demux operations", .serialized, .ownThread)
 struct MuxOperationsTests {
     typealias Tunnel = MuxTests.Tunnel
 

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// SPEC §3 mux / demux: two real processes, a demux in front of a test server and a mux pointing at it.
-@Suite("Mux and demux", .serialized)
+@Suite("Mux and demux", .serialized, .ownThread)
 struct MuxTests {
     /// A demux in front of `server`, and a mux tunnelling to it.
     struct Tunnel {
@@ -141,13 +141,13 @@ struct MuxTests {
         let stalled = try TestSocket.connect(port: tunnel.mux.port)
         defer { stalled.close() }
         stalled.setReceiveBufferSize(4096)
-        let stalledWriter = Task { await stalled.writeAsMuchAsPossibleAsync(for: 2.5 + alone * 3) }
+        async let stalledWriter = stalled.writeAsMuchAsPossibleAsync(for: 2.5 + alone * 3)
         await delay(seconds: 1)
 
         started = now()
         try await onThread { try Self.echoRoundTrip(port: tunnel.mux.port, size: size, seed: 2) }
         let withStall = now() - started
-        let written = await stalledWriter.value
+        let written = await stalledWriter
         #expect(written.end == nil, "the stalled client's stream is not reset")
         // Kernel buffers on four loopback sockets take several MB; past them, the stalled stream takes nothing.
         let more = stalled.writeAsMuchAsPossible(for: 0.5)

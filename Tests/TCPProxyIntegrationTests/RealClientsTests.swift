@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Real programs through the proxy: curl against Python's http.server.
-@Suite("Real clients: curl and python3 http.server")
+@Suite("Real clients: curl and python3 http.server", .ownThread)
 struct RealClientsTests {
     static let curl = "/usr/bin/curl"
 
@@ -15,6 +15,7 @@ struct RealClientsTests {
         let process = Process()
         private let lock = NSLock()
         private var output = ""
+        private var outputEnded = false
 
         init(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws {
             self.process.executableURL = URL(fileURLWithPath: executable)
@@ -37,11 +38,21 @@ struct RealClientsTests {
                     self.lock.withLock { self.output += text }
                 }
                 try? handle.close()
+                self.lock.withLock { self.outputEnded = true }
             }
             thread.start()
         }
 
         var text: String { self.lock.withLock { self.output } }
+
+        /// Waits (bounded) until the reader has seen the end of the child's output: after the child exits,
+        /// its last bytes may still sit in the pipe.
+        func waitForOutputEnd(timeout: Double) async {
+            let deadline = now() + timeout
+            while !self.lock.withLock({ self.outputEnded }) && now() < deadline {
+                await delay(seconds: 0.01)
+            }
+        }
 
         func waitForOutput(containing needle: String, timeout: Double) async -> Bool {
             let deadline = now() + timeout

@@ -7,7 +7,7 @@ import Glibc
 
 /// `tcpproxy socks` on loopback: real clients (curl) through it to python3's http.server, and raw bytes for
 /// every failure reply. After each bad client, a good one still gets through.
-@Suite("SOCKS mode")
+@Suite("SOCKS mode", .ownThread)
 struct SOCKSTests {
     static let curl = "/usr/bin/curl"
     static var hasCurl: Bool { FileManager.default.isExecutableFile(atPath: curl) }
@@ -38,7 +38,7 @@ struct SOCKSTests {
         )
         defer { child.kill() }
         let status = await child.waitForExit(timeout: 15)
-        try? await Task.sleep(nanoseconds: 20_000_000)  // let the reader collect the last bytes
+        await child.waitForOutputEnd(timeout: 2)
         return (status, child.text)
     }
 
@@ -172,7 +172,7 @@ struct SOCKSTests {
             )
             defer { child.kill() }
             let status = await child.waitForExit(timeout: 15)
-            try? await Task.sleep(nanoseconds: 20_000_000)
+            await child.waitForOutputEnd(timeout: 2)
             #expect(status == 0, "\(type): \(child.text)")
             #expect(child.text.contains("hello through socks"), "\(type): \(child.text)")
         }

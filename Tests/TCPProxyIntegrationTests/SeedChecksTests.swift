@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// The ten checks of the lab's `test-tcpproxy` (seed 003), reproduced in our own code.
-@Suite("Seed 003: the lab's ten checks")
+@Suite("Seed 003: the lab's ten checks", .ownThread)
 struct SeedChecksTests {
     @Test(
         "Single echo connection: 10 four-byte messages, each echoed before the next",

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Rate limits, latency, bit flips and data logging on the real binary (issue: shaping and faults).
-@Suite("Shaping and faults")
+@Suite("Shaping and faults", .ownThread)
 struct ShapingTests {
     /// Bytes per second of a size text such as `16K`.
     private static func rate(_ text: String) -> Double {
@@ -52,7 +52,7 @@ struct ShapingTests {
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }
         // Fill the pipe first so the proxy always has data to read, then measure at the server.
-        let writer = Task { await client.writeAsMuchAsPossibleAsync(for: 4.5) }
+        async let writer = client.writeAsMuchAsPossibleAsync(for: 4.5)
         await delay(seconds: 0.5)
         let before = server.receivedBytes
         let started = now()
@@ -60,7 +60,7 @@ struct ShapingTests {
         let measured = server.receivedBytes - before
         // A loaded machine may oversleep: the rate is judged over the time that really passed.
         let elapsed = now() - started
-        _ = await writer.value
+        _ = await writer
         let expected = Self.rate(rate) * elapsed
         #expect(abs(Double(measured) - expected) / expected < 0.10, "measured \(measured) of \(Int(expected))")
     }
@@ -105,9 +105,9 @@ struct ShapingTests {
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }
         let payload = pattern(count: 2 << 20, seed: 11)
-        let sender = Task { try await onThread { try client.send(payload, timeout: 30); client.shutdownWrite() } }
+        async let sender: Void = onThread { try client.send(payload, timeout: 30); client.shutdownWrite() }
         let echoed = try await onThread { try client.readToEnd(timeout: 30) }
-        try await sender.value
+        try await sender
         #expect(echoed.end == .eof)
         #expect(echoed.bytes == payload, "the echo came back byte for byte, in order")
     }
@@ -177,9 +177,9 @@ struct ShapingTests {
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }
-        let writer = Task { await client.writeAsMuchAsPossibleAsync(for: 6) }
+        async let writer = client.writeAsMuchAsPossibleAsync(for: 6)
         let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 15)
-        _ = await writer.value
+        _ = await writer
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "stallTimeout", "\(closed ?? "no close line")")
     }
 }

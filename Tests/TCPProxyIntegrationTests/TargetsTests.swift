@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// Several targets, failover, health checks and the PROXY protocol on the real binary.
-@Suite("Targets and PROXY protocol")
+@Suite("Targets and PROXY protocol", .ownThread)
 struct TargetsTests {
     /// A server that answers each connection with its own name, then closes.
     private func namedServer(_ name: String) throws -> TestServer {

@@ -7,7 +7,7 @@ import Glibc
 
 /// SPEC §2.6-7: the stall timeout is judged per direction; progress (however slow) is not a stall;
 /// the idle timeout counts traffic either way.
-@Suite("Stall and idle timeouts")
+@Suite("Stall and idle timeouts", .ownThread)
 struct TimeoutTests {
     /// A server handler that reads (and discards) on a second thread while `write` runs; returns once both end.
     static func readingWhile(_ write: @escaping @Sendable (TestSocket, TestServer) -> Void) -> TestServer.Handler {

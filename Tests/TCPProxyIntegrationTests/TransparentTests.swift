@@ -12,6 +12,7 @@ import Glibc
 @Suite(
     "Transparent mode across network namespaces",
     .serialized,
+    .ownThread,
     .enabled(if: NetworkNamespaces.available, Comment(rawValue: NetworkNamespaces.unavailableReason ?? ""))
 )
 struct TransparentTests {
@@ -239,7 +240,7 @@ struct TransparentTests {
 }
 
 /// What needs no namespace: the privilege check and usage errors.
-@Suite("Transparent mode: privileges and usage")
+@Suite("Transparent mode: privileges and usage", .ownThread)
 struct TransparentCommandLineTests {
     /// Root drops CAP_NET_ADMIN and CAP_NET_RAW with setpriv; anyone else lacks them already.
     static let unprivileged: [String]? = {

@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// `--capture` and `--metrics` on the real binary.
-@Suite("Capture and metrics")
+@Suite("Capture and metrics", .ownThread)
 struct VisibilityTests {
     /// Runs a command, returning its exit status and standard output.
     private func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
