@@ -40,12 +40,22 @@ struct ForwardCommand: AsyncParsableCommand {
         if let healthInterval, !(healthInterval > 0 && healthInterval <= 3600) {
             throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from more than 0 to 3600)")
         }
+        // Here rather than in ProxyRunner (which checks every mode): a usage error of this subcommand.
+        if self.options.engine == .direct,
+            let obstacle = self.proxyConfiguration.directEngineObstacle(capturing: self.options.observability.capture != nil)
+        {
+            throw ValidationError("--engine direct cannot serve this listener: \(obstacle)")
+        }
     }
 
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        let configuration = ProxyConfiguration(
+        try await ProxyRunner.run([self.proxyConfiguration], options: self.options)
+    }
+
+    private var proxyConfiguration: ProxyConfiguration {
+        ProxyConfiguration(
             listen: self.listen,
             mode: .forward(
                 ForwardConfiguration(
@@ -59,7 +69,6 @@ struct ForwardCommand: AsyncParsableCommand {
             admission: self.options.admissionPolicy,
             acceptProxyProtocol: self.options.acceptProxyProtocol
         )
-        try await ProxyRunner.run([configuration], options: self.options)
     }
 }
 
