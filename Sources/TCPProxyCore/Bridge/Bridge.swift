@@ -151,13 +151,7 @@ final class Bridge {
         guard !self.started else { return }
         self.started = true
         self.reportClose(of: channel, as: .client)
-        self.logger.info(
-            "bridge accepted",
-            metadata: [
-                "bridge.id": "\(self.id)",
-                "client.address": "\((self.announcedClient?.source ?? channel.remoteAddress).logDescription)",
-            ]
-        )
+        self.logger.logBridgeAccepted(id: self.id, client: self.announcedClient?.source ?? channel.remoteAddress)
         self.connect()
     }
 
@@ -268,12 +262,7 @@ final class Bridge {
                 self.perform(self.machine.connectSucceeded())
             case .failure(let error):
                 let timedOut = isConnectTimeout(error)
-                self.logger.info(
-                    "bridge connect failed",
-                    metadata: [
-                        "bridge.id": "\(self.id)", "server.address": "\(self.connector.targetDescription)", "error": "\(error)",
-                    ]
-                )
+                self.logger.logBridgeConnectFailed(id: self.id, server: self.connector.targetDescription, error: "\(error)")
                 if self.machine.isConnecting, let client = self.clientHandler.context?.channel {
                     self.hooks.connectFailed?(client, error)
                 }
@@ -319,12 +308,9 @@ final class Bridge {
             break
 
         case .startForwarding(let thenShutdownServerOutput):
-            self.logger.info(
-                "bridge connected",
-                metadata: [
-                    "bridge.id": "\(self.id)",
-                    "server.address": "\(self.serverChannel?.remoteAddress?.logDescription ?? self.connector.targetDescription)",
-                ]
+            self.logger.logBridgeConnected(
+                id: self.id,
+                server: self.serverChannel?.remoteAddress?.logDescription ?? self.connector.targetDescription
             )
             if let capture = self.observers.capture, let client = self.clientHandler.context?.channel.remoteAddress,
                 let server = self.serverChannel?.remoteAddress
@@ -386,17 +372,12 @@ final class Bridge {
     /// Both sockets are closed (by NIO, or by the splice engine): log the end, report it, and let go.
     func reportEnd(_ reason: CloseReason) {
         self.cancelTimers()
-        let duration = Double((self.eventLoop.now - self.startTime).nanoseconds) / 1e9
-        self.logger.info(
-            "bridge closed",
-            metadata: [
-                "bridge.id": "\(self.id)", "close.reason": "\(reason)",
-                "bytes.upstream": "\(self.bytesUpstream)", "bytes.downstream": "\(self.bytesDownstream)",
-                "duration": "\(duration)",
-            ]
+        let duration = self.eventLoop.now - self.startTime
+        self.logger.logBridgeClosed(
+            id: self.id, reason: reason, upstream: self.bytesUpstream, downstream: self.bytesDownstream, duration: duration
         )
         self.reportBytes()
-        self.observers.metrics?.bridgeClosed(reason, duration: self.eventLoop.now - self.startTime)
+        self.observers.metrics?.bridgeClosed(reason, duration: duration)
         self.hooks.finished(reason)
         self.clientHandler.bridge = nil
         self.serverHandler.bridge = nil

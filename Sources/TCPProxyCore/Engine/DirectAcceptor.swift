@@ -107,21 +107,13 @@ final class DirectAcceptor: Sendable {
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
             self.metrics?.rejected(reason)
-            self.logger.info(
-                "connection rejected",
-                metadata: ["client.address": "\(address.logDescription)", "close.reason": "\(reason)"]
-            )
+            self.logger.logConnectionRejected(client: address, reason: reason)
             closeDescriptor(client)
             return .handled
         }
         let id = self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed)
         self.metrics?.bridgeOpened()
-        if self.logsBridges {
-            self.logger.info(
-                "bridge accepted",
-                metadata: ["bridge.id": "\(id)", "client.address": "\(address.logDescription)"]
-            )
-        }
+        if self.logsBridges { self.logger.logBridgeAccepted(id: id, client: address) }
         var connected: CInt = 0
         let server = self.target.withSockAddr { address, size in
             CTCPProxyLinux_connect(address, UInt32(size), &connected)
@@ -154,10 +146,7 @@ final class DirectAcceptor: Sendable {
     /// The server connection is up.
     func connected(_ bridge: DirectBridge) {
         guard self.logsBridges else { return }
-        self.logger.info(
-            "bridge connected",
-            metadata: ["bridge.id": "\(bridge.id)", "server.address": "\(self.target.logDescription)"]
-        )
+        self.logger.logBridgeConnected(id: bridge.id, server: self.target.logDescription)
     }
 
     /// A copying bridge carries bulk and moved to pipes.
@@ -171,13 +160,7 @@ final class DirectAcceptor: Sendable {
     }
 
     private func logConnectFailure(id: UInt64, errno error: CInt) {
-        self.logger.info(
-            "bridge connect failed",
-            metadata: [
-                "bridge.id": "\(id)", "server.address": "\(self.target.logDescription)",
-                "error": "\(Self.errorText(error))",
-            ]
-        )
+        self.logger.logBridgeConnectFailed(id: id, server: self.target.logDescription, error: Self.errorText(error))
     }
 
     /// Both sockets are closed: log the end, count it, and give the slot back.
@@ -192,39 +175,11 @@ final class DirectAcceptor: Sendable {
 
     private func finish(id: UInt64, reason: CloseReason, bytes: (upstream: UInt64, downstream: UInt64), duration: TimeAmount) {
         if self.logsBridges {
-            self.logger.info(
-                "bridge closed",
-                metadata: [
-                    "bridge.id": "\(id)", "close.reason": "\(reason)",
-                    "bytes.upstream": "\(bytes.upstream)", "bytes.downstream": "\(bytes.downstream)",
-                    "duration": "\(Double(duration.nanoseconds) / 1e9)",
-                ]
+            self.logger.logBridgeClosed(
+                id: id, reason: reason, upstream: bytes.upstream, downstream: bytes.downstream, duration: duration
             )
         }
         self.metrics?.bridgeClosed(reason, duration: duration)
         self.activeBridges.release()
-    }
-}
-
-extension SocketAddress {
-    /// The address the kernel wrote into `storage` (IPv4 or IPv6), `nil` for another family.
-    init?(storage: sockaddr_storage) {
-        var storage = storage
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in.self) }
-            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
-            var raw = address.sin_addr
-            inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
-            self.init(address, host: text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
-        case AF_INET6:
-            let address = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
-            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            var raw = address.sin6_addr
-            inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count))
-            self.init(address, host: text.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
-        default:
-            return nil
-        }
     }
 }

@@ -22,7 +22,10 @@ extension Listener {
             case .address(let target) = ConnectTarget(forward.targets[0].endpoint)
         else { return nil }
         let threads = max(1, self.group.makeIterator().reduce(0) { count, _ in count + 1 })
-        guard let engines = DirectEngine.pool(count: threads) else { return nil }
+        guard let engines = DirectEngine.pool(count: threads) else {
+            self.logger.warning("the direct engine cannot start (no epoll or eventfd), serving on NIO")
+            return nil
+        }
         return (target, engines)
     }
 
@@ -30,7 +33,7 @@ extension Listener {
     ///
     /// One listening socket shared by every engine (EPOLLEXCLUSIVE). `TCPPROXY_DIRECT_REUSEPORT=1` instead
     /// gives each engine a socket of its own bound with SO_REUSEPORT: a measurement switch only
-    /// (docs/BENCHMARKS.md, "Accepts"), not an option.
+    /// (docs/BENCHMARKS.md, "Two threads, and one listening socket against SO_REUSEPORT"), not an option.
     func runDirect(target: SocketAddress, engines: [DirectEngine]) async throws {
         let listen = self.configuration.listen
         let reusePort = getenv("TCPPROXY_DIRECT_REUSEPORT").map { String(cString: $0) == "1" } ?? false
@@ -44,13 +47,13 @@ extension Listener {
                 guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "bind") }
                 descriptors.append(descriptor)
                 // Port 0: the other sockets of the group take the port the first one got.
-                if let bound = Self.localAddress(of: descriptor) { address = bound }
+                if let bound = SocketAddress(descriptor: descriptor, peer: false) { address = bound }
             }
         } catch {
             descriptors.forEach(closeDescriptor)
             throw ListenerError(endpoint: listen, underlying: error)
         }
-        let bound = Self.localAddress(of: descriptors[0])
+        let bound = SocketAddress(descriptor: descriptors[0], peer: false)
         self.setBoundAddress(bound)
         self.logger.info(
             "listening on \(bound?.logDescription ?? listen.description)",
@@ -80,14 +83,5 @@ extension Listener {
             self.spliceDrain.beginDrain(timeout: self.configuration.bridge.drainTimeout)
         }
         self.logger.info("listener stopped")
-    }
-
-    private static func localAddress(of descriptor: CInt) -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        return result == 0 ? SocketAddress(storage: storage) : nil
     }
 }

@@ -162,13 +162,7 @@ public final class Listener: Service, Sendable {
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
             self.observers.metrics?.rejected(reason)
-            self.logger.info(
-                "connection rejected",
-                metadata: [
-                    "client.address": "\(channel.remoteAddress.logDescription)",
-                    "close.reason": "\(reason)",
-                ]
-            )
+            self.logger.logConnectionRejected(client: channel.remoteAddress, reason: reason)
             try channel.pipeline.syncOperations.addHandler(CloseOnActiveHandler())
             return
         }
@@ -212,10 +206,7 @@ extension Listener {
                     let client = header.source ?? channel.remoteAddress
                     guard admission.allows(client) else {
                         metrics?.rejected(.notAllowed)
-                        logger.info(
-                            "connection rejected",
-                            metadata: ["client.address": "\(client.logDescription)", "close.reason": "notAllowed"]
-                        )
+                        logger.logConnectionRejected(client: client, reason: .notAllowed)
                         return false
                     }
                     var setup = setup

@@ -115,10 +115,7 @@ public final class MuxService: Service, Sendable {
         guard decision == .admit else {
             let reason: CloseReason = decision == .notAllowed ? .notAllowed : .limitReached
             self.environment.metrics?.rejected(reason)
-            self.logger.info(
-                "connection rejected",
-                metadata: ["client.address": "\(channel.remoteAddress.logDescription)", "close.reason": "\(reason)"]
-            )
+            self.logger.logConnectionRejected(client: channel.remoteAddress, reason: reason)
             try channel.pipeline.syncOperations.addHandler(CloseOnActiveHandler())
             return
         }

@@ -22,8 +22,8 @@ enum ChannelDescriptor {
             let descriptor = self.property(named: "descriptor", of: socket) as? CInt,
             descriptor >= 0,
             let local = channel.localAddress, let remote = channel.remoteAddress,
-            self.address(of: descriptor, peer: false) == local,
-            self.address(of: descriptor, peer: true) == remote
+            SocketAddress(descriptor: descriptor, peer: false) == local,
+            SocketAddress(descriptor: descriptor, peer: true) == remote
         else { return nil }
         return descriptor
     }
@@ -39,26 +39,6 @@ enum ChannelDescriptor {
             mirror = current.superclassMirror
         }
         return nil
-    }
-
-    /// getsockname(2) or getpeername(2) of `descriptor`, for IPv4 and IPv6.
-    static func address(of descriptor: CInt, peer: Bool) -> SocketAddress? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let result = withUnsafeMutablePointer(to: &storage) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { address in
-                peer ? getpeername(descriptor, address, &length) : getsockname(descriptor, address, &length)
-            }
-        }
-        guard result == 0 else { return nil }
-        switch CInt(storage.ss_family) {
-        case AF_INET:
-            return withUnsafeBytes(of: &storage) { SocketAddress($0.load(as: sockaddr_in.self)) }
-        case AF_INET6:
-            return withUnsafeBytes(of: &storage) { SocketAddress($0.load(as: sockaddr_in6.self)) }
-        default:
-            return nil
-        }
     }
 
     /// A duplicate of `descriptor` (close-on-exec) that keeps the socket open after NIO closes its own.
