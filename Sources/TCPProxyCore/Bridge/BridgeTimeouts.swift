@@ -39,6 +39,18 @@ struct BridgeTimeouts {
         var lastDelivered: UInt64 = 0
         /// When this direction was last seen holding nothing or delivering something.
         var lastProgress: NIODeadline? = nil
+
+        /// Takes a sample.
+        /// - Returns: whether a backlog moved (a draining backlog is traffic too), and, while the direction
+        ///   holds bytes, since when it has made no progress.
+        mutating func observe(_ sample: Sample, now: NIODeadline) -> (backlogMoved: Bool, stalledSince: NIODeadline?) {
+            let moved = sample.delivered != self.lastDelivered
+            if sample.held == 0 || moved || self.lastProgress == nil {
+                self.lastProgress = now
+                self.lastDelivered = sample.delivered
+            }
+            return (sample.held > 0 && moved, sample.held > 0 ? self.lastProgress : nil)
+        }
     }
 
     /// - Parameters:
@@ -94,23 +106,15 @@ struct BridgeTimeouts {
         }
         var nextDeadline: NIODeadline? = nil
         if let stallTimeout {
-            for direction in [Direction.upstream, .downstream] {
-                let sample = direction == .upstream ? upstream : downstream
-                var progress = direction == .upstream ? self.upstreamProgress : self.downstreamProgress
-                if sample.held > 0 && sample.delivered != progress.lastDelivered {
-                    // A backlog still draining to a slow reader is traffic too.
-                    self.lastTraffic = now
-                }
-                if sample.held == 0 || sample.delivered != progress.lastDelivered || progress.lastProgress == nil {
-                    progress.lastProgress = now
-                    progress.lastDelivered = sample.delivered
-                }
-                if direction == .upstream { self.upstreamProgress = progress } else { self.downstreamProgress = progress }
-                guard sample.held > 0, let last = progress.lastProgress else { continue }
-                if now - last >= stallTimeout {
+            let up = self.upstreamProgress.observe(upstream, now: now)
+            let down = self.downstreamProgress.observe(downstream, now: now)
+            if up.backlogMoved || down.backlogMoved { self.lastTraffic = now }
+            for stalledSince in [up.stalledSince, down.stalledSince] {
+                guard let stalledSince else { continue }
+                if now - stalledSince >= stallTimeout {
                     return .expire(.stallTimeout)
                 }
-                nextDeadline = min(nextDeadline ?? last + stallTimeout, last + stallTimeout)
+                nextDeadline = min(nextDeadline ?? stalledSince + stallTimeout, stalledSince + stallTimeout)
             }
         }
         if let idleTimeout {
