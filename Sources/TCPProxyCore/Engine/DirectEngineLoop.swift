@@ -238,13 +238,15 @@ struct DirectEngineLoop {
         }
         let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | failure
         let writable = CTCPProxyLinux_EPOLLOUT | failure
-        // Readiness the socket is registered for but has no use for now woke the engine for nothing:
-        // it is dropped (interest is added as soon as it is needed, and dropped only this way, so a
-        // steady flow makes no epoll_ctl calls).
-        let interest = bridge.interest(side)
+        // Readiness a spliced bridge's socket is registered for but has no use for now woke the engine for
+        // nothing: it is dropped (interest is added as soon as it is needed, and dropped only this way, so a
+        // steady flow makes no epoll_ctl calls). A copying bridge stays registered for everything.
         var unused: UInt32 = 0
-        if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
-        if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
+        if !bridge.isCopying {
+            let interest = bridge.interest(side)
+            if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
+            if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
+        }
         let from = DirectLinkState.direction(from: side)
         if event.events & readable != 0 {
             guard self.pump(bridge, from, dropping: unused, on: side) else { return }
