@@ -222,26 +222,35 @@ let benchmarks: @Sendable () -> Void = {
         maxIterations: 200
     )
 
+    // The chunk benchmarks with the default `--splice auto` (bulk moves to pipes during warm-up) and, on the
+    // proxied paths, with `--splice never` (each engine's own user-space data path).
+    let chunkVariants: [(suffix: String, bridge: BridgeConfiguration, proxiedOnly: Bool)] = [
+        ("", BridgeConfiguration(), false), ("-splice-never", spliceNever, true),
+    ]
     for path in Path.allCases {
-        proxyBenchmark(
-            "chunks-16KiB-x\(chunksPerIteration)-lockstep",
-            path: path,
-            connected: true,
-            mallocTolerance: timerTolerance(path),
-            warmUp: { try lockstepChunks($0, count: 200) }
-        ) { _, session in
-            try lockstepChunks(session, count: chunksPerIteration)
-        }
+        for variant in chunkVariants where path.isProxied || !variant.proxiedOnly {
+            proxyBenchmark(
+                "chunks-16KiB-x\(chunksPerIteration)-lockstep\(variant.suffix)",
+                path: path,
+                bridge: variant.bridge,
+                connected: true,
+                mallocTolerance: timerTolerance(path),
+                warmUp: { try lockstepChunks($0, count: 200) }
+            ) { _, session in
+                try lockstepChunks(session, count: chunksPerIteration)
+            }
 
-        proxyBenchmark(
-            "chunks-16KiB-x\(chunksPerIteration)-stream",
-            path: path,
-            connected: true,
-            // Plus NIO now and then reading into a fresh 64 KiB buffer under back-pressure (2 mallocs each).
-            mallocTolerance: path == .nio ? timerTolerance(path) + 4 : timerTolerance(path),
-            warmUp: { try streamChunks($0, count: 500) }
-        ) { _, session in
-            try streamChunks(session, count: chunksPerIteration)
+            proxyBenchmark(
+                "chunks-16KiB-x\(chunksPerIteration)-stream\(variant.suffix)",
+                path: path,
+                bridge: variant.bridge,
+                connected: true,
+                // Plus NIO now and then reading into a fresh 64 KiB buffer under back-pressure (2 mallocs each).
+                mallocTolerance: path == .nio ? timerTolerance(path) + 4 : timerTolerance(path),
+                warmUp: { try streamChunks($0, count: 500) }
+            ) { _, session in
+                try streamChunks(session, count: chunksPerIteration)
+            }
         }
 
         proxyBenchmark(
@@ -266,28 +275,6 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     for path in Path.allCases where path.isProxied {
-        proxyBenchmark(
-            "chunks-16KiB-x\(chunksPerIteration)-lockstep-splice-never",
-            path: path,
-            bridge: spliceNever,
-            connected: true,
-            mallocTolerance: timerTolerance(path),
-            warmUp: { try lockstepChunks($0, count: 200) }
-        ) { _, session in
-            try lockstepChunks(session, count: chunksPerIteration)
-        }
-
-        proxyBenchmark(
-            "chunks-16KiB-x\(chunksPerIteration)-stream-splice-never",
-            path: path,
-            bridge: spliceNever,
-            connected: true,
-            mallocTolerance: path == .nio ? timerTolerance(path) + 4 : timerTolerance(path),
-            warmUp: { try streamChunks($0, count: 500) }
-        ) { _, session in
-            try streamChunks(session, count: chunksPerIteration)
-        }
-
         proxyBenchmark(
             "connections-x\(connectionsPerIteration)-loglevel-info",
             path: path,

@@ -9,7 +9,7 @@ struct DirectFlowCopyTests {
     @Test("stopAtShortRead: a short read ends reading for this pump, with no extra fill call")
     func shortReadStops() {
         var flow = DirectFlow(capacity: 65536)
-        let io = ScriptedSpliceIO(fills: [.moved(100), .moved(7)], drains: [.moved(100)])
+        let io = ScriptedFlowIO(fills: [.moved(100), .moved(7)], drains: [.moved(100)])
         #expect(flow.pump(io, stopAtShortRead: true) == .blocked)
         #expect(io.calls == ["fill 65536", "drain 100"], "no second read: the receive queue was empty")
         #expect(io.fills == [.moved(7)])
@@ -20,7 +20,7 @@ struct DirectFlowCopyTests {
     @Test("stopAtShortRead: full reads go on; the first short one stops reading")
     func fullReadsContinue() {
         var flow = DirectFlow(capacity: 4096)
-        let io = ScriptedSpliceIO(
+        let io = ScriptedFlowIO(
             fills: [.moved(4096), .moved(4096), .moved(10), .moved(1)],
             drains: [.moved(4096), .moved(4096), .moved(10)]
         )
@@ -35,7 +35,7 @@ struct DirectFlowCopyTests {
         var flow = DirectFlow(capacity: 4096)
         // The sink takes 1000 of 4096: the next read may only ask for 1000, and gets all of it, so the
         // source may have more: it is read again once the sink took everything.
-        let io = ScriptedSpliceIO(
+        let io = ScriptedFlowIO(
             fills: [.moved(4096), .moved(1000), .moved(5), .moved(1)],
             drains: [.moved(1000), .moved(4096), .moved(5)]
         )
@@ -49,7 +49,7 @@ struct DirectFlowCopyTests {
     @Test("stopAtShortRead: held bytes are still written after the short read until the sink blocks")
     func drainsAfterShortRead() {
         var flow = DirectFlow(capacity: 65536)
-        let io = ScriptedSpliceIO(fills: [.moved(3000)], drains: [.moved(1000), .moved(1000), .wouldBlock])
+        let io = ScriptedFlowIO(fills: [.moved(3000)], drains: [.moved(1000), .moved(1000), .wouldBlock])
         #expect(flow.pump(io, stopAtShortRead: true) == .blocked)
         #expect(io.calls == ["fill 65536", "drain 3000", "drain 2000", "drain 1000"])
         #expect(flow.held == 1000)
@@ -58,7 +58,7 @@ struct DirectFlowCopyTests {
     @Test("stopAtShortRead ends reading for one pump only: the next pump reads again")
     func nextPumpReads() {
         var flow = DirectFlow(capacity: 65536)
-        let io = ScriptedSpliceIO(fills: [.moved(10), .moved(20)], drains: [.moved(10), .moved(20)])
+        let io = ScriptedFlowIO(fills: [.moved(10), .moved(20)], drains: [.moved(10), .moved(20)])
         #expect(flow.pump(io, stopAtShortRead: true) == .blocked)
         #expect(flow.pump(io, stopAtShortRead: true) == .blocked)
         #expect(io.calls == ["fill 65536", "drain 10", "fill 65536", "drain 20"])
@@ -68,22 +68,22 @@ struct DirectFlowCopyTests {
     @Test("stopAtShortRead: EOF and failures are handled as without the flag")
     func eofAndFailures() {
         var flow = DirectFlow(capacity: 65536)
-        let io = ScriptedSpliceIO(fills: [.endOfStream])
+        let io = ScriptedFlowIO(fills: [.endOfStream])
         #expect(flow.pump(io, stopAtShortRead: true) == .blocked)
         #expect(io.calls == ["fill 65536", "shutdown"])
         #expect(flow.isFinished)
         flow = DirectFlow(capacity: 65536)
-        #expect(flow.pump(ScriptedSpliceIO(fills: [.failed(104)]), stopAtShortRead: true) == .sourceFailed)
+        #expect(flow.pump(ScriptedFlowIO(fills: [.failed(104)]), stopAtShortRead: true) == .sourceFailed)
         flow = DirectFlow(capacity: 65536)
         #expect(
-            flow.pump(ScriptedSpliceIO(fills: [.moved(10)], drains: [.failed(32)]), stopAtShortRead: true) == .sinkFailed
+            flow.pump(ScriptedFlowIO(fills: [.moved(10)], drains: [.failed(32)]), stopAtShortRead: true) == .sinkFailed
         )
     }
 
     @Test("without stopAtShortRead a short read does not end reading (the splice rule, and after the peer's FIN)")
     func withoutFlag() {
         var flow = DirectFlow(capacity: 65536)
-        let io = ScriptedSpliceIO(fills: [.moved(100), .moved(7), .endOfStream], drains: [.moved(100), .moved(7)])
+        let io = ScriptedFlowIO(fills: [.moved(100), .moved(7), .endOfStream], drains: [.moved(100), .moved(7)])
         #expect(flow.pump(io) == .blocked)
         #expect(io.calls == ["fill 65536", "drain 100", "fill 65536", "drain 7", "fill 65536", "shutdown"])
         #expect(flow.isFinished, "reading on after short reads finds the FIN")
@@ -93,7 +93,7 @@ struct DirectFlowCopyTests {
     @Test("stopAtShortRead still yields at the round limit while reads are full")
     func yieldsWithFlag() {
         var flow = DirectFlow(capacity: 1024)
-        let io = ScriptedSpliceIO(
+        let io = ScriptedFlowIO(
             fills: Array(repeating: .moved(1024), count: 10),
             drains: Array(repeating: .moved(1024), count: 10)
         )
@@ -104,13 +104,13 @@ struct DirectFlowCopyTests {
     @Test("resize keeps the bytes moved and whether the source ended; later reads ask for the new capacity")
     func resizeKeepsState() {
         var flow = DirectFlow(capacity: 65536)
-        #expect(flow.pump(ScriptedSpliceIO(fills: [.moved(5000)], drains: [.moved(5000)]), stopAtShortRead: true) == .blocked)
+        #expect(flow.pump(ScriptedFlowIO(fills: [.moved(5000)], drains: [.moved(5000)]), stopAtShortRead: true) == .blocked)
         flow.resize(16384)
         #expect(flow.capacity == 16384)
         #expect(flow.moved == 5000)
         #expect(flow.held == 0)
         #expect(!flow.sourceEnded && !flow.sinkShut)
-        let io = ScriptedSpliceIO(fills: [.moved(16384)], drains: [.moved(16384)])
+        let io = ScriptedFlowIO(fills: [.moved(16384)], drains: [.moved(16384)])
         #expect(flow.pump(io) == .blocked)
         #expect(io.calls == ["fill 16384", "drain 16384", "fill 16384"])
         #expect(flow.moved == 21384)
@@ -118,19 +118,19 @@ struct DirectFlowCopyTests {
         // A direction that already ended stays ended (and makes no calls) after the move to pipes.
         var ended = DirectFlow(capacity: 65536)
         #expect(
-            ended.pump(ScriptedSpliceIO(fills: [.moved(3), .endOfStream], drains: [.moved(3)])) == .blocked
+            ended.pump(ScriptedFlowIO(fills: [.moved(3), .endOfStream], drains: [.moved(3)])) == .blocked
         )
         #expect(ended.isFinished)
         ended.resize(4096)
         #expect(ended.isFinished && ended.sourceEnded && ended.sinkShut)
         #expect(ended.moved == 3)
-        let none = ScriptedSpliceIO(fills: [.moved(1)])
+        let none = ScriptedFlowIO(fills: [.moved(1)])
         #expect(ended.pump(none) == .blocked)
         #expect(none.calls.isEmpty)
 
         // EOF read but not yet passed on (nothing held, the sink's shutdown pending) is kept as well.
         var link = DirectLinkState(upstream: DirectFlow(capacity: 65536), downstream: DirectFlow(capacity: 65536))
-        _ = link.upstream.pump(ScriptedSpliceIO(fills: [.endOfStream], shutdownError: 107))
+        _ = link.upstream.pump(ScriptedFlowIO(fills: [.endOfStream], shutdownError: 107))
         #expect(link.upstream.sourceEnded && !link.upstream.sinkShut)
         link.upstream.resize(4096)
         #expect(link.upstream.sourceEnded && !link.upstream.sinkShut)

@@ -4,7 +4,7 @@ import Testing
 
 /// A scripted ``FlowIO``: each call takes the next answer from its list (`wouldBlock` when the list is
 /// empty) and is recorded with the byte count it asked for.
-final class ScriptedSpliceIO: FlowIO {
+final class ScriptedFlowIO: FlowIO {
     var fills: [FlowStep]
     var drains: [FlowStep]
     var shutdownError: CInt?
@@ -37,7 +37,7 @@ struct DirectFlowTests {
     @Test("moves what the source has to the sink and stops at EAGAIN on both")
     func movesUntilBlocked() {
         var flow = DirectFlow(capacity: 65536)
-        let io = ScriptedSpliceIO(fills: [.moved(65536), .moved(1000)], drains: [.moved(65536), .moved(1000)])
+        let io = ScriptedFlowIO(fills: [.moved(65536), .moved(1000)], drains: [.moved(65536), .moved(1000)])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.moved == 66536)
         #expect(flow.held == 0)
@@ -48,7 +48,7 @@ struct DirectFlowTests {
     func boundedByCapacity() {
         var flow = DirectFlow(capacity: 4096)
         // The sink takes nothing: the pipe fills and reading stops.
-        let io = ScriptedSpliceIO(fills: [.moved(3000), .moved(1096), .moved(1)])
+        let io = ScriptedFlowIO(fills: [.moved(3000), .moved(1096), .moved(1)])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.held == 4096)
         #expect(io.calls == ["fill 4096", "drain 3000", "fill 1096", "drain 4096", "drain 4096"])
@@ -58,10 +58,10 @@ struct DirectFlowTests {
     @Test("a full sink resumes: the held bytes go first, then the source is read again")
     func resumesAfterSinkBlocked() {
         var flow = DirectFlow(capacity: 8192)
-        var io = ScriptedSpliceIO(fills: [.moved(8192)])
+        var io = ScriptedFlowIO(fills: [.moved(8192)])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.held == 8192)
-        io = ScriptedSpliceIO(fills: [.moved(100)], drains: [.moved(8192), .moved(100)])
+        io = ScriptedFlowIO(fills: [.moved(100)], drains: [.moved(8192), .moved(100)])
         #expect(flow.pump(io) == .blocked)
         #expect(io.calls == ["drain 8192", "fill 8192", "drain 100", "fill 8192"])
         #expect(flow.held == 0)
@@ -70,16 +70,16 @@ struct DirectFlowTests {
     @Test("EOF from the source becomes SHUT_WR on the sink only after the pipe drained (rule 5)")
     func eofAfterDrain() {
         var flow = DirectFlow(capacity: 65536)
-        var io = ScriptedSpliceIO(fills: [.moved(500), .endOfStream])
+        var io = ScriptedFlowIO(fills: [.moved(500), .endOfStream])
         #expect(flow.pump(io) == .blocked)
         #expect(flow.sourceEnded)
         #expect(!flow.sinkShut, "500 bytes still held")
         #expect(!io.calls.contains("shutdown"))
-        io = ScriptedSpliceIO(drains: [.moved(500)])
+        io = ScriptedFlowIO(drains: [.moved(500)])
         #expect(flow.pump(io) == .blocked)
         #expect(io.calls == ["drain 500", "shutdown"])
         #expect(flow.isFinished)
-        io = ScriptedSpliceIO()
+        io = ScriptedFlowIO()
         #expect(flow.pump(io) == .blocked)
         #expect(io.calls.isEmpty, "a finished flow makes no calls")
     }
@@ -87,17 +87,17 @@ struct DirectFlowTests {
     @Test("a read error is the source's reset, a write or shutdown error the sink's")
     func failures() {
         var flow = DirectFlow(capacity: 65536)
-        #expect(flow.pump(ScriptedSpliceIO(fills: [.failed(104)])) == .sourceFailed)
+        #expect(flow.pump(ScriptedFlowIO(fills: [.failed(104)])) == .sourceFailed)
         flow = DirectFlow(capacity: 65536)
-        #expect(flow.pump(ScriptedSpliceIO(fills: [.moved(10)], drains: [.failed(32)])) == .sinkFailed)
+        #expect(flow.pump(ScriptedFlowIO(fills: [.moved(10)], drains: [.failed(32)])) == .sinkFailed)
         flow = DirectFlow(capacity: 65536)
-        #expect(flow.pump(ScriptedSpliceIO(fills: [.endOfStream], shutdownError: 107)) == .sinkFailed)
+        #expect(flow.pump(ScriptedFlowIO(fills: [.endOfStream], shutdownError: 107)) == .sinkFailed)
     }
 
     @Test("stops after the round limit while bytes keep coming, so other bridges get a turn")
     func yields() {
         var flow = DirectFlow(capacity: 1024)
-        let io = ScriptedSpliceIO(
+        let io = ScriptedFlowIO(
             fills: Array(repeating: .moved(1024), count: 10),
             drains: Array(repeating: .moved(1024), count: 10)
         )
@@ -108,7 +108,7 @@ struct DirectFlowTests {
     @Test("a direction that ended on NIO starts finished and makes no calls")
     func startsEnded() {
         var flow = DirectFlow(capacity: 65536, ended: true)
-        let io = ScriptedSpliceIO(fills: [.moved(1)])
+        let io = ScriptedFlowIO(fills: [.moved(1)])
         #expect(flow.isFinished)
         #expect(flow.pump(io) == .blocked)
         #expect(io.calls.isEmpty)
@@ -132,12 +132,12 @@ struct SpliceLinkStateTests {
         // The server sent EOF and the client got SHUT_WR; then the client sends EOF too, while bytes for
         // the server are still in the pipe.
         var upstream = DirectFlow(capacity: 4096)
-        _ = upstream.pump(ScriptedSpliceIO(fills: [.moved(100), .endOfStream]))
+        _ = upstream.pump(ScriptedFlowIO(fills: [.moved(100), .endOfStream]))
         var state = DirectLinkState(upstream: upstream, downstream: self.finished())
         #expect(state.nextAction() == .closeSocket(.client))
         #expect(state.nextAction() == .none)
         #expect(!state.clientOpen && state.serverOpen)
-        _ = state.upstream.pump(ScriptedSpliceIO(drains: [.moved(100)]))
+        _ = state.upstream.pump(ScriptedFlowIO(drains: [.moved(100)]))
         #expect(state.nextAction() == .end(.completed))
     }
 
@@ -153,10 +153,10 @@ struct SpliceLinkStateTests {
         #expect(state.interest(.client) == (readable: true, writable: false))
         #expect(state.interest(.server) == (readable: true, writable: false))
         // The server takes nothing: the upstream pipe fills.
-        #expect(state.upstream.pump(ScriptedSpliceIO(fills: [.moved(4096)])) == .blocked)
+        #expect(state.upstream.pump(ScriptedFlowIO(fills: [.moved(4096)])) == .blocked)
         #expect(state.interest(.client) == (readable: false, writable: false), "a full pipe: the client is left alone")
         #expect(state.interest(.server) == (readable: true, writable: true), "the server is watched until it takes more")
-        #expect(state.upstream.pump(ScriptedSpliceIO(fills: [.endOfStream], drains: [.moved(4096)])) == .blocked)
+        #expect(state.upstream.pump(ScriptedFlowIO(fills: [.endOfStream], drains: [.moved(4096)])) == .blocked)
         #expect(state.interest(.client) == (readable: false, writable: false), "the client's EOF was read")
         #expect(state.interest(.server) == (readable: true, writable: false))
     }
