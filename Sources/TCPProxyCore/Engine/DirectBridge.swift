@@ -85,10 +85,14 @@ final class DirectBridge {
     let startTime: NIODeadline
     /// Until when the server connection may take (while connecting).
     private var connectDeadline: NIODeadline?
-    /// Whether each side's peer is known to have sent its FIN (an event said so): its socket is then read
-    /// until EOF, since a short read may leave the FIN unread with no further edge.
+    /// Whether each side's peer is known to have sent its FIN or hung up (an event said so): its socket is
+    /// then read until EOF, since a short read may leave the FIN unread with no further edge.
     private var clientPeerClosed = false
     private var serverPeerClosed = false
+    /// Whether that was a clean FIN (`EPOLLRDHUP` without `EPOLLERR`): then a short read from the socket
+    /// is its end of stream (no read that returns 0 is needed); after a reset the error must be read.
+    private var clientSentFIN = false
+    private var serverSentFIN = false
 
     /// When the timeouts are sampled next; `nil` while the timer is stopped (no timeout on, or nothing
     /// held and nothing moving).
@@ -180,9 +184,15 @@ final class DirectBridge {
         return false
     }
 
-    /// An event reported the peer's FIN (or a hangup) on `side`.
-    func peerClosed(_ side: Side) {
-        if side == .client { self.clientPeerClosed = true } else { self.serverPeerClosed = true }
+    /// An event reported the peer's FIN (or a hangup) on `side`; `cleanly` when it carried no error.
+    func peerClosed(_ side: Side, cleanly: Bool) {
+        if side == .client {
+            self.clientPeerClosed = true
+            self.clientSentFIN = self.clientSentFIN || cleanly
+        } else {
+            self.serverPeerClosed = true
+            self.serverSentFIN = self.serverSentFIN || cleanly
+        }
     }
 
     /// Bytes held for `side`'s socket, not yet written to it.
@@ -224,23 +234,31 @@ final class DirectBridge {
         let outcome: DirectFlow.Outcome
         switch (self.transport, direction) {
         case (.splice(let upstream, _), .upstream):
-            outcome = self.state.upstream.pump(SpliceDirectionIO(source: self.client, pipe: upstream, sink: self.server))
+            outcome = self.state.upstream.pump(
+                SpliceDirectionIO(source: self.client, pipe: upstream, sink: self.server),
+                closesSinkAtEnd: self.state.downstream.isFinished
+            )
         case (.splice(_, let downstream), .downstream):
             outcome = self.state.downstream.pump(
-                SpliceDirectionIO(source: self.server, pipe: downstream, sink: self.client)
+                SpliceDirectionIO(source: self.server, pipe: downstream, sink: self.client),
+                closesSinkAtEnd: self.state.upstream.isFinished
             )
         case (.copy(let upstream, _), .upstream):
             let before = self.state.upstream.moved
             outcome = self.state.upstream.pump(
                 CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch),
-                stopAtShortRead: !self.clientPeerClosed
+                stopAtShortRead: !self.clientPeerClosed,
+                endAtShortRead: self.clientSentFIN,
+                closesSinkAtEnd: self.state.downstream.isFinished
             )
             self.watchForBulk(Int(truncatingIfNeeded: self.state.upstream.moved &- before), .upstream)
         case (.copy(_, let downstream), .downstream):
             let before = self.state.downstream.moved
             outcome = self.state.downstream.pump(
                 CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch),
-                stopAtShortRead: !self.serverPeerClosed
+                stopAtShortRead: !self.serverPeerClosed,
+                endAtShortRead: self.serverSentFIN,
+                closesSinkAtEnd: self.state.upstream.isFinished
             )
             self.watchForBulk(Int(truncatingIfNeeded: self.state.downstream.moved &- before), .downstream)
         }

@@ -226,7 +226,8 @@ struct DirectEngineLoop {
         guard bridge.descriptor(side) >= 0 else { return }
         let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
         if event.events & (CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP) != 0 {
-            bridge.peerClosed(side)
+            let fin = event.events & CTCPProxyLinux_EPOLLRDHUP != 0 && event.events & CTCPProxyLinux_EPOLLERR == 0
+            bridge.peerClosed(side, cleanly: fin)
         }
         if bridge.phase == .connecting {
             self.handleConnecting(bridge, side, event.events)

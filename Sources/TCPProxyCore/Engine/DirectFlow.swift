@@ -80,7 +80,21 @@ struct DirectFlow: Equatable {
     /// socket's receive queue was empty at that moment, so any later byte raises a new edge. (Not for
     /// splice, which also stops short when the pipe runs out of slots; not once the peer's FIN was seen,
     /// which a short read may leave unread without a new edge.)
-    mutating func pump(_ io: some FlowIO, rounds: Int = 16, stopAtShortRead: Bool = false) -> Outcome {
+    ///
+    /// With `endAtShortRead` (the copy path, once an event reported the peer's FIN without an error), a
+    /// short read is the end of the stream: after a FIN nothing more can arrive, so a read that did not
+    /// fill its room emptied the socket for good, and the read that would return 0 is not made.
+    ///
+    /// With `closesSinkAtEnd` (the other direction has finished, so the bridge closes both sockets as soon
+    /// as this one finishes too), EOF is passed on by that close(2), which sends the FIN after whatever
+    /// the socket still has to send, as `shutdown(SHUT_WR)` would: the shutdown call is not made.
+    mutating func pump(
+        _ io: some FlowIO,
+        rounds: Int = 16,
+        stopAtShortRead: Bool = false,
+        endAtShortRead: Bool = false,
+        closesSinkAtEnd: Bool = false
+    ) -> Outcome {
         var sourceDrained = false
         for _ in 0..<rounds {
             var progress = false
@@ -91,7 +105,13 @@ struct DirectFlow: Equatable {
                     self.held += count
                     self.moved &+= UInt64(count)
                     progress = true
-                    sourceDrained = stopAtShortRead && count < room
+                    if count < room {
+                        if endAtShortRead {
+                            self.sourceEnded = true
+                        } else {
+                            sourceDrained = stopAtShortRead
+                        }
+                    }
                 case .endOfStream:
                     self.sourceEnded = true
                     progress = true
@@ -113,7 +133,7 @@ struct DirectFlow: Equatable {
                 }
             }
             if self.sourceEnded && self.held == 0 && !self.sinkShut {
-                if io.shutdownSink() != nil { return .sinkFailed }
+                if !closesSinkAtEnd, io.shutdownSink() != nil { return .sinkFailed }
                 self.sinkShut = true
             }
             if !progress { return .blocked }

@@ -90,6 +90,58 @@ struct DirectFlowCopyTests {
         #expect(flow.moved == 107)
     }
 
+    @Test("endAtShortRead: after the peer's FIN a short read is the end of the stream, with no read of 0")
+    func shortReadAfterFINEnds() {
+        var flow = DirectFlow(capacity: 65536)
+        let io = ScriptedFlowIO(fills: [.moved(129), .endOfStream], drains: [.moved(129)])
+        #expect(flow.pump(io, stopAtShortRead: false, endAtShortRead: true) == .blocked)
+        #expect(io.calls == ["fill 65536", "drain 129", "shutdown"], "EOF passed on once the bytes were written")
+        #expect(io.fills == [.endOfStream], "the read that would return 0 is not made")
+        #expect(flow.isFinished)
+        #expect(flow.moved == 129)
+    }
+
+    @Test("endAtShortRead: full reads go on; bytes the sink refuses are written before the shutdown")
+    func fullReadsAfterFINContinue() {
+        var flow = DirectFlow(capacity: 4096)
+        var io = ScriptedFlowIO(fills: [.moved(4096), .moved(100)], drains: [.moved(4096), .moved(40), .wouldBlock])
+        #expect(flow.pump(io, endAtShortRead: true) == .blocked)
+        #expect(io.calls == ["fill 4096", "drain 4096", "fill 4096", "drain 100", "drain 60"])
+        #expect(flow.sourceEnded && !flow.sinkShut, "60 bytes still held: no EOF for the sink yet")
+        io = ScriptedFlowIO(drains: [.moved(60)])
+        #expect(flow.pump(io, endAtShortRead: true) == .blocked)
+        #expect(io.calls == ["drain 60", "shutdown"], "the source is not read again once it ended")
+        #expect(flow.isFinished)
+    }
+
+    @Test("endAtShortRead: a read that fills what is left of the room is not the end")
+    func fullOfRoomAfterFIN() {
+        var flow = DirectFlow(capacity: 4096)
+        let io = ScriptedFlowIO(fills: [.moved(4096), .endOfStream], drains: [.moved(4096)])
+        #expect(flow.pump(io, endAtShortRead: true) == .blocked)
+        #expect(io.calls == ["fill 4096", "drain 4096", "fill 4096", "shutdown"])
+        #expect(flow.isFinished)
+    }
+
+    @Test("closesSinkAtEnd: EOF is left to the close that follows, so no shutdown call is made")
+    func lastDirectionSkipsShutdown() {
+        var flow = DirectFlow(capacity: 65536)
+        let io = ScriptedFlowIO(fills: [.moved(10), .endOfStream], drains: [.moved(10)], shutdownError: 32)
+        #expect(flow.pump(io, closesSinkAtEnd: true) == .blocked)
+        #expect(io.calls == ["fill 65536", "drain 10", "fill 65536"])
+        #expect(flow.isFinished, "the direction is done: the bridge closes both sockets now")
+
+        // Bytes still held keep the sink open: the direction finishes only once they are written.
+        flow = DirectFlow(capacity: 65536)
+        var held = ScriptedFlowIO(fills: [.moved(10), .endOfStream], drains: [.wouldBlock])
+        #expect(flow.pump(held, closesSinkAtEnd: true) == .blocked)
+        #expect(!flow.isFinished)
+        held = ScriptedFlowIO(drains: [.moved(10)])
+        #expect(flow.pump(held, closesSinkAtEnd: true) == .blocked)
+        #expect(held.calls == ["drain 10"])
+        #expect(flow.isFinished)
+    }
+
     @Test("stopAtShortRead still yields at the round limit while reads are full")
     func yieldsWithFlag() {
         var flow = DirectFlow(capacity: 1024)
