@@ -183,11 +183,14 @@ struct DirectEngineLoop {
 
     /// Both sockets are connected: start the timer and move what is waiting (bytes may have arrived
     /// between NIO's last read and the registration, or while the server connection was made).
-    private mutating func startForwarding(_ bridge: DirectBridge) {
+    /// - Parameter serverMayHaveBytes: `false` when the event that finished the connect said the new
+    ///   server socket is not readable: reading it would only return `EAGAIN`, and bytes that come later
+    ///   raise an edge of their own. The client's bytes are read either way: their edges came while the
+    ///   bridge was connecting and were not acted on.
+    private mutating func startForwarding(_ bridge: DirectBridge, serverMayHaveBytes: Bool = true) {
         self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
-        for direction in [Direction.upstream, .downstream] {
-            guard self.pump(bridge, direction) else { return }
-        }
+        guard self.pump(bridge, .upstream), serverMayHaveBytes else { return }
+        _ = self.pump(bridge, .downstream)
     }
 
     /// A connecting bridge's event: the server socket's readiness ends the connect; the client's
@@ -207,7 +210,8 @@ struct DirectEngineLoop {
                 return
             }
             if case .accepted(let acceptor) = bridge.origin { acceptor.connected(bridge) }
-            self.startForwarding(bridge)
+            let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP
+            self.startForwarding(bridge, serverMayHaveBytes: events & readable != 0)
         }
     }
 
