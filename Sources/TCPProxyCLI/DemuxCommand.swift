@@ -3,7 +3,7 @@ import TCPProxyCore
 
 /// `tcpproxy demux --listen HOST:PORT --target HOST:PORT`: accepts tunnels from `mux` processes and connects
 /// each of their streams to the target (SPEC §3, docs/MUX-PROTOCOL.md).
-struct DemuxCommand: AsyncParsableCommand {
+struct DemuxCommand: ModeCommand {
     static let configuration = CommandConfiguration(
         commandName: "demux",
         abstract: "Accept tunnels from a mux and connect each of their streams to a target.",
@@ -38,15 +38,21 @@ struct DemuxCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        try await self.runPlan(name: "demux")
+    }
+
+    func plan(name: String) -> ModePlan {
         var configuration = self.mux.configuration(listen: self.listen, options: self.options)
         configuration.target = self.target
         configuration.allowOpenTarget = self.allowOpenTarget
+        configuration.name = name
         // --allow applies to the muxes that open tunnels, --max-connections to the streams they open.
-        try await ProxyRunner.run([], options: self.options) { group, logger, factory in
+        let settings = configuration
+        return ModePlan { group, logger, factory in
             let metrics = factory.map {
-                ProxyMetrics(listener: "demux", target: "\(configuration.target!)", factory: $0, tunnelMetrics: true)
+                ProxyMetrics(listener: name, target: "\(settings.target!)", factory: $0, tunnelMetrics: true)
             }
-            return [DemuxService(configuration: configuration, group: group, logger: logger, metrics: metrics)]
+            return [DemuxService(configuration: settings, group: group, logger: logger, metrics: metrics)]
         }
     }
 }

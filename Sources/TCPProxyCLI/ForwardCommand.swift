@@ -2,7 +2,7 @@ import ArgumentParser
 import TCPProxyCore
 
 /// `tcpproxy forward --listen HOST:PORT --target HOST:PORT`: every client goes to the target.
-struct ForwardCommand: AsyncParsableCommand {
+struct ForwardCommand: ModeCommand {
     static let configuration = CommandConfiguration(
         commandName: "forward",
         abstract: "Forward every client to a target.",
@@ -42,7 +42,7 @@ struct ForwardCommand: AsyncParsableCommand {
         }
         // Here rather than in ProxyRunner (which checks every mode): a usage error of this subcommand.
         if self.options.engine == .direct,
-            let obstacle = self.proxyConfiguration.directEngineObstacle(capturing: self.options.observability.capture != nil)
+            let obstacle = self.proxyConfiguration(name: "forward").directEngineObstacle(capturing: self.options.observability.capture != nil)
         {
             throw ValidationError("--engine direct cannot serve this listener: \(obstacle)")
         }
@@ -51,10 +51,14 @@ struct ForwardCommand: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
-        try await ProxyRunner.run([self.proxyConfiguration], options: self.options)
+        try await self.runPlan(name: "forward")
     }
 
-    private var proxyConfiguration: ProxyConfiguration {
+    func plan(name: String) -> ModePlan {
+        ModePlan(listeners: [self.proxyConfiguration(name: name)])
+    }
+
+    private func proxyConfiguration(name: String) -> ProxyConfiguration {
         ProxyConfiguration(
             listen: self.listen,
             mode: .forward(
@@ -64,7 +68,7 @@ struct ForwardCommand: AsyncParsableCommand {
                     healthInterval: self.healthInterval.flatMap(CommonOptions.timeAmount)
                 )
             ),
-            name: "forward",
+            name: name,
             bridge: self.options.bridgeConfiguration,
             admission: self.options.admissionPolicy,
             acceptProxyProtocol: self.options.acceptProxyProtocol

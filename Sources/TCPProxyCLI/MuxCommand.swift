@@ -5,7 +5,7 @@ import TCPProxyCore
 
 /// `tcpproxy mux --listen HOST:PORT --tunnel HOST:PORT`: many clients carried over one tunnel connection
 /// to a `demux` (SPEC §3, docs/MUX-PROTOCOL.md).
-struct MuxCommand: AsyncParsableCommand {
+struct MuxCommand: ModeCommand {
     static let configuration = CommandConfiguration(
         commandName: "mux",
         abstract: "Carry every client as a stream over one tunnel connection to a demux.",
@@ -52,18 +52,24 @@ struct MuxCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        try await self.runPlan(name: "mux")
+    }
+
+    func plan(name: String) -> ModePlan {
         var configuration = self.mux.configuration(listen: self.listen, options: self.options)
         configuration.tunnel = self.tunnel
         configuration.tunnels = self.tunnels
         configuration.openTarget = self.openTarget
+        configuration.name = name
         let threads = self.options.threads ?? System.coreCount
         // The mux runs its streams on event loops of its own (one per tunnel, up to --threads); the runner's
         // loop only serves --metrics.
-        try await ProxyRunner.run([], options: self.options, threads: 1) { _, logger, factory in
+        let settings = configuration
+        return ModePlan(sharedThreads: 1) { _, logger, factory in
             let metrics = factory.map {
-                ProxyMetrics(listener: "mux", target: "\(configuration.tunnel!)", factory: $0, tunnelMetrics: true)
+                ProxyMetrics(listener: name, target: "\(settings.tunnel!)", factory: $0, tunnelMetrics: true)
             }
-            return [MuxService(configuration: configuration, threads: threads, logger: logger, metrics: metrics)]
+            return [MuxService(configuration: settings, threads: threads, logger: logger, metrics: metrics)]
         }
     }
 }

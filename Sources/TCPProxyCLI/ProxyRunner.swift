@@ -13,77 +13,29 @@ import UnixSignals
 import Glibc
 #endif
 
-/// Runs listeners until a signal: the first SIGINT/SIGTERM drains, a second one exits at once.
+/// Runs a mode's plan until a signal: the first SIGINT/SIGTERM drains, a second one exits at once.
 enum ProxyRunner {
     /// - Parameters:
-    ///   - configurations: the listeners to run.
+    ///   - plan: the listeners and services to run.
     ///   - options: the common options (threads, logging, metrics).
-    ///   - threads: event-loop threads for the shared group, instead of `--threads` (a service with loops of
-    ///     its own needs fewer).
-    ///   - extraServices: more services to run beside the listeners (mux, demux), given the event loops, the
-    ///     logger and the metrics factory (`--metrics`); they drain with the rest on the first signal.
-    static func run(
-        _ configurations: [ProxyConfiguration],
-        options: CommonOptions,
-        threads: Int? = nil,
-        extraServices: (_ group: EventLoopGroup, _ logger: Logger, _ metrics: (any MetricsFactory)?) -> [any Service] = { _, _, _ in [] }
-    ) async throws {
-        for configuration in configurations where configuration.bridge.engine == .direct {
-            if let obstacle = configuration.directEngineObstacle(capturing: options.observability.capture != nil) {
-                throw ValidationError("--engine direct cannot serve this listener: \(obstacle)")
-            }
-        }
-        let format = options.logFormat
-        let level = options.logLevel
-        LoggingSystem.bootstrap { label in ProxyLogHandler(label: label, format: format, level: level) }
-        let logger = Logger(label: "tcpproxy")
-        ProcessLimits.raiseOpenFileLimit()
-
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? options.threads ?? System.coreCount)
-
-        var capture: CaptureWriter?
-        if let path = options.observability.capture {
-            do {
-                capture = try CaptureWriter(path: path)
-            } catch {
-                printError("\(error)")
-                throw ExitCode(1)
-            }
-            logger.info("capturing to \(path)")
-        }
-        defer { capture?.close() }
-
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        var metricsFactory: PrometheusMetricsFactory?
-        if let endpoint = options.observability.metrics {
-            let registry = PrometheusCollectorRegistry()
-            metricsFactory = PrometheusMetricsFactory(registry: registry)
-            services.append(.init(service: MetricsEndpoint(endpoint: endpoint, registry: registry, group: group, logger: logger)))
-        }
-        let listeners = configurations.map { configuration in
-            Listener(
-                configuration: configuration,
-                group: group,
-                logger: logger,
-                capture: capture,
-                metrics: metricsFactory.map {
-                    ProxyMetrics(listener: configuration.name, target: configuration.mode.targetLabel, factory: $0)
-                },
-                metricsFactory: metricsFactory
-            )
-        }
-        services += listeners.map { .init(service: $0) }
-        services += extraServices(group, logger, metricsFactory).map { .init(service: $0) }
-        let dropReporter = Self.reportCaptureDrops(capture, to: listeners.first?.metrics, group: group, logger: logger)
+    static func run(_ plan: ModePlan, options: CommonOptions) async throws {
+        try Self.checkEngines(plan, options: options)
+        let process = try ProcessContext(options: options, threads: plan.sharedThreads)
+        defer { process.close() }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = process.endpoint.map { [.init(service: $0)] } ?? []
+        let planned = process.services(for: plan)
+        services += planned.map { .init(service: $0) }
+        let dropReporter = process.reportCaptureDrops(to: planned.lazy.compactMap { ($0 as? Listener)?.metrics }.first)
         defer { dropReporter?.cancel() }
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services,
                 gracefulShutdownSignals: [],
                 cancellationSignals: [],
-                logger: Logger(label: "tcpproxy.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
+                logger: ProcessContext.quietLogger
             )
         )
+        let logger = process.logger
 
         // Trapped before any listener starts: a signal sent as soon as `listening on` is logged must
         // drain, not kill the process with the default action.
@@ -112,19 +64,99 @@ enum ProxyRunner {
             printError("\(error)")
             throw ExitCode(1)
         }
-        try? await group.shutdownGracefully()
+        try? await process.group.shutdownGracefully()
+    }
+
+    /// `--engine direct` on a listener the direct engine cannot serve is an error, not a silent fallback.
+    static func checkEngines(_ plan: ModePlan, options: CommonOptions) throws {
+        for configuration in plan.listeners where configuration.bridge.engine == .direct {
+            if let obstacle = configuration.directEngineObstacle(capturing: options.observability.capture != nil) {
+                throw ValidationError("--engine direct cannot serve this listener: \(obstacle)")
+            }
+        }
+    }
+
+    static func printError(_ message: String) {
+        var line = "tcpproxy: \(message)\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+/// What every listener of the process shares: logging, the event loops, the `--capture` file and the
+/// `--metrics` registry and endpoint. Made once, at start.
+struct ProcessContext {
+    let logger: Logger
+    let group: MultiThreadedEventLoopGroup
+    let capture: CaptureWriter?
+    let metricsFactory: PrometheusMetricsFactory?
+    /// The `--metrics` endpoint, to run beside the listeners.
+    let endpoint: MetricsEndpoint?
+
+    /// The lifecycle library's own log lines are not ours to print.
+    static let quietLogger = Logger(label: "tcpproxy.lifecycle", factory: { _ in SwiftLogNoOpLogHandler() })
+
+    /// - Parameters:
+    ///   - options: threads, log level and format, `--capture`, `--metrics`.
+    ///   - threads: event-loop threads instead of `--threads`.
+    /// - Throws: `ExitCode(1)` when the capture file cannot be opened (said on standard error).
+    init(options: CommonOptions, threads: Int? = nil) throws {
+        let format = options.logFormat
+        let level = options.logLevel
+        LoggingSystem.bootstrap { label in ProxyLogHandler(label: label, format: format, level: level) }
+        let logger = Logger(label: "tcpproxy")
+        self.logger = logger
+        ProcessLimits.raiseOpenFileLimit()
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads ?? options.threads ?? System.coreCount)
+
+        if let path = options.observability.capture {
+            do {
+                self.capture = try CaptureWriter(path: path)
+            } catch {
+                ProxyRunner.printError("\(error)")
+                throw ExitCode(1)
+            }
+            logger.info("capturing to \(path)")
+        } else {
+            self.capture = nil
+        }
+        if let endpoint = options.observability.metrics {
+            let registry = PrometheusCollectorRegistry()
+            self.metricsFactory = PrometheusMetricsFactory(registry: registry)
+            self.endpoint = MetricsEndpoint(endpoint: endpoint, registry: registry, group: self.group, logger: logger)
+        } else {
+            self.metricsFactory = nil
+            self.endpoint = nil
+        }
+    }
+
+    /// The plan's listeners and services, made on this process's loops, logger, capture and metrics.
+    func services(for plan: ModePlan) -> [any Service] {
+        let listeners: [any Service] = plan.listeners.map { configuration in
+            Listener(
+                configuration: configuration,
+                group: self.group,
+                logger: self.logger,
+                capture: self.capture,
+                metrics: self.metricsFactory.map {
+                    ProxyMetrics(listener: configuration.name, target: configuration.mode.targetLabel, factory: $0)
+                },
+                metricsFactory: self.metricsFactory
+            )
+        }
+        return listeners + plan.services(self.group, self.logger, self.metricsFactory)
+    }
+
+    /// Closes the capture file.
+    func close() {
+        self.capture?.close()
     }
 
     /// Adds capture records dropped since the last second to the metrics, and says so in the log once.
-    private static func reportCaptureDrops(
-        _ capture: CaptureWriter?,
-        to metrics: ProxyMetrics?,
-        group: EventLoopGroup,
-        logger: Logger
-    ) -> RepeatedTask? {
-        guard let capture else { return nil }
+    func reportCaptureDrops(to metrics: ProxyMetrics?) -> RepeatedTask? {
+        guard let capture = self.capture else { return nil }
+        let logger = self.logger
         let reported = NIOLockedValueBox(0)
-        return group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+        return self.group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
             let dropped = capture.droppedRecords
             let delta = reported.withLockedValue { previous in
                 defer { previous = dropped }
@@ -138,8 +170,4 @@ enum ProxyRunner {
         }
     }
 
-    static func printError(_ message: String) {
-        var line = "tcpproxy: \(message)\n"
-        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
-    }
 }

@@ -2,7 +2,7 @@ import ArgumentParser
 import TCPProxyCore
 
 /// `tcpproxy socks --listen HOST:PORT`: a SOCKS4, SOCKS4a and SOCKS5 server; each client names its destination.
-struct SOCKSCommand: AsyncParsableCommand {
+struct SOCKSCommand: ModeCommand {
     static let configuration = CommandConfiguration(
         commandName: "socks",
         abstract: "A SOCKS4, SOCKS4a and SOCKS5 proxy: each client names its own destination.",
@@ -47,13 +47,16 @@ struct SOCKSCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        try await self.runPlan(name: "socks")
+    }
+
+    func plan(name: String) throws -> ModePlan {
         var users: SOCKSUsers?
         if let path = self.users {
             do {
                 users = try SOCKSUsers(contentsOfFile: path)
             } catch {
-                ProxyRunner.printError("\(error)")
-                throw ExitCode(1)
+                throw ModePlanError(message: "\(error)")
             }
         }
         let socks = SOCKSConfiguration(
@@ -64,11 +67,11 @@ struct SOCKSCommand: AsyncParsableCommand {
         let configuration = ProxyConfiguration(
             listen: self.listen,
             mode: .socks(socks),
-            name: "socks",
+            name: name,
             bridge: self.options.bridgeConfiguration,
             admission: self.options.admissionPolicy,
             acceptProxyProtocol: self.options.acceptProxyProtocol
         )
-        try await ProxyRunner.run([configuration], options: self.options)
+        return ModePlan(listeners: [configuration])
     }
 }

@@ -61,6 +61,6 @@ struct SeedCommand: AsyncParsableCommand {
             admission: self.options.admissionPolicy,
             acceptProxyProtocol: self.options.acceptProxyProtocol
         )
-        try await ProxyRunner.run([configuration], options: self.options)
+        try await ProxyRunner.run(ModePlan(listeners: [configuration]), options: self.options)
     }
 }

@@ -14,7 +14,9 @@ struct TCPProxyCommand: AsyncParsableCommand {
                   tcpproxy TARGET_HOST TARGET_PORT LISTEN_PORT [options]
             """,
         version: "0.1.0",
-        subcommands: [ForwardCommand.self, TransparentCommand.self, SOCKSCommand.self, MuxCommand.self, DemuxCommand.self]
+        subcommands: [
+            ForwardCommand.self, TransparentCommand.self, SOCKSCommand.self, MuxCommand.self, DemuxCommand.self, RunCommand.self,
+        ]
     )
 }
 

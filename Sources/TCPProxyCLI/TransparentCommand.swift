@@ -3,7 +3,7 @@ import TCPProxyCore
 
 /// `tcpproxy transparent --listen HOST:PORT [--mode tproxy|redirect] [--spoof-source]`: connections the
 /// Linux firewall sends here go on to their original destination (SPEC §3, docs/TRANSPARENT.md).
-struct TransparentCommand: AsyncParsableCommand {
+struct TransparentCommand: ModeCommand {
     static let configuration = CommandConfiguration(
         commandName: "transparent",
         abstract: "Forward intercepted connections to their original destination (TPROXY or REDIRECT).",
@@ -37,15 +37,19 @@ struct TransparentCommand: AsyncParsableCommand {
     @OptionGroup var options: CommonOptions
 
     func run() async throws {
+        try await self.runPlan(name: "transparent")
+    }
+
+    func plan(name: String) -> ModePlan {
         let configuration = ProxyConfiguration(
             listen: self.listen,
             mode: .transparent(TransparentConfiguration(interception: self.mode, spoofSource: self.spoofSource)),
-            name: "transparent",
+            name: name,
             bridge: self.options.bridgeConfiguration,
             admission: self.options.admissionPolicy,
             acceptProxyProtocol: self.options.acceptProxyProtocol
         )
-        try await ProxyRunner.run([configuration], options: self.options)
+        return ModePlan(listeners: [configuration])
     }
 }
 

@@ -7,6 +7,12 @@ import NIOExtras
 import NIOPosix
 import ServiceLifecycle
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// One listening socket and the bridges it accepts: a `Service` that runs until graceful shutdown,
 /// then stops accepting and lets open bridges finish within the drain timeout.
 public final class Listener: Service, Sendable {
@@ -250,5 +256,10 @@ public struct ListenerError: Error, CustomStringConvertible {
 
     public var description: String {
         "cannot listen on \(self.endpoint): \(SystemErrorText.describe(self.underlying))"
+    }
+
+    /// Whether another socket holds the address (while a replaced listener lets go of it, on a reload).
+    public var isAddressInUse: Bool {
+        (self.underlying as? IOError)?.errnoCode == EADDRINUSE
     }
 }

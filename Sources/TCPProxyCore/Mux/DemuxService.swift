@@ -25,7 +25,7 @@ public final class DemuxService: Service, Sendable {
         self.configuration = configuration
         self.group = group
         var logger = logger
-        logger[metadataKey: "listener"] = "demux"
+        logger[metadataKey: "listener"] = "\(configuration.name.isEmpty ? "demux" : configuration.name)"
         self.logger = logger
         self.environment = MuxStreamEnvironment(
             configuration: configuration,

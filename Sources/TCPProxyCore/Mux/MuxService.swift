@@ -28,7 +28,7 @@ public final class MuxService: Service, Sendable {
         self.configuration = configuration
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, min(threads, configuration.tunnels)))
         var logger = logger
-        logger[metadataKey: "listener"] = "mux"
+        logger[metadataKey: "listener"] = "\(configuration.name.isEmpty ? "mux" : configuration.name)"
         self.logger = logger
         let environment = MuxStreamEnvironment(configuration: configuration, logger: logger, metrics: metrics)
         self.environment = environment

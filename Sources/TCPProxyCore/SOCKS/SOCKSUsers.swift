@@ -64,28 +64,11 @@ public struct SOCKSUsers: Sendable, Hashable {
     }
 
     private static func readFile(_ path: String) throws -> String {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw SOCKSUsersError(path: path, line: nil, reason: SOCKSUsers.errorText(errno)) }
-        defer { close(descriptor) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw SOCKSUsersError(path: path, line: nil, reason: SOCKSUsers.errorText(errno))
-            }
-            if count == 0 { break }
-            bytes += chunk[0..<count]
-            guard bytes.count <= Self.maximumFileSize else {
-                throw SOCKSUsersError(path: path, line: nil, reason: "larger than 1 MiB")
-            }
+        do {
+            return try TextFile.contents(of: path, limit: Self.maximumFileSize)
+        } catch {
+            throw SOCKSUsersError(path: path, line: nil, reason: error.reason)
         }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    private static func errorText(_ code: Int32) -> String {
-        String(cString: strerror(code)).lowercased()
     }
 }
 
