@@ -1,0 +1,233 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SPEC §1: `tcpproxy run CONFIG.yaml` runs many listeners from one file, and SIGHUP re-reads it: listeners
+/// that did not change keep their sockets and connections.
+@Suite("run CONFIG.yaml and SIGHUP", .ownThread)
+struct RunFileTests {
+    /// A file in a directory of its own, removed at the end.
+    final class ConfigFile {
+        let directory: URL
+        let path: String
+
+        init() throws {
+            self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("tcpproxy-run-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: self.directory, withIntermediateDirectories: true)
+            self.path = self.directory.appendingPathComponent("run.yaml").path
+        }
+
+        func write(_ text: String) throws {
+            try text.write(toFile: self.path, atomically: true, encoding: .utf8)
+        }
+
+        deinit { try? FileManager.default.removeItem(at: self.directory) }
+    }
+
+    /// The ports the listeners logged `listening on` for, by listener name, once `count` lines are there.
+    static func ports(_ proxy: ProxyProcess, count: Int) async throws -> [String: Int] {
+        let lines = try #require(
+            await proxy.waitForLines(containing: "info listening on", count: count, timeout: 15),
+            "\(count) listening lines; stderr:\n\(proxy.stderr)"
+        )
+        var ports: [String: Int] = [:]
+        for line in lines {
+            let address = line.components(separatedBy: "listening on ")[1].prefix { $0 != " " }
+            let name = try #require(logValue("listener", in: line))
+            ports[name] = Int(address.split(separator: ":").last ?? "")
+        }
+        return ports
+    }
+
+    static func echoes(_ socket: TestSocket, _ text: String) throws -> Bool {
+        try socket.send(text)
+        return try socket.recvExactly(text.utf8.count, timeout: 5) == Array(text.utf8)
+    }
+
+    static func refuses(port: Int) -> Bool {
+        do {
+            let socket = try TestSocket.connect(port: port, timeout: 2)
+            socket.close()
+            return false
+        } catch {
+            return true
+        }
+    }
+
+    @Test("Listeners from one file serve; SIGHUP keeps the unchanged one and its connection, replaces, adds and stops")
+    func reload() async throws {
+        let first = try TestServer(handler: TestServer.echo)
+        let second = try TestServer(handler: TestServer.echo)
+        defer {
+            first.stop()
+            second.stop()
+        }
+        let file = try ConfigFile()
+        try file.write(
+            """
+            defaults:
+              stall-timeout: 30
+            listeners:
+              - {name: kept, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(first.port)"}
+              - {name: changed, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(first.port)"}
+              - {name: removed, mode: socks, listen: "127.0.0.1:0"}
+            """
+        )
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        let before = try await Self.ports(proxy, count: 3)
+        let kept = try #require(before["kept"])
+        let held = try TestSocket.connect(port: kept)
+        defer { held.close() }
+        #expect(try Self.echoes(held, "before the reload"))
+        #expect(first.acceptedCount == 1)
+
+        try file.write(
+            """
+            defaults:
+              stall-timeout: 30
+            listeners:
+              - {name: kept, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(first.port)"}
+              - {name: changed, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(second.port)"}
+              - {name: added, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(second.port)"}
+            """
+        )
+        proxy.signal(SIGHUP)
+        let reloaded = try #require(
+            await proxy.waitForLine(containing: "reloaded", timeout: 10), "stderr:\n\(proxy.stderr)")
+        #expect(logValue("listeners.kept", in: reloaded) == "1")
+        #expect(logValue("listeners.restarted", in: reloaded) == "1")
+        #expect(logValue("listeners.started", in: reloaded) == "1")
+        #expect(logValue("listeners.stopped", in: reloaded) == "1")
+        let lines = try #require(await proxy.waitForLines(containing: "info listening on", count: 5, timeout: 10))
+        let after = try await Self.ports(proxy, count: 5)
+        #expect(lines.filter { logValue("listener", in: $0) == "kept" }.count == 1, "the kept listener was not restarted")
+
+        // The connection made before the reload still flows, and the kept socket still accepts.
+        #expect(try Self.echoes(held, "after the reload"))
+        let again = try TestSocket.connect(port: kept)
+        defer { again.close() }
+        #expect(try Self.echoes(again, "a new client"))
+        #expect(first.acceptedCount == 2)
+
+        // The changed listener now goes to the second server; the added one too; the removed one is gone.
+        for name in ["changed", "added"] {
+            let socket = try TestSocket.connect(port: try #require(after[name]))
+            defer { socket.close() }
+            #expect(try Self.echoes(socket, "to \(name)"))
+        }
+        #expect(second.acceptedCount == 2)
+        #expect(Self.refuses(port: try #require(before["removed"])))
+
+        // Closed first, so the drain has nothing to wait for.
+        held.close()
+        again.close()
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0, "stderr:\n\(proxy.stderr)")
+    }
+
+    @Test("A file that no longer parses is reported on SIGHUP, and every listener stays as it was")
+    func badReload() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let file = try ConfigFile()
+        try file.write("listeners:\n  - {name: web, mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:\(server.port)\"}\n")
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        let port = try #require(try await Self.ports(proxy, count: 1)["web"])
+
+        for broken in ["listeners: [\n", "listeners:\n  - {name: web, mode: forward, listen: \"127.0.0.1:0\"}\n"] {
+            try file.write(broken)
+            proxy.signal(SIGHUP)
+            let failures = await proxy.waitForLines(containing: "reload failed", count: broken.hasPrefix("listeners: [") ? 1 : 2, timeout: 10)
+            #expect(failures != nil, "stderr:\n\(proxy.stderr)")
+        }
+        #expect(proxy.lines(containing: "reload failed").last?.contains("Missing expected argument '--target") == true)
+        #expect(proxy.lines(containing: "listener stopped").isEmpty)
+        let socket = try TestSocket.connect(port: port)
+        defer { socket.close() }
+        #expect(try Self.echoes(socket, "still here"))
+
+        socket.close()
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0)
+    }
+
+    @Test("A changed listener on a fixed port is started again on that port once the old one lets go")
+    func replaceOnSamePort() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        // A free port to fix in the file.
+        let probe = try TestServer()
+        let port = probe.port
+        probe.stop()
+        let file = try ConfigFile()
+        let entry = "{name: web, mode: forward, listen: \"127.0.0.1:\(port)\", target: \"127.0.0.1:\(server.port)\""
+        try file.write("listeners:\n  - \(entry)}\n")
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        _ = try await Self.ports(proxy, count: 1)
+        // Held open across the reload: the old listener drains it while the new one serves.
+        let held = try TestSocket.connect(port: port)
+        defer { held.close() }
+        #expect(try Self.echoes(held, "old"))
+
+        try file.write("listeners:\n  - \(entry), idle-timeout: 60}\n")
+        proxy.signal(SIGHUP)
+        let ports = try await Self.ports(proxy, count: 2)
+        #expect(ports["web"] == port)
+        let socket = try TestSocket.connect(port: port)
+        defer { socket.close() }
+        #expect(try Self.echoes(socket, "new"))
+        #expect(try Self.echoes(held, "old, draining"), "a drained bridge goes on until the drain timeout")
+
+        held.close()
+        socket.close()
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 20) == 0)
+    }
+
+    static let badFiles: [(String, String)] = [
+        ("listeners:\n  - {mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:9\", bogus: 1}\n", "Unknown option '--bogus'"),
+        ("listeners:\n  - {mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:9\", threads: 2}\n", "line 2: `threads` applies to the whole process"),
+        ("listeners:\n  - {mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:9\", stall-timeout: -1}\n", "--stall-timeout"),
+        ("threads: 0\nlisteners:\n  - {mode: socks, listen: \"127.0.0.1:0\"}\n", "--threads"),
+        ("listeners:\n  - {mode: tunnel, listen: \"127.0.0.1:0\"}\n", "unknown mode `tunnel`"),
+        ("listeners: [\n", "not valid YAML"),
+    ]
+
+    @Test("A file that cannot be used exits 64 with one line naming the problem, before listening", arguments: badFiles)
+    func badFile(text: String, message: String) async throws {
+        let file = try ConfigFile()
+        try file.write(text)
+        let result = try await ProxyProcess.runToExit(["run", file.path], timeout: 10)
+        #expect(result.status == 64, "status \(String(describing: result.status)); stderr:\n\(result.stderr)")
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].contains(message) && lines[0].contains(file.path), "stderr:\n\(result.stderr)")
+        #expect(!result.stderr.contains("listening on"))
+    }
+
+    @Test("A missing file exits 64; a listener of the file that cannot bind exits 1, naming the address")
+    func startFailures() async throws {
+        let missing = try await ProxyProcess.runToExit(["run", "/nonexistent/run.yaml"], timeout: 10)
+        #expect(missing.status == 64)
+        #expect(missing.stderr.contains("cannot read /nonexistent/run.yaml: no such file or directory"))
+
+        let occupier = try TestServer()
+        defer { occupier.stop() }
+        let file = try ConfigFile()
+        try file.write(
+            """
+            listeners:
+              - {name: free, mode: socks, listen: "127.0.0.1:0"}
+              - {name: taken, mode: forward, listen: "127.0.0.1:\(occupier.port)", target: "127.0.0.1:9"}
+            """
+        )
+        let result = try await ProxyProcess.runToExit(["run", file.path], timeout: 15)
+        #expect(result.status == 1, "status \(String(describing: result.status)); stderr:\n\(result.stderr)")
+        #expect(result.stderr.contains("cannot listen on 127.0.0.1:\(occupier.port): address already in use"), "stderr:\n\(result.stderr)")
+    }
+}
