@@ -51,7 +51,9 @@ enum ConfigRunner {
                 throw failure("--capture is not supported in mux and demux modes (streams have no per-chunk hooks)")
             }
             do {
-                let command = try mode.parse(entry.arguments)
+                // The process's threads, for modes that size loops of their own by them (mux).
+                let threads = settings.threads.map { ["--threads", "\($0)"] } ?? []
+                let command = try mode.parse(entry.arguments + threads)
                 let plan = try command.plan(name: entry.name)
                 try ProxyRunner.checkEngines(plan, options: settings)
                 entries.append(Planned(entry: entry, plan: plan))

@@ -28,7 +28,11 @@ struct TransparentCommand: ModeCommand {
     )
     var listen: Endpoint
 
-    @Option(help: "How clients are intercepted: redirect (iptables REDIRECT/DNAT) or tproxy (iptables TPROXY).")
+    // `--interception` too: in a `run` file, `mode:` names the listener's mode.
+    @Option(
+        name: [.customLong("mode"), .customLong("interception")],
+        help: "How clients are intercepted: redirect (iptables REDIRECT/DNAT) or tproxy (iptables TPROXY); also --interception."
+    )
     var mode: TransparentConfiguration.Interception = .redirect
 
     @Flag(help: "Connect to servers from the client's address, so they see the real client (CAP_NET_ADMIN, routing).")

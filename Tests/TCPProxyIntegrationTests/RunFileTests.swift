@@ -197,6 +197,7 @@ struct RunFileTests {
         ("threads: 0\nlisteners:\n  - {mode: socks, listen: \"127.0.0.1:0\"}\n", "--threads"),
         ("listeners:\n  - {mode: tunnel, listen: \"127.0.0.1:0\"}\n", "unknown mode `tunnel`"),
         ("listeners: [\n", "not valid YAML"),
+        ("listeners:\n  - {mode: transparent, listen: \"127.0.0.1:0\", interception: sideways}\n", "sideways"),
     ]
 
     @Test("A file that cannot be used exits 64 with one line naming the problem, before listening", arguments: badFiles)
@@ -208,6 +209,32 @@ struct RunFileTests {
         let lines = result.stderr.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].contains(message) && lines[0].contains(file.path), "stderr:\n\(result.stderr)")
         #expect(!result.stderr.contains("listening on"))
+    }
+
+    @Test(
+        "Every mode can be a listener of the file; transparent's --mode is written `interception`",
+        .enabled(if: getuid() == 0, "tproxy interception needs CAP_NET_ADMIN (IP_TRANSPARENT)")
+    )
+    func everyMode() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let file = try ConfigFile()
+        try file.write(
+            """
+            listeners:
+              - {name: f, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(server.port)"}
+              - {name: s, mode: socks, listen: "127.0.0.1:0"}
+              - {name: t, mode: transparent, listen: "127.0.0.1:0", interception: tproxy}
+              - {name: d, mode: demux, listen: "127.0.0.1:0", target: "127.0.0.1:\(server.port)"}
+            """
+        )
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        let ports = try await Self.ports(proxy, count: 4)
+        #expect(Set(ports.keys) == ["f", "s", "t", "d"], "stderr:\n\(proxy.stderr)")
+        #expect(proxy.lines(containing: "listener=t").first?.contains("tproxy") == true, "stderr:\n\(proxy.stderr)")
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0)
     }
 
     @Test("A missing file exits 64; a listener of the file that cannot bind exits 1, naming the address")
