@@ -90,7 +90,8 @@ enum ConfigRunner {
 
         var supervisor = Supervisor(process: process, sink: sink)
         if let endpoint = process.endpoint {
-            supervisor.start(name: "metrics", services: { [endpoint] }, fromStart: true)
+            // Named so that no entry can clash with it (entry names have no parentheses).
+            supervisor.start(name: "(metrics)", services: { [endpoint] }, fromStart: true)
         }
         for planned in loaded.entries {
             supervisor.start(planned, fromStart: true)

@@ -212,7 +212,7 @@ struct RunFileTests {
     }
 
     @Test(
-        "Every mode can be a listener of the file; transparent's --mode is written `interception`",
+        "Every mode can be a listener of the file, with one metrics endpoint; transparent's --mode is written `interception`",
         .enabled(if: getuid() == 0, "tproxy interception needs CAP_NET_ADMIN (IP_TRANSPARENT)")
     )
     func everyMode() async throws {
@@ -221,6 +221,7 @@ struct RunFileTests {
         let file = try ConfigFile()
         try file.write(
             """
+            metrics: 127.0.0.1:0
             listeners:
               - {name: f, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(server.port)"}
               - {name: s, mode: socks, listen: "127.0.0.1:0"}
@@ -233,6 +234,11 @@ struct RunFileTests {
         let ports = try await Self.ports(proxy, count: 4)
         #expect(Set(ports.keys) == ["f", "s", "t", "d"], "stderr:\n\(proxy.stderr)")
         #expect(proxy.lines(containing: "listener=t").first?.contains("tproxy") == true, "stderr:\n\(proxy.stderr)")
+        // One endpoint for the whole file; each listener's series carry its entry's name.
+        let metrics = try await MuxOperationsTests.scrape(proxy)
+        for name in ["f", "s", "t", "d"] {
+            #expect(metrics.contains("tcpproxy_connections_accepted_total{listener=\"\(name)\""), "\(name) in:\n\(metrics)")
+        }
         proxy.terminate()
         #expect(await proxy.waitForExit(timeout: 15) == 0)
     }
