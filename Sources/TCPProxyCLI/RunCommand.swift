@@ -30,6 +30,9 @@ struct RunCommand: AsyncParsableCommand {
     @Argument(help: "The YAML file.")
     var file: String
 
+    @Flag(help: "Only check the file (as haproxy -c, nginx -t): print what it would run and exit 0, or the problem and exit 64.")
+    var check = false
+
     /// The mode subcommands a file entry's `mode` names.
     static let modes: [String: any ModeCommand.Type] = [
         "forward": ForwardCommand.self,
@@ -47,6 +50,14 @@ struct RunCommand: AsyncParsableCommand {
             // A file that cannot be used is a usage error (SPEC §1: one line, status 64).
             ProxyRunner.printError(error.message)
             throw ExitCode(64)
+        }
+        if self.check {
+            var text = "\(self.file): \(loaded.entries.count) listener\(loaded.entries.count == 1 ? "" : "s"), ok\n"
+            for planned in loaded.entries {
+                text += "  \(planned.entry.name): \(planned.entry.mode) \(planned.entry.arguments.joined(separator: " "))\n"
+            }
+            print(text, terminator: "")
+            return
         }
         try await ConfigRunner.run(loaded, path: self.file)
     }

@@ -243,6 +243,25 @@ struct RunFileTests {
         #expect(await proxy.waitForExit(timeout: 15) == 0)
     }
 
+    @Test("--check prints what the file would run and exits 0 without listening; a bad file exits 64")
+    func check() async throws {
+        let file = try ConfigFile()
+        try file.write("listeners:\n  - {name: web, mode: forward, listen: \"127.0.0.1:0\", target: [\"127.0.0.1:9\", \"127.0.0.1:10\"]}\n")
+        let good = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
+        #expect(good.status == 0, "stderr:\n\(good.stderr)")
+        #expect(
+            good.stdout.split(separator: "\n") == [
+                "\(file.path): 1 listener, ok", "  web: forward --listen 127.0.0.1:0 --target 127.0.0.1:9 --target 127.0.0.1:10",
+            ]
+        )
+        #expect(!good.stderr.contains("listening on"))
+
+        try file.write("listeners:\n  - {name: web, mode: forward, listen: \"127.0.0.1:0\"}\n")
+        let bad = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
+        #expect(bad.status == 64)
+        #expect(bad.stderr.contains("listener `web`: Missing expected argument '--target"), "stderr:\n\(bad.stderr)")
+    }
+
     @Test("A missing file exits 64; a listener of the file that cannot bind exits 1, naming the address")
     func startFailures() async throws {
         let missing = try await ProxyProcess.runToExit(["run", "/nonexistent/run.yaml"], timeout: 10)
