@@ -27,8 +27,10 @@ enum ConfigRunner {
     }
 
     /// Reads the file and parses every entry with its mode's own command-line parser.
+    /// - Parameter running: on a reload, the process-wide options the process started with: they apply to
+    ///   the entries (the file's own apply at start only).
     /// - Throws: what is wrong, in one line naming the file and the entry.
-    static func load(_ path: String) throws(ModePlanError) -> Loaded {
+    static func load(_ path: String, running: CommonOptions? = nil) throws(ModePlanError) -> Loaded {
         let file: RunFile
         do {
             file = try RunFile(contentsOfFile: path)
@@ -41,21 +43,22 @@ enum ConfigRunner {
         } catch {
             throw ModePlanError(message: "\(path): \(CommonOptions.message(for: error))")
         }
+        let process = running ?? settings
         var entries: [Planned] = []
         for entry in file.entries {
             func failure(_ message: String) -> ModePlanError {
                 ModePlanError(message: "\(path): listener `\(entry.name)`: \(message)")
             }
             guard let mode = RunCommand.modes[entry.mode] else { throw failure("unknown mode `\(entry.mode)`") }
-            if settings.observability.capture != nil, entry.mode == "mux" || entry.mode == "demux" {
+            if process.observability.capture != nil, entry.mode == "mux" || entry.mode == "demux" {
                 throw failure("--capture is not supported in mux and demux modes (streams have no per-chunk hooks)")
             }
             do {
                 // The process's threads, for modes that size loops of their own by them (mux).
-                let threads = settings.threads.map { ["--threads", "\($0)"] } ?? []
+                let threads = process.threads.map { ["--threads=\($0)"] } ?? []
                 let command = try mode.parse(entry.arguments + threads)
                 let plan = try command.plan(name: entry.name)
-                try ProxyRunner.checkEngines(plan, options: settings)
+                try ProxyRunner.checkEngines(plan, options: process)
                 entries.append(Planned(entry: entry, plan: plan))
             } catch let error as ModePlanError {
                 throw failure(error.message)
@@ -106,7 +109,7 @@ enum ConfigRunner {
             switch event {
             case .signal(let signal) where signal == .sighup:
                 guard !shuttingDown else { continue }
-                Self.reload(path, current: &current, supervisor: &supervisor, logger: logger)
+                Self.reload(path, current: &current, running: loaded.settings, supervisor: &supervisor, logger: logger)
             case .signal(let signal):
                 if shuttingDown {
                     logger.notice("exiting at once", metadata: ["signal": "\(signal)"])
@@ -116,9 +119,10 @@ enum ConfigRunner {
                 logger.notice("shutting down", metadata: ["signal": "\(signal)"])
                 supervisor.stopAll()
             case .ended(let generation, let error):
+                let wasCurrent = supervisor.isCurrent(generation)
                 let ended = supervisor.ended(generation)
                 guard let error else { continue }
-                if ended?.fromStart ?? false {
+                if ended?.fromStart ?? false, wasCurrent {
                     // As a single-mode run: a listener of the file that cannot start stops the process.
                     ProxyRunner.printError(error)
                     failed = true
@@ -138,10 +142,16 @@ enum ConfigRunner {
     }
 
     /// SIGHUP: reads the file again and applies what changed; a file that does not parse changes nothing.
-    private static func reload(_ path: String, current: inout RunFile, supervisor: inout Supervisor, logger: Logger) {
+    private static func reload(
+        _ path: String,
+        current: inout RunFile,
+        running: CommonOptions,
+        supervisor: inout Supervisor,
+        logger: Logger
+    ) {
         let loaded: Loaded
         do {
-            loaded = try Self.load(path)
+            loaded = try Self.load(path, running: running)
         } catch {
             logger.error("reload failed, the running listeners stay as they were: \(error.message)")
             return
@@ -151,7 +161,19 @@ enum ConfigRunner {
                 "reload: \(RunFile.processKeys.joined(separator: ", ")) apply at start only; restart to change them"
             )
         }
-        let changes = RunFileChanges(from: current.entries, to: loaded.file.entries)
+        var changes = RunFileChanges(from: current.entries, to: loaded.file.entries)
+        // "Kept" by the file's text, but not running (it failed to start), or what it reads changed (a users
+        // file): started again.
+        for planned in loaded.entries where changes.kept.contains(planned.entry.name) {
+            let name = planned.entry.name
+            if !supervisor.isRunning(name) {
+                changes.kept.removeAll { $0 == name }
+                changes.started.append(name)
+            } else if supervisor.fingerprint(name) != planned.plan.fingerprint {
+                changes.kept.removeAll { $0 == name }
+                changes.replaced.append(name)
+            }
+        }
         for name in changes.stopped + changes.replaced {
             supervisor.stop(name: name)
         }
@@ -212,6 +234,8 @@ private struct Supervisor {
     private var running: [Int: Running] = [:]
     /// The generation each name runs as now.
     private var current: [String: Int] = [:]
+    /// What each name's plan read besides its command line, when it started (``ModePlan/fingerprint``).
+    private var fingerprints: [String: Int] = [:]
     private var nextGeneration = 0
     /// The metrics of the first listener the file started (capture drops are counted there).
     private(set) var firstListenerMetrics: ProxyMetrics?
@@ -225,6 +249,7 @@ private struct Supervisor {
         let process = self.process
         let plan = planned.plan
         self.start(name: planned.entry.name, services: { process.services(for: plan) }, fromStart: fromStart)
+        self.fingerprints[planned.entry.name] = plan.fingerprint
         if fromStart, self.firstListenerMetrics == nil, let first = plan.listeners.first, let factory = process.metricsFactory {
             // The registry hands back the series the listener made with the same name and labels.
             self.firstListenerMetrics = ProxyMetrics(listener: first.name, target: first.mode.targetLabel, factory: factory)
@@ -238,7 +263,7 @@ private struct Supervisor {
         let sink = self.sink
         let task = Task {
             var attempts = 0
-            while true {
+            while !handle.isStopped {
                 let group = ServiceGroup(
                     configuration: .init(
                         services: services().map { .init(service: $0) },
@@ -252,10 +277,13 @@ private struct Supervisor {
                     try await group.run()
                     sink.yield(.ended(generation: generation, error: nil))
                     return
-                } catch let error as ListenerError where error.isAddressInUse && !fromStart && attempts < 50 {
+                } catch let error as ListenerError where error.isAddressInUse && !fromStart && attempts < 500 {
+                    // The listener this one replaces closes its socket as its drain begins: soon.
                     attempts += 1
-                    guard !handle.isStopped else { break }
-                    try? await Task.sleep(for: .milliseconds(100))
+                    try? await Task.sleep(for: .milliseconds(10))
+                } catch _ where handle.isStopped {
+                    // Stopped before it could bind (a reload replaced it): not a failure.
+                    break
                 } catch let error as ListenerError {
                     sink.yield(.ended(generation: generation, error: error.description))
                     return
@@ -287,6 +315,14 @@ private struct Supervisor {
             sink.yield(.stopped)
         }
     }
+
+    func isRunning(_ name: String) -> Bool { self.current[name] != nil }
+
+    func isCurrent(_ generation: Int) -> Bool {
+        self.running[generation].map { self.current[$0.name] == generation } ?? false
+    }
+
+    func fingerprint(_ name: String) -> Int { self.fingerprints[name] ?? 0 }
 
     /// A listener's group returned: forgets it.
     mutating func ended(_ generation: Int) -> Running? {

@@ -20,6 +20,9 @@ struct ModePlan: Sendable {
     var sharedThreads: Int? = nil
     /// More services to run beside the listeners, given the shared loops, the logger and the metrics factory.
     var services: ServiceFactory = { _, _, _ in [] }
+    /// What the plan read besides its command line (a `--users` file), hashed: a `run` reload restarts an
+    /// entry whose file changed even when its options did not. Compared within one process only.
+    var fingerprint = 0
 }
 
 /// A mode subcommand whose command line `run CONFIG.yaml` can also take from a file entry.

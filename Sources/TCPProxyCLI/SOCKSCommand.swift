@@ -72,6 +72,6 @@ struct SOCKSCommand: ModeCommand {
             admission: self.options.admissionPolicy,
             acceptProxyProtocol: self.options.acceptProxyProtocol
         )
-        return ModePlan(listeners: [configuration])
+        return ModePlan(listeners: [configuration], fingerprint: users.hashValue)
     }
 }

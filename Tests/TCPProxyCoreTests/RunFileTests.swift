@@ -25,21 +25,21 @@ struct RunFileTests {
                       - ::1/128
                 """
         )
-        #expect(file.settings == ["--threads", "2", "--log-level", "debug", "--metrics", "127.0.0.1:9100"])
+        #expect(file.settings == ["--threads=2", "--log-level=debug", "--metrics=127.0.0.1:9100"])
         #expect(
             file.entries == [
                 RunFile.Entry(
                     name: "web",
                     mode: "forward",
                     arguments: [
-                        "--listen", "127.0.0.1:8080", "--target", "10.0.0.1:80", "--target", "10.0.0.2:80,weight=2",
+                        "--listen=127.0.0.1:8080", "--target=10.0.0.1:80", "--target=10.0.0.2:80,weight=2",
                         "--accept-proxy-protocol",
                     ]
                 ),
                 RunFile.Entry(
                     name: "socks-2",
                     mode: "socks",
-                    arguments: ["--listen", ":1080", "--deny-destination", "127.0.0.0/8", "--deny-destination", "::1/128"]
+                    arguments: ["--listen=:1080", "--deny-destination=127.0.0.0/8", "--deny-destination=::1/128"]
                 ),
             ]
         )
@@ -57,14 +57,14 @@ struct RunFileTests {
                   - {name: b, mode: forward, listen: ":3", target: "h:4", stall-timeout: 5}
                 """
         )
-        #expect(file.entries[0].arguments == ["--stall-timeout", "30", "--allow", "10.0.0.0/8", "--listen", ":1", "--target", "h:2"])
-        #expect(file.entries[1].arguments == ["--allow", "10.0.0.0/8", "--listen", ":3", "--target", "h:4", "--stall-timeout", "5"])
+        #expect(file.entries[0].arguments == ["--stall-timeout=30", "--allow=10.0.0.0/8", "--listen=:1", "--target=h:2"])
+        #expect(file.entries[1].arguments == ["--allow=10.0.0.0/8", "--listen=:3", "--target=h:4", "--stall-timeout=5"])
     }
 
     @Test("a quoted \"true\" is a value, not a flag")
     func quotedTrue() throws {
         let file = try RunFile(yaml: "listeners:\n  - {mode: forward, listen: \":1\", target: \"true\"}\n")
-        #expect(file.entries[0].arguments == ["--listen", ":1", "--target", "true"])
+        #expect(file.entries[0].arguments == ["--listen=:1", "--target=true"])
     }
 
     @Test(
@@ -72,7 +72,9 @@ struct RunFileTests {
         arguments: [
             ("", "expected a mapping"),
             ("- a\n- b\n", "expected a mapping"),
-            ("listeners: [\n", "not valid YAML"),
+            ("listeners: [\n", "line 2: not valid YAML: did not find expected node content (while parsing a flow node in line 2)"),
+            ("listeners:\n  - mode: forward\n    target: a\n    target: b\n", "line 3: `target` given twice in one mapping"),
+            ("listeners:\n  - {mode: forward, help: true}\n", "line 2: `help` is not an option of a listener"),
             ("threads: 2\n", "no listeners"),
             ("listeners: []\n", "no listeners"),
             ("listeners: {a: 1}\n", "line 1: `listeners` must be a list"),

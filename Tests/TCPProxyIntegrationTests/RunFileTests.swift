@@ -120,6 +120,8 @@ struct RunFileTests {
             #expect(try Self.echoes(socket, "to \(name)"))
         }
         #expect(second.acceptedCount == 2)
+        let stopped = await proxy.waitForLines(containing: "listener stopped", count: 2, timeout: 10)
+        #expect(stopped?.contains { logValue("listener", in: $0) == "removed" } == true, "stderr:\n\(proxy.stderr)")
         #expect(Self.refuses(port: try #require(before["removed"])))
 
         // Closed first, so the drain has nothing to wait for.
@@ -190,6 +192,69 @@ struct RunFileTests {
         #expect(await proxy.waitForExit(timeout: 20) == 0)
     }
 
+    @Test("A listener a reload cannot start is logged, the rest run on, and the next SIGHUP starts it")
+    func reloadStartFailure() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let occupier = try TestServer()
+        let busy = occupier.port
+        let file = try ConfigFile()
+        let web = "  - {name: web, mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:\(server.port)\"}\n"
+        try file.write("listeners:\n" + web)
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        let port = try #require(try await Self.ports(proxy, count: 1)["web"])
+
+        try file.write("listeners:\n" + web + "  - {name: late, mode: forward, listen: \"127.0.0.1:\(busy)\", target: \"127.0.0.1:\(server.port)\"}\n")
+        proxy.signal(SIGHUP)
+        let failed = await proxy.waitForLine(containing: "listener failed to start", timeout: 15)
+        #expect(failed?.contains("address already in use") == true, "stderr:\n\(proxy.stderr)")
+        #expect(proxy.isRunning)
+        let socket = try TestSocket.connect(port: port)
+        defer { socket.close() }
+        #expect(try Self.echoes(socket, "web runs on"))
+
+        // Same file, port free now: the failed entry is not "kept", it is started.
+        occupier.stop()
+        proxy.signal(SIGHUP)
+        let reloaded = await proxy.waitForLines(containing: "reloaded", count: 2, timeout: 10)
+        #expect(reloaded.map { logValue("listeners.started", in: $0[1]) } == "1", "stderr:\n\(proxy.stderr)")
+        let ports = try await Self.ports(proxy, count: 2)
+        #expect(ports["late"] == busy)
+        let late = try TestSocket.connect(port: busy)
+        defer { late.close() }
+        #expect(try Self.echoes(late, "late but here"))
+
+        socket.close()
+        late.close()
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0)
+    }
+
+    @Test("A SOCKS entry whose users file changed is restarted by SIGHUP, though its options did not change")
+    func usersFileChange() async throws {
+        let file = try ConfigFile()
+        let users = file.directory.appendingPathComponent("users.txt").path
+        try "alice:one\n".write(toFile: users, atomically: true, encoding: .utf8)
+        try file.write("listeners:\n  - {name: s, mode: socks, listen: \"127.0.0.1:0\", users: \"\(users)\"}\n")
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        _ = try await Self.ports(proxy, count: 1)
+
+        proxy.signal(SIGHUP)
+        let same = try #require(await proxy.waitForLine(containing: "reloaded", timeout: 10))
+        #expect(logValue("listeners.kept", in: same) == "1")
+
+        try "alice:two\n".write(toFile: users, atomically: true, encoding: .utf8)
+        proxy.signal(SIGHUP)
+        let changed = try #require(await proxy.waitForLines(containing: "reloaded", count: 2, timeout: 10))
+        #expect(logValue("listeners.restarted", in: changed[1]) == "1", "stderr:\n\(proxy.stderr)")
+        _ = try await Self.ports(proxy, count: 2)
+
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0)
+    }
+
     static let badFiles: [(String, String)] = [
         ("listeners:\n  - {mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:9\", bogus: 1}\n", "Unknown option '--bogus'"),
         ("listeners:\n  - {mode: forward, listen: \"127.0.0.1:0\", target: \"127.0.0.1:9\", threads: 2}\n", "line 2: `threads` applies to the whole process"),
@@ -251,7 +316,7 @@ struct RunFileTests {
         #expect(good.status == 0, "stderr:\n\(good.stderr)")
         #expect(
             good.stdout.split(separator: "\n") == [
-                "\(file.path): 1 listener, ok", "  web: forward --listen 127.0.0.1:0 --target 127.0.0.1:9 --target 127.0.0.1:10",
+                "\(file.path): 1 listener, ok", "  web: forward --listen=127.0.0.1:0 --target=127.0.0.1:9 --target=127.0.0.1:10",
             ]
         )
         #expect(!good.stderr.contains("listening on"))

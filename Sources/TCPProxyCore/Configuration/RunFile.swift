@@ -45,8 +45,10 @@ public struct RunFile: Equatable, Sendable {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw RunFileError(Self.describe(error))
         } catch {
-            throw RunFileError("not valid YAML: \(String(describing: error).split(separator: "\n").first ?? "")")
+            throw RunFileError("not valid YAML: \(error)")
         }
         guard let root, case .mapping(let top) = root else {
             throw RunFileError("expected a mapping with `listeners:` at the top")
@@ -150,7 +152,23 @@ public struct RunFile: Equatable, Sendable {
         return Entry(name: entryName, mode: mode, arguments: arguments)
     }
 
+    /// A YAML error in one line, with the line it points at.
+    private static func describe(_ error: YamlError) -> String {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            return "line \(mark.line): not valid YAML: \(problem)" + (context.map { " (\($0.text) in line \($0.mark.line))" } ?? "")
+        case .duplicatedKeysInMapping(let duplicates, let context):
+            return "line \(context.mark.line): `\(duplicates.sorted().joined(separator: "`, `"))` given twice in one mapping (a list repeats an option: `target: [a, b]`)"
+        default:
+            return "not valid YAML: \(String(describing: error).split(separator: "\n").joined(separator: " "))"
+        }
+    }
+
     private static func checkListenerKey(_ key: String, at node: Node, in place: String) throws(RunFileError) {
+        if key == "help" || key == "version" {
+            throw RunFileError("`\(key)` is not an option of a listener", at: node)
+        }
         if Self.processKeys.contains(key) {
             throw RunFileError("`\(key)` applies to the whole process: set it at the top of the file, not in \(place)", at: node)
         }
@@ -173,15 +191,15 @@ public struct RunFile: Equatable, Sendable {
         return scalar.string
     }
 
-    /// `key: value` as command-line words: `--key value`, repeated for a list; a flag for `true`, nothing
-    /// for `false`.
+    /// `key: value` as command-line words: `--key=value` (so a value may start with `-`), repeated for a
+    /// list; a flag for `true`, nothing for `false`.
     private static func arguments(_ key: String, _ node: Node) throws(RunFileError) -> [String] {
         switch node {
         case .scalar(let scalar):
             switch scalar.string {
             case "true" where scalar.style == .plain: return ["--\(key)"]
             case "false" where scalar.style == .plain: return []
-            default: return ["--\(key)", scalar.string]
+            default: return ["--\(key)=\(scalar.string)"]
             }
         case .sequence(let sequence):
             var words: [String] = []
@@ -189,7 +207,7 @@ public struct RunFile: Equatable, Sendable {
                 guard case .scalar(let scalar) = item else {
                     throw RunFileError("`\(key)` must be a value or a list of values", at: item)
                 }
-                words += ["--\(key)", scalar.string]
+                words.append("--\(key)=\(scalar.string)")
             }
             return words
         case .mapping, .alias:
