@@ -272,7 +272,13 @@ private struct Supervisor {
                         logger: ProcessContext.quietLogger
                     )
                 )
-                guard handle.attach(group) else { break }
+                guard handle.attach(group) else {
+                    // Stopped while its services were being made: they run already told to stop, so that
+                    // they release what they made (a mux's event loops), and end at once.
+                    await group.triggerGracefulShutdown()
+                    try? await group.run()
+                    break
+                }
                 do {
                     try await group.run()
                     sink.yield(.ended(generation: generation, error: nil))

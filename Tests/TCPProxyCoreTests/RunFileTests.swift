@@ -125,6 +125,13 @@ struct RunFileTests {
         )
         #expect(RunFileChanges(from: [a, b, c], to: [c]) == RunFileChanges(kept: ["c"], stopped: ["a", "b"]))
         #expect(RunFileChanges(from: [a], to: [otherMode]) == RunFileChanges(replaced: ["a"]))
+
+        // Options in another order are the same listener; targets in another order are not.
+        let first = RunFile.Entry(name: "x", mode: "forward", arguments: ["--listen=:1", "--target=a", "--target=b", "--idle-timeout=5"])
+        let reordered = RunFile.Entry(name: "x", mode: "forward", arguments: ["--idle-timeout=5", "--target=a", "--listen=:1", "--target=b"])
+        let swapped = RunFile.Entry(name: "x", mode: "forward", arguments: ["--listen=:1", "--target=b", "--target=a", "--idle-timeout=5"])
+        #expect(RunFileChanges(from: [first], to: [reordered]) == RunFileChanges(kept: ["x"]))
+        #expect(RunFileChanges(from: [first], to: [swapped]) == RunFileChanges(replaced: ["x"]))
     }
 }
 

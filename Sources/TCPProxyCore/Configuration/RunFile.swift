@@ -246,10 +246,22 @@ public struct RunFileChanges: Equatable, Sendable {
         for entry in new {
             switch old.first(where: { $0.name == entry.name }) {
             case .none: self.started.append(entry.name)
-            case .some(let previous) where previous == entry: self.kept.append(entry.name)
+            case .some(let previous) where Self.sameListener(previous, entry): self.kept.append(entry.name)
             case .some: self.replaced.append(entry.name)
             }
         }
         self.stopped = old.map(\.name).filter { name in !new.contains(where: { $0.name == name }) }
+    }
+
+    /// The same mode and the same options, whatever order different options come in (the order of one
+    /// option's values, e.g. targets, is kept: it can matter).
+    static func sameListener(_ a: RunFile.Entry, _ b: RunFile.Entry) -> Bool {
+        func normalized(_ arguments: [String]) -> [String] {
+            let option = { (word: String) in word.prefix { $0 != "=" } }
+            return arguments.enumerated()
+                .sorted { option($0.element) == option($1.element) ? $0.offset < $1.offset : option($0.element) < option($1.element) }
+                .map(\.element)
+        }
+        return a.mode == b.mode && normalized(a.arguments) == normalized(b.arguments)
     }
 }
