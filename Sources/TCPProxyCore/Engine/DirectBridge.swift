@@ -85,14 +85,9 @@ final class DirectBridge {
     let startTime: NIODeadline
     /// Until when the server connection may take (while connecting).
     private var connectDeadline: NIODeadline?
-    /// Whether each side's peer is known to have sent its FIN or hung up (an event said so): its socket is
-    /// then read until EOF, since a short read may leave the FIN unread with no further edge.
-    private var clientPeerClosed = false
-    private var serverPeerClosed = false
-    /// Whether that was a clean FIN (`EPOLLRDHUP` without `EPOLLERR`): then a short read from the socket
-    /// is its end of stream (no read that returns 0 is needed); after a reset the error must be read.
-    private var clientSentFIN = false
-    private var serverSentFIN = false
+    /// What events have said of each side's peer.
+    private var clientPeer = PeerEnd.open
+    private var serverPeer = PeerEnd.open
 
     /// When the timeouts are sampled next; `nil` while the timer is stopped (no timeout on, or nothing
     /// held and nothing moving).
@@ -184,15 +179,23 @@ final class DirectBridge {
         return false
     }
 
+    /// What an event has said of a peer, which decides how its socket is read.
+    enum PeerEnd {
+        /// Nothing yet: a short read emptied the socket, and any later byte raises a new edge.
+        case open
+        /// It hung up with an error: read until a read fails, so that the reset is seen (a short read may
+        /// leave it behind with no further edge).
+        case hungUp
+        /// Its clean FIN (`EPOLLRDHUP` without `EPOLLERR`): nothing can follow the bytes in the socket, so a
+        /// short read is the end of the stream and the read that would return 0 is not made.
+        case finished
+    }
+
     /// An event reported the peer's FIN (or a hangup) on `side`; `cleanly` when it carried no error.
     func peerClosed(_ side: Side, cleanly: Bool) {
-        if side == .client {
-            self.clientPeerClosed = true
-            self.clientSentFIN = self.clientSentFIN || cleanly
-        } else {
-            self.serverPeerClosed = true
-            self.serverSentFIN = self.serverSentFIN || cleanly
-        }
+        let seen = side == .client ? self.clientPeer : self.serverPeer
+        let now: PeerEnd = cleanly || seen == .finished ? .finished : .hungUp
+        if side == .client { self.clientPeer = now } else { self.serverPeer = now }
     }
 
     /// Bytes held for `side`'s socket, not yet written to it.
@@ -247,8 +250,8 @@ final class DirectBridge {
             let before = self.state.upstream.moved
             outcome = self.state.upstream.pump(
                 CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch),
-                stopAtShortRead: !self.clientPeerClosed,
-                endAtShortRead: self.clientSentFIN,
+                stopAtShortRead: self.clientPeer == .open,
+                endAtShortRead: self.clientPeer == .finished,
                 closesSinkAtEnd: self.state.downstream.isFinished
             )
             self.watchForBulk(Int(truncatingIfNeeded: self.state.upstream.moved &- before), .upstream)
@@ -256,8 +259,8 @@ final class DirectBridge {
             let before = self.state.downstream.moved
             outcome = self.state.downstream.pump(
                 CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch),
-                stopAtShortRead: !self.serverPeerClosed,
-                endAtShortRead: self.serverSentFIN,
+                stopAtShortRead: self.serverPeer == .open,
+                endAtShortRead: self.serverPeer == .finished,
                 closesSinkAtEnd: self.state.upstream.isFinished
             )
             self.watchForBulk(Int(truncatingIfNeeded: self.state.downstream.moved &- before), .downstream)
