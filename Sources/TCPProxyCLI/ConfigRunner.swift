@@ -94,7 +94,7 @@ enum ConfigRunner {
         var supervisor = Supervisor(process: process, sink: sink)
         if let endpoint = process.endpoint {
             // Named so that no entry can clash with it (entry names have no parentheses).
-            supervisor.start(name: "(metrics)", services: { [endpoint] }, fromStart: true)
+            supervisor.start(name: "(metrics)", entry: nil, services: { [endpoint] }, fromStart: true)
         }
         for planned in loaded.entries {
             supervisor.start(planned, fromStart: true)
@@ -102,14 +102,13 @@ enum ConfigRunner {
         let dropReporter = process.reportCaptureDrops(to: supervisor.firstListenerMetrics)
         defer { dropReporter?.cancel() }
 
-        var current = loaded.file
         var shuttingDown = false
         var failed = false
         for await event in events {
             switch event {
             case .signal(let signal) where signal == .sighup:
                 guard !shuttingDown else { continue }
-                Self.reload(path, current: &current, running: loaded.settings, supervisor: &supervisor, logger: logger)
+                Self.reload(path, started: loaded, supervisor: &supervisor, logger: logger)
             case .signal(let signal):
                 if shuttingDown {
                     logger.notice("exiting at once", metadata: ["signal": "\(signal)"])
@@ -142,37 +141,27 @@ enum ConfigRunner {
     }
 
     /// SIGHUP: reads the file again and applies what changed; a file that does not parse changes nothing.
-    private static func reload(
-        _ path: String,
-        current: inout RunFile,
-        running: CommonOptions,
-        supervisor: inout Supervisor,
-        logger: Logger
-    ) {
+    /// - Parameter started: what the process started with (its process-wide options hold).
+    private static func reload(_ path: String, started: Loaded, supervisor: inout Supervisor, logger: Logger) {
         let loaded: Loaded
         do {
-            loaded = try Self.load(path, running: running)
+            loaded = try Self.load(path, running: started.settings)
         } catch {
             logger.error("reload failed, the running listeners stay as they were: \(error.message)")
             return
         }
-        if loaded.file.settings != current.settings {
+        if loaded.file.settings != started.file.settings {
             logger.warning(
                 "reload: \(RunFile.processKeys.joined(separator: ", ")) apply at start only; restart to change them"
             )
         }
-        var changes = RunFileChanges(from: current.entries, to: loaded.file.entries)
-        // "Kept" by the file's text, but not running (it failed to start), or what it reads changed (a users
-        // file): started again.
-        for planned in loaded.entries where changes.kept.contains(planned.entry.name) {
-            let name = planned.entry.name
-            if !supervisor.isRunning(name) {
-                changes.kept.removeAll { $0 == name }
-                changes.started.append(name)
-            } else if supervisor.fingerprint(name) != planned.plan.fingerprint {
-                changes.kept.removeAll { $0 == name }
-                changes.replaced.append(name)
-            }
+        // Against what runs, not against the last file: an entry that failed to start is started again, and
+        // one whose users file changed is replaced though its options did not change.
+        let running = supervisor.runningEntries
+        let was = Dictionary(uniqueKeysWithValues: running.map { ($0.entry.name, $0.fingerprint) })
+        let now = Dictionary(uniqueKeysWithValues: loaded.entries.map { ($0.entry.name, $0.plan.fingerprint) })
+        let changes = RunFileChanges(from: running.map(\.entry), to: loaded.file.entries) { old, new in
+            RunFileChanges.sameListener(old, new) && was[old.name] == now[new.name]
         }
         for name in changes.stopped + changes.replaced {
             supervisor.stop(name: name)
@@ -181,7 +170,6 @@ enum ConfigRunner {
             // A replaced listener on the same address lets go of it as its drain begins: retried meanwhile.
             supervisor.start(planned, fromStart: false)
         }
-        current.entries = loaded.file.entries
         logger.notice(
             "reloaded \(path)",
             metadata: [
@@ -199,6 +187,8 @@ private struct Supervisor {
     /// One started listener.
     struct Running: Sendable {
         var name: String
+        /// The file's entry and its plan's fingerprint; `nil` for the metrics endpoint.
+        var entry: (entry: RunFile.Entry, fingerprint: Int)?
         var fromStart: Bool
         var handle: Handle
         var task: Task<Void, Never>
@@ -234,8 +224,6 @@ private struct Supervisor {
     private var running: [Int: Running] = [:]
     /// The generation each name runs as now.
     private var current: [String: Int] = [:]
-    /// What each name's plan read besides its command line, when it started (``ModePlan/fingerprint``).
-    private var fingerprints: [String: Int] = [:]
     private var nextGeneration = 0
     /// The metrics of the first listener the file started (capture drops are counted there).
     private(set) var firstListenerMetrics: ProxyMetrics?
@@ -248,60 +236,73 @@ private struct Supervisor {
     mutating func start(_ planned: ConfigRunner.Planned, fromStart: Bool) {
         let process = self.process
         let plan = planned.plan
-        self.start(name: planned.entry.name, services: { process.services(for: plan) }, fromStart: fromStart)
-        self.fingerprints[planned.entry.name] = plan.fingerprint
+        self.start(
+            name: planned.entry.name,
+            entry: (planned.entry, plan.fingerprint),
+            services: { process.services(for: plan) },
+            fromStart: fromStart
+        )
         if fromStart, self.firstListenerMetrics == nil, let first = plan.listeners.first, let factory = process.metricsFactory {
             // The registry hands back the series the listener made with the same name and labels.
             self.firstListenerMetrics = ProxyMetrics(listener: first.name, target: first.mode.targetLabel, factory: factory)
         }
     }
 
-    mutating func start(name: String, services: @escaping @Sendable () -> [any Service], fromStart: Bool) {
+    mutating func start(
+        name: String,
+        entry: (entry: RunFile.Entry, fingerprint: Int)?,
+        services: @escaping @Sendable () -> [any Service],
+        fromStart: Bool
+    ) {
         let generation = self.nextGeneration
         self.nextGeneration += 1
         let handle = Handle()
         let sink = self.sink
         let task = Task {
-            var attempts = 0
-            while !handle.isStopped {
-                let group = ServiceGroup(
-                    configuration: .init(
-                        services: services().map { .init(service: $0) },
-                        gracefulShutdownSignals: [],
-                        cancellationSignals: [],
-                        logger: ProcessContext.quietLogger
-                    )
-                )
-                guard handle.attach(group) else {
-                    // Stopped while its services were being made: they run already told to stop, so that
-                    // they release what they made (a mux's event loops), and end at once.
-                    await group.triggerGracefulShutdown()
-                    try? await group.run()
-                    break
-                }
-                do {
-                    try await group.run()
-                    sink.yield(.ended(generation: generation, error: nil))
-                    return
-                } catch let error as ListenerError where error.isAddressInUse && !fromStart && attempts < 500 {
-                    // The listener this one replaces closes its socket as its drain begins: soon.
-                    attempts += 1
-                    try? await Task.sleep(for: .milliseconds(10))
-                } catch _ where handle.isStopped {
-                    // Stopped before it could bind (a reload replaced it): not a failure.
-                    break
-                } catch let error as ListenerError {
-                    sink.yield(.ended(generation: generation, error: error.description))
-                    return
-                } catch {
-                    sink.yield(.ended(generation: generation, error: "\(error)"))
-                    return
-                }
-            }
-            sink.yield(.ended(generation: generation, error: nil))
+            let failure = await Self.serve(services, handle: handle, retryingBusyAddress: !fromStart)
+            sink.yield(.ended(generation: generation, error: failure))
         }
-        self.running[generation] = Running(name: name, fromStart: fromStart, handle: handle, task: task)
+        self.running[generation] = Running(name: name, entry: entry, fromStart: fromStart, handle: handle, task: task)
         self.current[name] = generation
+    }
+
+    /// Runs a listener's services until they end, in a new service group per attempt to bind.
+    /// - Parameter retryingBusyAddress: whether an address in use is tried again (every 10 ms for 5 s): the
+    ///   listener a reload replaces closes its socket as its drain begins.
+    /// - Returns: why it failed, if it did; `nil` when it ended, or was stopped before it could bind.
+    private static func serve(
+        _ services: @Sendable () -> [any Service],
+        handle: Handle,
+        retryingBusyAddress: Bool
+    ) async -> String? {
+        var attempts = 0
+        while !handle.isStopped {
+            let group = ServiceGroup(
+                configuration: .init(
+                    services: services().map { .init(service: $0) },
+                    gracefulShutdownSignals: [],
+                    cancellationSignals: [],
+                    logger: ProcessContext.quietLogger
+                )
+            )
+            guard handle.attach(group) else {
+                // Stopped while its services were being made: they run already told to stop, so that they
+                // release what they made (a mux's event loops), and end at once.
+                await group.triggerGracefulShutdown()
+                try? await group.run()
+                return nil
+            }
+            do {
+                try await group.run()
+                return nil
+            } catch let error as ListenerError where error.isAddressInUse && retryingBusyAddress && attempts < 500 {
+                attempts += 1
+                try? await Task.sleep(for: .milliseconds(10))
+            } catch {
+                return handle.isStopped ? nil : "\(error)"
+            }
+        }
+        return nil
     }
 
     /// Drains the listener running as `name` (its bridges finish within the drain timeout).
@@ -322,13 +323,14 @@ private struct Supervisor {
         }
     }
 
-    func isRunning(_ name: String) -> Bool { self.current[name] != nil }
+    /// The file's entries running now (not those draining after a reload stopped them).
+    var runningEntries: [(entry: RunFile.Entry, fingerprint: Int)] {
+        self.current.values.compactMap { self.running[$0]?.entry }
+    }
 
     func isCurrent(_ generation: Int) -> Bool {
         self.running[generation].map { self.current[$0.name] == generation } ?? false
     }
-
-    func fingerprint(_ name: String) -> Int { self.fingerprints[name] ?? 0 }
 
     /// A listener's group returned: forgets it.
     mutating func ended(_ generation: Int) -> Running? {

@@ -169,5 +169,4 @@ struct ProcessContext {
             metrics?.captureDropped(delta)
         }
     }
-
 }

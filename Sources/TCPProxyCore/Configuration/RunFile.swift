@@ -242,11 +242,19 @@ public struct RunFileChanges: Equatable, Sendable {
     /// Only in the old file: drained.
     public var stopped: [String] = []
 
-    public init(from old: [RunFile.Entry], to new: [RunFile.Entry]) {
+    /// - Parameters:
+    ///   - old: the entries running now.
+    ///   - new: the new file's entries.
+    ///   - same: whether an old entry and a new one of the same name are the same listener.
+    public init(
+        from old: [RunFile.Entry],
+        to new: [RunFile.Entry],
+        same: (RunFile.Entry, RunFile.Entry) -> Bool = RunFileChanges.sameListener
+    ) {
         for entry in new {
             switch old.first(where: { $0.name == entry.name }) {
             case .none: self.started.append(entry.name)
-            case .some(let previous) where Self.sameListener(previous, entry): self.kept.append(entry.name)
+            case .some(let previous) where same(previous, entry): self.kept.append(entry.name)
             case .some: self.replaced.append(entry.name)
             }
         }
@@ -255,11 +263,11 @@ public struct RunFileChanges: Equatable, Sendable {
 
     /// The same mode and the same options, whatever order different options come in (the order of one
     /// option's values, e.g. targets, is kept: it can matter).
-    static func sameListener(_ a: RunFile.Entry, _ b: RunFile.Entry) -> Bool {
+    public static func sameListener(_ a: RunFile.Entry, _ b: RunFile.Entry) -> Bool {
+        // Stable by option: one option's values keep their order.
         func normalized(_ arguments: [String]) -> [String] {
-            let option = { (word: String) in word.prefix { $0 != "=" } }
-            return arguments.enumerated()
-                .sorted { option($0.element) == option($1.element) ? $0.offset < $1.offset : option($0.element) < option($1.element) }
+            arguments.enumerated()
+                .sorted { ($0.element.prefix { $0 != "=" }, $0.offset) < ($1.element.prefix { $0 != "=" }, $1.offset) }
                 .map(\.element)
         }
         return a.mode == b.mode && normalized(a.arguments) == normalized(b.arguments)

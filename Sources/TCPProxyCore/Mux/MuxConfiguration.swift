@@ -2,9 +2,9 @@ import NIOCore
 
 /// The settings of a `mux` or `demux` process (SPEC §3, `docs/MUX-PROTOCOL.md`).
 public struct MuxConfiguration: Sendable, Hashable {
-    /// Where to accept clients (mux) or tunnel connections (demux).
     /// A short name for logs and metrics: the mode, or the entry's name in a `run` file.
     public var name = ""
+    /// Where to accept clients (mux) or tunnel connections (demux).
     public var listen: Endpoint
     /// Mux: the demux to open tunnels to.
     public var tunnel: Endpoint?
