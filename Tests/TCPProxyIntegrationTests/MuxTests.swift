@@ -268,10 +268,7 @@ struct MuxTests {
     func clientWaitsForTunnel() async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        // A port with nothing listening yet.
-        let probe = try TestServer()
-        let demuxPort = probe.port
-        probe.stop()
+        let demuxPort = try TestServer.freePort()
         let mux = try await ProxyProcess.start(
             ["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:\(demuxPort)", "--connect-timeout", "1.5"]
         )

@@ -57,6 +57,13 @@ final class TestServer: @unchecked Sendable {
         }
     }
 
+    /// A loopback port nothing listens on now (bound, then let go).
+    static func freePort() throws -> Int {
+        let probe = try TestServer()
+        defer { probe.stop() }
+        return probe.port
+    }
+
     var isStopped: Bool { self.lock.withLock { self.stopped } }
     var acceptedCount: Int { self.lock.withLock { self.accepted } }
     /// Bytes counted by reading behaviours (`discard`, `echo`).
