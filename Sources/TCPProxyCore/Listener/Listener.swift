@@ -121,34 +121,27 @@ public final class Listener: Service, Sendable {
     }
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
-        let listen = self.configuration.listen
-        let logger = self.logger
         let bridgeConfiguration = self.configuration.bridge
         let starter = self.makeStarter()
-        do {
-            // Transparent mode: IP_TRANSPARENT must be set before bind.
-            var prepare: (@Sendable (Channel) throws -> Void)? = nil
-            if let transparent = starter as? TransparentStarter {
-                prepare = { channel in try transparent.prepareListeningSocket(channel) }
-            }
-            return try await ServerBootstrap.tcpproxyListener(
-                group: self.group,
-                logger: logger,
-                quiescing: quiescing,
-                prepare: prepare
-            )
-                // Accepted sockets inherit TCP_NODELAY from the listener (ServerBootstrap sets it);
-                // initializeClient turns on half-closure (BridgeChannelOptions).
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try self.initializeClient(channel, starter: starter, configuration: bridgeConfiguration)
-                    }
-                }
-                .bind(host: listen.host, port: listen.port)
-                .get()
-        } catch {
-            throw ListenerError(endpoint: listen, underlying: error)
+        // Transparent mode: IP_TRANSPARENT must be set before bind.
+        var prepare: (@Sendable (Channel) throws -> Void)? = nil
+        if let transparent = starter as? TransparentStarter {
+            prepare = { channel in try transparent.prepareListeningSocket(channel) }
         }
+        return try await ServerBootstrap.tcpproxyListener(
+            group: self.group,
+            logger: self.logger,
+            quiescing: quiescing,
+            prepare: prepare
+        )
+            // Accepted sockets inherit TCP_NODELAY from the listener (ServerBootstrap sets it);
+            // initializeClient turns on half-closure (BridgeChannelOptions).
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.initializeClient(channel, starter: starter, configuration: bridgeConfiguration)
+                }
+            }
+            .bindListener(to: self.configuration.listen)
     }
 
     /// Admits or turns away a new client, and for an admitted one builds its bridge.

@@ -59,28 +59,21 @@ public final class DemuxService: Service, Sendable {
     }
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
-        let listen = self.configuration.listen
-        let logger = self.logger
-        do {
-            return try await ServerBootstrap.tcpproxyListener(
-                group: self.group,
-                backlog: 256,
-                logger: logger,
-                quiescing: quiescing
-            )
-                .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
-                .childChannelOption(.recvAllocator, value: MuxTunnelConnection.receiveAllocator)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try self.initializeTunnel(channel)
-                    }
+        try await ServerBootstrap.tcpproxyListener(
+            group: self.group,
+            backlog: 256,
+            logger: self.logger,
+            quiescing: quiescing
+        )
+            .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
+            .childChannelOption(.recvAllocator, value: MuxTunnelConnection.receiveAllocator)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.initializeTunnel(channel)
                 }
-                .bind(host: listen.host, port: listen.port)
-                .get()
-        } catch {
-            throw ListenerError(endpoint: listen, underlying: error)
-        }
+            }
+            .bindListener(to: self.configuration.listen)
     }
 
     private func initializeTunnel(_ channel: Channel) throws {

@@ -85,26 +85,19 @@ public final class MuxService: Service, Sendable {
     }
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
-        let listen = self.configuration.listen
-        let logger = self.logger
-        do {
-            return try await ServerBootstrap.tcpproxyListener(
-                group: self.group,
-                backlog: 4096,
-                logger: logger,
-                quiescing: quiescing
-            )
-                // initializeClient turns on half-closure (BridgeChannelOptions).
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try self.initializeClient(channel)
-                    }
+        try await ServerBootstrap.tcpproxyListener(
+            group: self.group,
+            backlog: 4096,
+            logger: self.logger,
+            quiescing: quiescing
+        )
+            // initializeClient turns on half-closure (BridgeChannelOptions).
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try self.initializeClient(channel)
                 }
-                .bind(host: listen.host, port: listen.port)
-                .get()
-        } catch {
-            throw ListenerError(endpoint: listen, underlying: error)
-        }
+            }
+            .bindListener(to: self.configuration.listen)
     }
 
     /// Admits or turns away a client; an admitted one becomes a stream on a tunnel of its event loop.

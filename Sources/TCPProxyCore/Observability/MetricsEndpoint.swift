@@ -64,31 +64,26 @@ public final class MetricsEndpoint: Service, Sendable {
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
         let registry = self.registry
-        do {
-            return try await ServerBootstrap(group: self.group)
-                .serverChannelOption(.backlog, value: 128)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            quiescing.makeServerChannelHandler(channel: channel)
-                        )
-                    }
+        return try await ServerBootstrap(group: self.group)
+            .serverChannelOption(.backlog, value: 128)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        quiescing.makeServerChannelHandler(channel: channel)
+                    )
                 }
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        // Without NIO's error handler: it answers a request cut off by a quiescing close with a
-                        // 400 on the closed channel, which NIO's pipelining handler asserts against. The
-                        // handler below answers malformed requests itself.
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
-                        try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
-                    }
+            }
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    // Without NIO's error handler: it answers a request cut off by a quiescing close with a
+                    // 400 on the closed channel, which NIO's pipelining handler asserts against. The
+                    // handler below answers malformed requests itself.
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
+                    try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
                 }
-                .bind(host: self.endpoint.host, port: self.endpoint.port)
-                .get()
-        } catch {
-            throw ListenerError(endpoint: self.endpoint, underlying: error)
-        }
+            }
+            .bindListener(to: self.endpoint)
     }
 }
 
