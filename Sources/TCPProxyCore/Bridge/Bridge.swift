@@ -372,13 +372,14 @@ final class Bridge {
     /// Both sockets are closed (by NIO, or by the splice engine): log the end, report it, and let go.
     func reportEnd(_ reason: CloseReason) {
         self.cancelTimers()
+        // The slot first: a client that connects once it has seen `bridge closed` must find it free.
+        self.hooks.finished(reason)
         let duration = self.eventLoop.now - self.startTime
         self.logger.logBridgeClosed(
             id: self.id, reason: reason, upstream: self.bytesUpstream, downstream: self.bytesDownstream, duration: duration
         )
         self.reportBytes()
         self.observers.metrics?.bridgeClosed(reason, duration: duration)
-        self.hooks.finished(reason)
         self.clientHandler.bridge = nil
         self.serverHandler.bridge = nil
     }

@@ -174,12 +174,13 @@ final class DirectAcceptor: Sendable {
     }
 
     private func finish(id: UInt64, reason: CloseReason, bytes: (upstream: UInt64, downstream: UInt64), duration: TimeAmount) {
+        // The slot first: a client that connects once it has seen `bridge closed` must find it free.
+        self.activeBridges.release()
         if self.logsBridges {
             self.logger.logBridgeClosed(
                 id: id, reason: reason, upstream: bytes.upstream, downstream: bytes.downstream, duration: duration
             )
         }
         self.metrics?.bridgeClosed(reason, duration: duration)
-        self.activeBridges.release()
     }
 }
