@@ -45,6 +45,8 @@ enum ConfigRunner {
         }
         let process = running ?? settings
         var entries: [Planned] = []
+        // Which entry listens where: two on the same address could not both start (port 0 excepted).
+        var listening: [Endpoint: String] = [:]
         for entry in file.entries {
             func failure(_ message: String) -> ModePlanError {
                 ModePlanError(message: "\(path): listener `\(entry.name)`: \(message)")
@@ -57,6 +59,12 @@ enum ConfigRunner {
                 // The process's threads, for modes that size loops of their own by them (mux).
                 let threads = process.threads.map { ["--threads=\($0)"] } ?? []
                 let command = try mode.parse(entry.arguments + threads)
+                if command.listen.port != 0 {
+                    if let other = listening[command.listen] {
+                        throw ModePlanError(message: "listens on \(command.listen), as listener `\(other)` does")
+                    }
+                    listening[command.listen] = entry.name
+                }
                 let plan = try command.plan(name: entry.name)
                 try ProxyRunner.checkEngines(plan, options: process)
                 entries.append(Planned(entry: entry, plan: plan))
@@ -100,7 +108,6 @@ enum ConfigRunner {
             supervisor.start(planned, fromStart: true)
         }
         let dropReporter = process.reportCaptureDrops(to: supervisor.firstListenerMetrics)
-        defer { dropReporter?.cancel() }
 
         var shuttingDown = false
         var failed = false
@@ -136,7 +143,7 @@ enum ConfigRunner {
                 sink.finish()
             }
         }
-        try? await process.group.shutdownGracefully()
+        await process.shutDown(cancelling: dropReporter)
         if failed { throw ExitCode(1) }
     }
 

@@ -28,6 +28,8 @@ struct ModePlan: Sendable {
 /// A mode subcommand whose command line `run CONFIG.yaml` can also take from a file entry.
 protocol ModeCommand: AsyncParsableCommand {
     var options: CommonOptions { get }
+    /// `--listen`.
+    var listen: Endpoint { get }
 
     /// The mode's plan, its listener named `name` in logs and metrics.
     /// - Throws: ``ModePlanError`` when something the options point at cannot be used (a users file).

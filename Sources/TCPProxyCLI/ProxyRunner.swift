@@ -26,7 +26,6 @@ enum ProxyRunner {
         let planned = process.services(for: plan)
         services += planned.map { .init(service: $0) }
         let dropReporter = process.reportCaptureDrops(to: planned.lazy.compactMap { ($0 as? Listener)?.metrics }.first)
-        defer { dropReporter?.cancel() }
         let serviceGroup = ServiceGroup(
             configuration: .init(
                 services: services,
@@ -39,10 +38,15 @@ enum ProxyRunner {
 
         // Trapped before any listener starts: a signal sent as soon as `listening on` is logged must
         // drain, not kill the process with the default action.
-        let trapped = await UnixSignalsSequence(trapping: .sigint, .sigterm)
+        // SIGHUP too: its default action would end the process without a drain. Only `run FILE` reloads.
+        let trapped = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
         let signals = Task {
             var received = 0
             for await signal in trapped {
+                if signal == .sighup {
+                    logger.notice("SIGHUP ignored: there is no file to reload (tcpproxy run FILE reloads on SIGHUP)")
+                    continue
+                }
                 received += 1
                 if received == 1 {
                     logger.notice("shutting down", metadata: ["signal": "\(signal)"])
@@ -57,14 +61,12 @@ enum ProxyRunner {
 
         do {
             try await serviceGroup.run()
-        } catch let error as ListenerError {
-            printError(error.description)
-            throw ExitCode(1)
         } catch {
+            dropReporter?.cancel()
             printError("\(error)")
             throw ExitCode(1)
         }
-        try? await process.group.shutdownGracefully()
+        await process.shutDown(cancelling: dropReporter)
     }
 
     /// `--engine direct` on a listener the direct engine cannot serve is an error, not a silent fallback.
@@ -149,6 +151,17 @@ struct ProcessContext {
     /// Closes the capture file.
     func close() {
         self.capture?.close()
+    }
+
+    /// Stops the capture drop reporter, then shuts the event loops down. In this order: a repeated task
+    /// cancelled after its loop has shut down cannot reach it, and NIO prints an error.
+    func shutDown(cancelling dropReporter: RepeatedTask?) async {
+        if let dropReporter {
+            let cancelled = self.group.next().makePromise(of: Void.self)
+            dropReporter.cancel(promise: cancelled)
+            try? await cancelled.futureResult.get()
+        }
+        try? await self.group.shutdownGracefully()
     }
 
     /// Adds capture records dropped since the last second to the metrics, and says so in the log once.

@@ -354,6 +354,21 @@ struct RunFileTests {
         let bad = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
         #expect(bad.status == 64)
         #expect(bad.stderr.contains("listener `web`: Missing expected argument '--target"), "stderr:\n\(bad.stderr)")
+
+        // Two entries on one address could not both bind: the check says so (two on port 0 are fine).
+        try file.write(
+            """
+            listeners:
+              - {name: a, mode: forward, listen: "127.0.0.1:20311", target: "127.0.0.1:9"}
+              - {name: b, mode: socks, listen: "127.0.0.1:20311"}
+              - {name: c, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:9"}
+              - {name: d, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:9"}
+
+            """
+        )
+        let clash = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
+        #expect(clash.status == 64)
+        #expect(clash.stderr.contains("listener `b`: listens on 127.0.0.1:20311, as listener `a` does"), "stderr:\n\(clash.stderr)")
     }
 
     @Test("A missing file exits 64; a listener of the file that cannot bind exits 1, naming the address")

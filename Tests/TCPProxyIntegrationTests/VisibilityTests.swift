@@ -40,8 +40,11 @@ struct VisibilityTests {
         #expect(end.end == .eof)
         client.close()
         #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+        // Past the capture drop reporter's first run (1 s), so that it is scheduled when the loops stop.
+        await delay(seconds: 1.2)
         proxy.terminate()
         #expect(await proxy.waitForExit(timeout: 10) == 0)
+        #expect(!proxy.stderr.contains("ERROR"), "a clean shutdown, no NIO complaint; stderr:\n\(proxy.stderr)")
 
         let dump = try self.run(tcpdump, ["-nn", "-A", "-r", path])
         #expect(dump.status == 0, "tcpdump could not read the file")
@@ -71,8 +74,8 @@ struct VisibilityTests {
         defer { server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, ["--metrics", "127.0.0.1:0"] + path.arguments)
         defer { proxy.kill() }
-        let line = try #require(await proxy.waitForLine(containing: "metrics listening on", timeout: 5))
-        let address = line.components(separatedBy: "metrics listening on ")[1].prefix { $0 != " " && $0 != "\"" }
+        let line = try #require(await proxy.waitForLine(containing: "metrics served at", timeout: 5))
+        let address = line.components(separatedBy: "metrics served at ")[1].prefix { $0 != " " && $0 != "\"" }
         let url = "http://\(address)"
 
         let client = try TestSocket.connect(port: proxy.port)
