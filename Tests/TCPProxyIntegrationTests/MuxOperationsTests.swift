@@ -12,8 +12,8 @@ struct MuxOperationsTests {
 
     /// `/metrics` of a process started with `--metrics 127.0.0.1:0`.
     static func scrape(_ proxy: ProxyProcess) async throws -> String {
-        let line = try #require(await proxy.waitForLine(containing: "metrics listening on", timeout: 5))
-        let address = line.components(separatedBy: "metrics listening on ")[1].prefix { $0 != " " && $0 != "\"" }
+        let line = try #require(await proxy.waitForLine(containing: "metrics served at", timeout: 5))
+        let address = line.components(separatedBy: "metrics served at ")[1].prefix { $0 != " " && $0 != "\"" }
         let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
         let socket = try TestSocket.connect(port: port)
         defer { socket.close() }

@@ -373,8 +373,8 @@ struct SOCKSTests {
         try "u:p\n".write(to: users, atomically: true, encoding: .utf8)
         let proxy = try await Self.startProxy(["--users", users.path, "--metrics", "127.0.0.1:0"])
         defer { proxy.kill() }
-        let line = try #require(await proxy.waitForLine(containing: "metrics listening on", timeout: 5))
-        let address = line.components(separatedBy: "metrics listening on ")[1].prefix { $0 != " " && $0 != "\"" }
+        let line = try #require(await proxy.waitForLine(containing: "metrics served at", timeout: 5))
+        let address = line.components(separatedBy: "metrics served at ")[1].prefix { $0 != " " && $0 != "\"" }
 
         let login: [UInt8] = [0x05, 0x01, 0x02, 0x01, 0x01, 0x75, 0x01, 0x70]
         let good = try TestSocket.connect(port: proxy.port)

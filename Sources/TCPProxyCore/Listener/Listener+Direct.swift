@@ -55,7 +55,7 @@ extension Listener {
         }
         let bound = SocketAddress(descriptor: descriptors[0], peer: false)
         self.setBoundAddress(bound)
-        self.logger.info(
+        self.logger.logReady(
             "listening on \(bound?.logDescription ?? listen.description)",
             metadata: ["mode": "\(self.configuration.mode)", "engine": "direct"]
         )

@@ -93,7 +93,7 @@ public final class Listener: Service, Sendable {
         let channel = try await self.bind(quiescing: quiescing)
         let address = channel.localAddress
         self.boundAddress.withLockedValue { $0 = address }
-        self.logger.info(
+        self.logger.logReady(
             "listening on \(address.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "\(self.configuration.mode)"]
         )

@@ -41,7 +41,7 @@ public final class DemuxService: Service, Sendable {
     public func run() async throws {
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
-        self.logger.info(
+        self.logger.logReady(
             "listening on \(channel.localAddress.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "demux", "target": "\(self.configuration.target!)"]
         )

@@ -67,7 +67,7 @@ public final class MuxService: Service, Sendable {
     private func serveUntilDrained() async throws {
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
-        self.logger.info(
+        self.logger.logReady(
             "listening on \(channel.localAddress.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "mux", "tunnel.address": "\(self.configuration.tunnel!)", "tunnels": "\(self.connections.count)"]
         )

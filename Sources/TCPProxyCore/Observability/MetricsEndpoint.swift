@@ -43,7 +43,7 @@ public final class MetricsEndpoint: Service, Sendable {
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
         let address = channel.localAddress
-        self.logger.info("metrics listening on \(address.map(\.logDescription) ?? self.endpoint.description)")
+        self.logger.logReady("metrics served at \(address.map(\.logDescription) ?? self.endpoint.description)")
         // Published after the line: whoever sees the address can also find the line.
         self.boundAddress.withLockedValue { $0 = address }
 

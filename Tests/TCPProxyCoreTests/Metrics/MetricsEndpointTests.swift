@@ -110,7 +110,7 @@ struct MetricsEndpointTests {
         running.metrics.accepted()
         running.metrics.addBytes(upstream: 42, downstream: 0)
 
-        #expect(running.log.lines.contains("info metrics listening on 127.0.0.1:\(running.port)"))
+        #expect(running.log.lines.contains("info metrics served at 127.0.0.1:\(running.port)"))
 
         let response = try await Self.curl(["--include", "\(running.base)/metrics"])
         #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n"))

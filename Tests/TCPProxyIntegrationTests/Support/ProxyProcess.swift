@@ -77,7 +77,7 @@ final class ProxyProcess: @unchecked Sendable {
     /// Starts `tcpproxy ARGUMENTS` and waits for its `listening on` line.
     static func start(_ arguments: [String], timeout: Double = 15) async throws -> ProxyProcess {
         let proxy = try ProxyProcess(arguments: arguments)
-        // The proxy's own listener line: "listening on ...", not "metrics listening on ...".
+        // The proxy's own listener line: "listening on ...", not the metrics endpoint's "metrics served at ...".
         guard let line = await proxy.waitForLine(containing: "info listening on", timeout: timeout)
             ?? proxy.lines(containing: "\"listening on").first
         else {
