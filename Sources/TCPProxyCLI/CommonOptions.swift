@@ -37,7 +37,15 @@ struct CommonOptions: ParsableArguments {
     )
     var allow: [CIDR] = []
 
-    @Option(help: "Lowest level logged: trace, debug, info, notice, warning, error, critical.")
+    @Option(
+        help: ArgumentHelp("Lowest level logged: trace, debug, info, notice, warning, error, critical.", valueName: "level"),
+        transform: { text in
+            guard let level = Logger.Level(rawValue: text) else {
+                throw ValidationError("use trace, debug, info, notice, warning, error or critical")
+            }
+            return level
+        }
+    )
     var logLevel: Logger.Level = .info
 
     @Option(help: "Log line format: text or json.")
@@ -76,6 +84,14 @@ struct CommonOptions: ParsableArguments {
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
+    /// `--engine direct` given to a mode other than forward: a usage error of that mode's command (so that
+    /// its usage is printed, not the root command's).
+    func refuseDirectEngine() throws {
+        if self.engine == .direct {
+            throw ValidationError("--engine direct cannot serve this listener: only forward mode runs on the direct engine")
+        }
+    }
+
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 {
             throw ValidationError("invalid value '\(threads)' for --threads (use a number from 1 to 1024)")
@@ -83,18 +99,18 @@ struct CommonOptions: ParsableArguments {
         if let maxConnections, maxConnections < 1 {
             throw ValidationError("invalid value '\(maxConnections)' for --max-connections (use 1 or more)")
         }
+        // 0 turns the stall, idle and drain timeouts off (or closes at once); a connect needs some time.
         let timeouts = [
-            ("--stall-timeout", self.stallTimeout), ("--idle-timeout", self.idleTimeout),
-            ("--connect-timeout", self.connectTimeout), ("--drain-timeout", self.drainTimeout),
+            ("--stall-timeout", self.stallTimeout, false), ("--idle-timeout", self.idleTimeout, false),
+            ("--connect-timeout", self.connectTimeout, true), ("--drain-timeout", self.drainTimeout, false),
         ]
-        for (name, value) in timeouts where !value.isFinite || value < 0 || value > 86_400 * 365 {
-            throw ValidationError("invalid value '\(value)' for \(name) (use seconds from 0 up)")
+        for (name, value, positive) in timeouts
+        where !value.isFinite || value < 0 || (positive && value == 0) || value > 86_400 * 365 {
+            let range = positive ? "more than 0" : "0"
+            throw ValidationError("invalid value '\(value)' for \(name) (use seconds from \(range) up to 31536000, one year)")
         }
         if !self.trustedProxy.isEmpty && !self.acceptProxyProtocol {
             throw ValidationError("--trusted-proxy only makes sense with --accept-proxy-protocol")
-        }
-        if self.connectTimeout == 0 {
-            throw ValidationError("invalid value '0' for --connect-timeout (use more than 0 seconds)")
         }
     }
 

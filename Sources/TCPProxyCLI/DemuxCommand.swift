@@ -22,7 +22,7 @@ struct DemuxCommand: ModeCommand {
     )
     var listen: Endpoint
 
-    @Option(help: "Where every stream goes: HOST:PORT or [IPV6]:PORT.", transform: { try parseEndpoint($0, option: "--target") })
+    @Option(help: "Where every stream goes: HOST:PORT or [IPV6]:PORT.", transform: { try parseDestination($0, option: "--target") })
     var target: Endpoint
 
     @Flag(help: "Connect a stream to the HOST:PORT its OPEN names (a mux's --open-target), instead of --target.")
@@ -34,6 +34,7 @@ struct DemuxCommand: ModeCommand {
     @OptionGroup var options: CommonOptions
 
     func validate() throws {
+        try self.options.refuseDirectEngine()
         try self.mux.check(self.options)
     }
 

@@ -84,3 +84,12 @@ func parseEndpoint(_ text: String, option: String) throws -> Endpoint {
         throw ValidationError("\(error)")
     }
 }
+
+/// An address to connect to (`--tunnel`, demux's `--target`): port 0 is a usage error.
+func parseDestination(_ text: String, option: String) throws -> Endpoint {
+    do {
+        return try Endpoint(parsingDestination: text)
+    } catch {
+        throw ValidationError("\(error)")
+    }
+}

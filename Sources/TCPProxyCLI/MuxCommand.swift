@@ -27,7 +27,7 @@ struct MuxCommand: ModeCommand {
     )
     var listen: Endpoint
 
-    @Option(help: "The demux to carry clients to: HOST:PORT or [IPV6]:PORT.", transform: { try parseEndpoint($0, option: "--tunnel") })
+    @Option(help: "The demux to carry clients to: HOST:PORT or [IPV6]:PORT.", transform: { try parseDestination($0, option: "--tunnel") })
     var tunnel: Endpoint
 
     @Option(help: "Tunnel connections to keep; streams are spread across them.")
@@ -42,11 +42,12 @@ struct MuxCommand: ModeCommand {
     @OptionGroup var options: CommonOptions
 
     func validate() throws {
+        try self.options.refuseDirectEngine()
         if self.tunnels < 1 || self.tunnels > 64 {
             throw ValidationError("invalid value '\(self.tunnels)' for --tunnels (use a number from 1 to 64)")
         }
         if let openTarget = self.openTarget {
-            _ = try parseEndpoint(openTarget, option: "--open-target")
+            _ = try parseDestination(openTarget, option: "--open-target")
         }
         try self.mux.check(self.options)
     }

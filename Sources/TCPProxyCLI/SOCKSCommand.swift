@@ -39,6 +39,7 @@ struct SOCKSCommand: ModeCommand {
     @OptionGroup var options: CommonOptions
 
     func validate() throws {
+        try self.options.refuseDirectEngine()
         if !self.handshakeTimeout.isFinite || self.handshakeTimeout <= 0 || self.handshakeTimeout > 86_400 {
             throw ValidationError(
                 "invalid value '\(self.handshakeTimeout)' for --handshake-timeout (use seconds from more than 0 up to 86400)"

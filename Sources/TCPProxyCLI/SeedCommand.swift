@@ -25,24 +25,34 @@ struct SeedCommand: AsyncParsableCommand {
         func port(_ text: String) throws -> Int {
             do { return try Endpoint.parsePort(text) } catch { throw ValidationError("\(error)") }
         }
-        func host(_ text: String) -> String {
-            text.hasPrefix("[") && text.hasSuffix("]") ? String(text.dropFirst().dropLast()) : text
+        func host(_ text: String, _ what: String) throws -> String {
+            let host = text.hasPrefix("[") && text.hasSuffix("]") ? String(text.dropFirst().dropLast()) : text
+            guard !host.allSatisfy(\.isWhitespace) else { throw ValidationError("\(EndpointError.emptyHost(what))") }
+            return host
+        }
+        func target(_ hostText: String, _ portText: String) throws -> Endpoint {
+            let target = Endpoint(host: try host(hostText, "TARGET_HOST"), port: try port(portText))
+            guard target.port != 0 else { throw ValidationError("\(EndpointError.zeroDestinationPort(target.description))") }
+            return target
         }
         switch self.words.count {
         case 4:
             return (
-                Endpoint(host: host(self.words[0]), port: try port(self.words[1])),
-                Endpoint(host: host(self.words[2]), port: try port(self.words[3]))
+                Endpoint(host: try host(self.words[0], "LISTEN_HOST"), port: try port(self.words[1])),
+                try target(self.words[2], self.words[3])
             )
         case 3:
             return (
                 Endpoint(host: "0.0.0.0", port: try port(self.words[2])),
-                Endpoint(host: host(self.words[0]), port: try port(self.words[1]))
+                try target(self.words[0], self.words[1])
             )
         default:
+            // Words past the fourth are often the value of an option this form does not have (it takes the
+            // options of every mode, not forward's own --balance or --health-interval).
+            let extra = self.words.count > 4 ? " (extra: \(self.words.dropFirst(4).joined(separator: " ")); forward's own options need 'tcpproxy forward')" : ""
             throw ValidationError(
                 "expected 3 or 4 arguments, got \(self.words.count): "
-                    + "LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT, or TARGET_HOST TARGET_PORT LISTEN_PORT"
+                    + "LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT, or TARGET_HOST TARGET_PORT LISTEN_PORT" + extra
             )
         }
     }

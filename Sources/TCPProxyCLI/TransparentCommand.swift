@@ -40,6 +40,10 @@ struct TransparentCommand: ModeCommand {
 
     @OptionGroup var options: CommonOptions
 
+    func validate() throws {
+        try self.options.refuseDirectEngine()
+    }
+
     func run() async throws {
         try await self.runPlan(name: "transparent")
     }

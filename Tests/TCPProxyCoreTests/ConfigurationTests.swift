@@ -43,6 +43,14 @@ struct ConfigurationTests {
         #expect(throws: EndpointError.self) { try Endpoint(parsing: text) }
     }
 
+    @Test("a destination needs a port: port 0 is refused there, and only there")
+    func destinations() throws {
+        #expect(throws: EndpointError.zeroDestinationPort("127.0.0.1:0")) { try Endpoint(parsingDestination: "127.0.0.1:0") }
+        #expect(try Endpoint(parsing: "127.0.0.1:0").port == 0)
+        #expect(try Endpoint(parsingDestination: "[::1]:9") == Endpoint(host: "::1", port: 9))
+        #expect(throws: EndpointError.zeroDestinationPort("10.0.0.1:0")) { try TargetSpec(parsing: "10.0.0.1:0,weight=2") }
+    }
+
     @Test("an IPv6 endpoint prints with brackets")
     func endpointDescription() {
         #expect(Endpoint(host: "::1", port: 80).description == "[::1]:80")

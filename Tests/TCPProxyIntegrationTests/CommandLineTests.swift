@@ -21,6 +21,15 @@ struct CommandLineTests {
         ["127.0.0.1", "0", "127.0.0.1", "9", "extra"],
         ["127.0.0.1", "9", "70000"],
         ["--no-such-option"],
+        // Port 0 is for listening; an empty host names nothing.
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:0"],
+        ["demux", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:0"],
+        ["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:0"],
+        ["127.0.0.1", "0", "127.0.0.1", "0"],
+        ["127.0.0.1", "0", "", "9"],
+        ["", "0", "127.0.0.1", "9"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--log-level", "loud"],
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--connect-timeout", "0"],
     ]
 
     @Test("Usage errors exit 64 with one Error: line, the usage, and no stack trace", arguments: usageErrors)
@@ -104,6 +113,29 @@ struct CommandLineTests {
         defer { proxy.kill() }
         #expect(["0.0.0.0", "[::]", "*"].contains(proxy.listenHost), "listening on \(proxy.listenHost)")
         try Self.expectEcho(port: proxy.port)
+    }
+
+    @Test(
+        "Above info, the ready lines still show: `listening on` and `metrics served at` carry the configured level and the bound ports",
+        arguments: [["--log-level", "warning"], ["--log-level", "critical", "--engine", "nio"]]
+    )
+    func readyLineAtEveryLevel(options: [String]) async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try ProxyProcess(
+            arguments: ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:\(server.port)", "--metrics", "127.0.0.1:0"]
+                + options
+        )
+        defer { proxy.kill() }
+        let level = options[1]
+        let line = try #require(await proxy.waitForLine(containing: "\(level) listening on 127.0.0.1:", timeout: 10), "log:\n\(proxy.stderr)")
+        let port = try #require(Int(line.components(separatedBy: "listening on 127.0.0.1:")[1].prefix { $0.isNumber }))
+        try Self.expectEcho(port: port)
+        let metricsLine = try #require(await proxy.waitForLine(containing: "\(level) metrics served at 127.0.0.1:", timeout: 5))
+        let metricsPort = try #require(Int(metricsLine.components(separatedBy: "served at 127.0.0.1:")[1].prefix { $0.isNumber }))
+        #expect(metricsPort != port)
+        #expect(proxy.lines(containing: "listening on").count == 1, "one listener line; log:\n\(proxy.stderr)")
+        #expect(proxy.lines(containing: "bridge ").isEmpty, "info lines stay hidden; log:\n\(proxy.stderr)")
     }
 
     @Test("--help and --version exit 0 and print to stdout")
@@ -228,6 +260,21 @@ struct CommandLineTests {
         #expect(status != nil, "exited after the second signal")
         #expect(now() - started < 1.5, "at once: \(now() - started) s")
         #expect(proxy.terminationReason == .exit, "exited, not killed by the signal")
+    }
+
+    @Test("SIGHUP outside run mode is logged and ignored: the proxy keeps serving, then drains on SIGTERM")
+    func sighupIgnored() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port)
+        defer { proxy.kill() }
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLine(containing: "SIGHUP ignored", timeout: 5) != nil, "stderr:\n\(proxy.stderr)")
+        #expect(proxy.isRunning)
+        try Self.expectEcho(port: proxy.port)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 10) == 0)
+        #expect(proxy.terminationReason == .exit)
     }
 
     @Test("SIGINT behaves like SIGTERM: an idle proxy exits 0")

@@ -14,6 +14,9 @@ struct DirectEngineTests {
 
     static let obstacles: [(arguments: [String], obstacle: String)] = [
         (["socks", "--listen", "127.0.0.1:0"], "only forward mode"),
+        (["transparent", "--listen", "127.0.0.1:0"], "only forward mode"),
+        (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9"], "only forward mode"),
+        (["demux", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9"], "only forward mode"),
         (
             ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--target", "127.0.0.1:10"],
             "several targets"
@@ -47,6 +50,7 @@ struct DirectEngineTests {
         #expect(errorLines.count == 1, "one Error: line; stderr:\n\(result.stderr)")
         #expect(errorLines.first?.contains("--engine direct") == true, "stderr:\n\(result.stderr)")
         #expect(errorLines.first?.contains(obstacle) == true, "names '\(obstacle)'; stderr:\n\(result.stderr)")
+        #expect(result.stderr.contains("Usage: tcpproxy \(arguments[0])"), "the mode's own usage; stderr:\n\(result.stderr)")
         #expect(!result.stderr.contains("listening on"), "nothing was started; stderr:\n\(result.stderr)")
         #expect(!FileManager.default.fileExists(atPath: capture), "no capture file is left behind")
     }

@@ -41,6 +41,13 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         self.port = try Endpoint.parsePort(String(portText))
     }
 
+    /// Parses an address to connect to (`--target`, `--tunnel`): as ``init(parsing:defaultHost:)``, but port 0,
+    /// which only a listener can use, is refused.
+    public init(parsingDestination text: String) throws {
+        try self.init(parsing: text)
+        if self.port == 0 { throw EndpointError.zeroDestinationPort(text) }
+    }
+
     /// Parses a decimal port from 0 to 65535.
     public static func parsePort(_ text: String) throws -> Int {
         guard !text.isEmpty, text.count <= 5, text.allSatisfy({ $0.isASCII && $0.isNumber }),
@@ -61,11 +68,17 @@ public enum EndpointError: Error, Hashable, CustomStringConvertible {
     case malformed(String)
     /// The port is not a number from 0 to 65535.
     case badPort(String)
+    /// An address to connect to has port 0 (an ephemeral port is for listening).
+    case zeroDestinationPort(String)
+    /// A host is empty where the command line needs one.
+    case emptyHost(String)
 
     public var description: String {
         switch self {
         case .malformed(let text): "invalid address '\(text)' (use HOST:PORT, [IPV6]:PORT or :PORT)"
         case .badPort(let text): "invalid port '\(text)' (use a number from 0 to 65535)"
+        case .zeroDestinationPort(let text): "invalid address '\(text)' to connect to: port 0 is for listening (use 1 to 65535)"
+        case .emptyHost(let what): "empty \(what) (use an address or a name)"
         }
     }
 }

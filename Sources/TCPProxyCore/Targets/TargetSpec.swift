@@ -13,7 +13,7 @@ public struct TargetSpec: Hashable, Sendable, CustomStringConvertible {
     /// Parses `HOST:PORT` or `HOST:PORT,weight=N` (N from 1 to 1000).
     public init(parsing text: String) throws {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-        self.endpoint = try Endpoint(parsing: String(parts[0]))
+        self.endpoint = try Endpoint(parsingDestination: String(parts[0]))
         self.weight = 1
         for option in parts.dropFirst() {
             guard option.hasPrefix("weight="), let weight = Int(option.dropFirst("weight=".count)),
