@@ -385,6 +385,20 @@ final class DirectBridge {
         return side == .client ? .clientReset : .serverReset
     }
 
+    /// The server connection failed, so what the client sent while it was pending goes nowhere: it is read
+    /// and dropped (counted as upstream bytes, at most 64 KiB), so that closing the client's socket sends a
+    /// FIN, as the NIO bridge's close does, rather than the reset close(2) sends over unread bytes.
+    private func discardClientInput() {
+        guard self.client >= 0 else { return }
+        withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { buffer in
+            for _ in 0..<16 {
+                let count = read(self.client, buffer.baseAddress, buffer.count)
+                guard count > 0 else { return }
+                self.baseUpstream &+= UInt64(count)
+            }
+        }
+    }
+
     private func closeSocket(_ side: Side) {
         // The engine's epoll forgets a socket when its last descriptor closes; ours is the last one.
         switch side {
@@ -400,6 +414,7 @@ final class DirectBridge {
     /// Closes everything still open (with a reset towards peers still connected when the reason is
     /// abortive, SPEC §2 rule 6b), reports the last bytes, and tells whoever started the bridge.
     func end(_ reason: CloseReason) {
+        if reason == .connectFailed || reason == .connectTimeout { self.discardClientInput() }
         for side in [Side.client, .server] where self.descriptor(side) >= 0 {
             if reason.isAbortive { LinuxSocketOptions.setResetOnClose(descriptor: self.descriptor(side)) }
             self.closeSocket(side)

@@ -361,6 +361,10 @@ struct DirectEngineLoop {
             defer { slot += 1 }
             guard let bridge = self.slots[slot] else { continue }
             if let reason = bridge.tick(now: now) {
+                // As the NIO bridge does, a connect that timed out is logged as a failed one first.
+                if reason == .connectTimeout, case .accepted(let acceptor) = bridge.origin {
+                    acceptor.connectFailed(bridge, errno: ETIMEDOUT)
+                }
                 self.end(bridge, reason)
             } else {
                 self.wake(at: bridge.nextDeadline)
