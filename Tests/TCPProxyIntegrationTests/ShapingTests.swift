@@ -65,6 +65,32 @@ struct ShapingTests {
         #expect(abs(Double(measured) - expected) / expected < 0.10, "measured \(measured) of \(Int(expected))")
     }
 
+    @Test(
+        "--upstream-rate 64K still paces a client that sends 256 KiB and its FIN at once (NIO drains the socket on the FIN): no sooner than the rate allows, every byte, then EOF"
+    )
+    func rateHoldsThroughClientFIN() async throws {
+        let server = try TestServer()
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--upstream-rate", "64K"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        let data = pattern(count: 256 * 1024, seed: 21)
+        let upstream = try await onThread { try server.accept(timeout: 5) }
+        defer { upstream.close() }
+        let started = now()
+        try await onThread {
+            try client.send(data)
+            client.shutdownWrite()
+        }
+        let received = try await onThread { try upstream.readToEnd(timeout: 15) }
+        let elapsed = now() - started
+        #expect(received.end == .eof)
+        #expect(sameBytes(received.bytes, data), "every byte, in order (\(received.bytes.count) of \(data.count))")
+        // 256 KiB at 64 KiB/s, less two 4 KiB bursts of slack: 3.9 s.
+        #expect(elapsed > 3.6 && elapsed < 8, "delivered in \(elapsed) s")
+    }
+
     /// Median round-trip time of `count` small echoes, in seconds.
     private func roundTrip(through proxy: ProxyProcess, count: Int = 5) async throws -> Double {
         let client = try TestSocket.connect(port: proxy.port)

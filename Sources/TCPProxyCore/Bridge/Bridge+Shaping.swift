@@ -46,8 +46,8 @@ extension Bridge {
             )
         }
         self.conversation?.record(buffer, direction: direction)
-        if self.shaping?.isDelayed(direction) == true {
-            self.shaping!.delay(buffer, direction, now: now)
+        if let hold = self.shaping?.hold(direction) {
+            self.shaping!.delay(buffer, direction, now: now, hold: hold)
             self.scheduleDelivery(direction)
         } else {
             self.handler(side.partner).forward(buffer)

@@ -222,6 +222,11 @@ enum BridgeChannelOptions {
         if high != Self.defaultHighWaterMark {
             try options.setOption(.writeBufferWaterMark, value: .init(low: max(1, high / 2), high: high))
         }
+        if rateLimit != nil {
+            // One read per readiness event: the rate pauses reading after a read, and NIO would otherwise go on
+            // with its further reads of the same event before the pause takes hold, several bursts at once.
+            try options.setOption(.maxMessagesPerRead, value: 1)
+        }
         let maximumRead = min(high, rateLimit ?? Int.max, Self.defaultHighWaterMark)
         if maximumRead < Self.defaultHighWaterMark {
             let size = max(1024, maximumRead)

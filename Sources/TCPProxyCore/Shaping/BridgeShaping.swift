@@ -21,10 +21,11 @@ struct BridgeShaping {
             configuration.rate(direction).map { TokenBucket(rate: $0, now: now) }
         }
         self.delayLines = Direction.allCases.map { direction in
-            guard let latency = configuration.latency, configuration.faultDirections.contains(direction) else {
-                return nil
+            if let latency = configuration.latency, configuration.faultDirections.contains(direction) {
+                return DelayLine(delay: latency, jitter: configuration.latencyJitter)
             }
-            return DelayLine(delay: latency, jitter: configuration.latencyJitter)
+            // A rate holds back what a read brought too far ahead of it (``TokenBucket/holdTime()``).
+            return configuration.rate(direction) == nil ? nil : DelayLine(delay: .zero, jitter: .zero)
         }
         self.flippers = Direction.allCases.map { direction in
             guard configuration.corruptProbability > 0, configuration.faultDirections.contains(direction) else {
@@ -59,9 +60,14 @@ struct BridgeShaping {
         flipper.maybeFlip(&buffer, using: &self.random)
     }
 
-    /// Whether `direction` is delayed by `--latency`.
-    func isDelayed(_ direction: Direction) -> Bool {
-        self.delayLines[direction.index] != nil
+    /// How long a chunk just read in `direction` must wait before it is written: `nil` to write it now; the
+    /// latency (and the rate's hold, if any) when `--latency` applies; the rate's hold when the read ran
+    /// more than a burst ahead of the rate; and at once-but-in-order (zero) behind chunks still held.
+    func hold(_ direction: Direction) -> TimeAmount? {
+        guard let line = self.delayLines[direction.index] else { return nil }
+        let rateHold = self.buckets[direction.index]?.holdTime()
+        if line.delay > .zero || line.jitter > .zero || !line.isEmpty { return rateHold ?? .zero }
+        return rateHold
     }
 
     /// Whether `--latency` holds back any chunk, in either direction.
@@ -74,9 +80,9 @@ struct BridgeShaping {
         self.delayLines[direction.index]?.heldBytes ?? 0
     }
 
-    /// Holds `buffer` back in `direction`.
-    mutating func delay(_ buffer: ByteBuffer, _ direction: Direction, now: NIODeadline) {
-        self.delayLines[direction.index]?.append(buffer, now: now, using: &self.random)
+    /// Holds `buffer` back in `direction`, for its latency and `hold` more.
+    mutating func delay(_ buffer: ByteBuffer, _ direction: Direction, now: NIODeadline, hold: TimeAmount = .zero) {
+        self.delayLines[direction.index]?.append(buffer, now: now, hold: hold, using: &self.random)
     }
 
     /// When the next delayed chunk of `direction` is due.

@@ -1,6 +1,7 @@
 import NIOCore
 
-/// Chunks held back by `--latency MS[:JITTER_MS]`, in order, each with the time it may be written.
+/// Chunks held back by `--latency MS[:JITTER_MS]`, or by a rate they are ahead of, in order, each with the
+/// time it may be written.
 ///
 /// Jitter never reorders: a chunk is never due before the one ahead of it. The bytes held count towards
 /// the direction's high-water mark, so a delayed direction keeps back-pressure.
@@ -25,15 +26,16 @@ struct DelayLine {
     /// When the first chunk is due, if any.
     var nextDue: NIODeadline? { self.chunks.first?.due }
 
-    /// Holds `buffer` until its delay has passed.
+    /// Holds `buffer` until its delay (and `hold` more, the rate's pacing) has passed.
     mutating func append<Generator: RandomNumberGenerator>(
         _ buffer: ByteBuffer,
         now: NIODeadline,
+        hold: TimeAmount = .zero,
         using generator: inout Generator
     ) {
-        var extra = TimeAmount.zero
+        var extra = hold
         if self.jitter.nanoseconds > 0 {
-            extra = .nanoseconds(Int64.random(in: 0...self.jitter.nanoseconds, using: &generator))
+            extra = extra + .nanoseconds(Int64.random(in: 0...self.jitter.nanoseconds, using: &generator))
         }
         var due = now + self.delay + extra
         if let lastDue, due < lastDue { due = lastDue }

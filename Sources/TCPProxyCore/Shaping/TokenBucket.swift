@@ -50,6 +50,16 @@ struct TokenBucket {
         return .nanoseconds(max(1_000_000, Int64(seconds * 1e9)))
     }
 
+    /// After a read: how long its bytes must be held before they are written so that the rate holds, `nil`
+    /// when they are no more than one burst ahead of it. Reading pauses until the balance is positive, so
+    /// this only happens when reads come faster than the pause can stop them (NIO drains a socket at once
+    /// when its peer's FIN arrives).
+    func holdTime() -> TimeAmount? {
+        let ahead = -self.tokens - Double(self.burst)
+        guard ahead > 0 else { return nil }
+        return .nanoseconds(Int64(ahead / Double(self.rate) * 1e9))
+    }
+
     private mutating func refill(now: NIODeadline) {
         guard now > self.last else { return }
         let elapsed = Double((now - self.last).nanoseconds) / 1e9
