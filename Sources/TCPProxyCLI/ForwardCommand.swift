@@ -37,6 +37,9 @@ struct ForwardCommand: ModeCommand {
         if self.target.isEmpty {
             throw ValidationError("missing --target (give at least one)")
         }
+        if let looping = self.target.first(where: { $0.endpoint.loops(into: self.listen) }) {
+            throw ValidationError("--target \(looping.endpoint) is this listener's own address: every client would loop back into it")
+        }
         if let healthInterval, !(healthInterval > 0 && healthInterval <= 3600) {
             throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from more than 0 to 3600)")
         }

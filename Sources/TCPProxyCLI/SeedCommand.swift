@@ -58,7 +58,10 @@ struct SeedCommand: AsyncParsableCommand {
     }
 
     func validate() throws {
-        _ = try self.endpoints()
+        let (listen, target) = try self.endpoints()
+        if target.loops(into: listen) {
+            throw ValidationError("target \(target) is this listener's own address: every client would loop back into it")
+        }
     }
 
     func run() async throws {

@@ -51,6 +51,20 @@ struct ConfigurationTests {
         #expect(throws: EndpointError.zeroDestinationPort("10.0.0.1:0")) { try TargetSpec(parsing: "10.0.0.1:0,weight=2") }
     }
 
+    @Test("a target that is the listener's own address is a loop; another host or port is not")
+    func loops() {
+        let any = Endpoint(host: "0.0.0.0", port: 8080)
+        let loopback = Endpoint(host: "127.0.0.1", port: 8080)
+        #expect(loopback.loops(into: loopback))
+        #expect(loopback.loops(into: any))
+        #expect(Endpoint(host: "localhost", port: 8080).loops(into: any))
+        #expect(Endpoint(host: "::1", port: 8080).loops(into: Endpoint(host: "::", port: 8080)))
+        #expect(!Endpoint(host: "127.0.0.1", port: 8081).loops(into: any))
+        #expect(!Endpoint(host: "127.0.0.2", port: 8080).loops(into: loopback))
+        #expect(!Endpoint(host: "10.0.0.1", port: 8080).loops(into: any), "another machine's port 8080")
+        #expect(!Endpoint(host: "127.0.0.1", port: 0).loops(into: Endpoint(host: "127.0.0.1", port: 0)))
+    }
+
     @Test("an IPv6 endpoint prints with brackets")
     func endpointDescription() {
         #expect(Endpoint(host: "::1", port: 80).description == "[::1]:80")

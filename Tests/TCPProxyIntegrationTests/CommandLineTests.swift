@@ -30,6 +30,9 @@ struct CommandLineTests {
         ["", "0", "127.0.0.1", "9"],
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--log-level", "loud"],
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--connect-timeout", "0"],
+        // A target that is the listener itself would loop every client back in until descriptors run out.
+        ["forward", "--listen", ":20341", "--target", "127.0.0.1:20341"],
+        ["127.0.0.1", "20341", "127.0.0.1", "20341"],
     ]
 
     @Test("Usage errors exit 64 with one Error: line, the usage, and no stack trace", arguments: usageErrors)

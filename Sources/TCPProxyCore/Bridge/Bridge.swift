@@ -262,7 +262,9 @@ final class Bridge {
                 self.perform(self.machine.connectSucceeded())
             case .failure(let error):
                 let timedOut = isConnectTimeout(error)
-                self.logger.logBridgeConnectFailed(id: self.id, server: self.connector.targetDescription, error: "\(error)")
+                self.logger.logBridgeConnectFailed(
+                    id: self.id, server: self.connector.targetDescription, error: SystemErrorText.describe(error)
+                )
                 if self.machine.isConnecting, let client = self.clientHandler.context?.channel {
                     self.hooks.connectFailed?(client, error)
                 }

@@ -23,6 +23,10 @@ public enum SystemErrorText {
             default: return "\(error)"
             }
         }
+        if let error = error as? SocketAddressError.UnknownHost {
+            // getaddrinfo's own words ("name or service not known"), lowercased like strerror's.
+            return "cannot resolve host '\(error.host)': \(error.errorDescription.lowercased())"
+        }
         if let error = error as? NIOConnectionError {
             if let last = error.connectionErrors.last { return describe(last.error) }
             if error.dnsAError != nil || error.dnsAAAAError != nil { return "cannot resolve host '\(error.host)'" }
