@@ -88,6 +88,10 @@ struct RunFileTests {
             ("listeners:\n  - mode: forward\n    target: {a: b}\n", "line 3: `target` must be a value or a list"),
             ("listeners:\n  - mode: forward\n    target: [[a]]\n", "`target` must be a value or a list"),
             ("listeners:\n  - {name: x, mode: forward}\n  - {name: x, mode: socks}\n", "line 3: two listeners are named `x`"),
+            (
+                "listeners:\n  - &b {mode: forward, listen: \":1\", target: \"a:1\"}\n  - name: y\n    <<: *b\n",
+                "line 4: YAML merge keys (`<<`) are not supported",
+            ),
             ("listeners:\n  - {name: \"a b\", mode: forward}\n", "invalid name `a b`"),
             ("listeners:\n  - 3\n", "line 2: listener 1 must be a mapping"),
         ]

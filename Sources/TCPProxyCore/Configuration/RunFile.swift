@@ -181,6 +181,10 @@ public struct RunFile: Equatable, Sendable {
         guard case .scalar(let scalar) = node, !scalar.string.isEmpty, !scalar.string.hasPrefix("-") else {
             throw RunFileError("a key must be an option name without dashes, e.g. `listen`", at: node)
         }
+        // YAML's merge key: Yams hands over the merged mapping itself, with the anchor's line.
+        if scalar.string == "<<" {
+            throw RunFileError("YAML merge keys (`<<`) are not supported: put shared options under `defaults:`", at: node)
+        }
         return scalar.string
     }
 
