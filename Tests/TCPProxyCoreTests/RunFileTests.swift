@@ -88,6 +88,7 @@ struct RunFileTests {
             ("listeners:\n  - mode: forward\n    target: {a: b}\n", "line 3: `target` must be a value or a list"),
             ("listeners:\n  - mode: forward\n    target: [[a]]\n", "`target` must be a value or a list"),
             ("listeners:\n  - {name: x, mode: forward}\n  - {name: x, mode: socks}\n", "line 3: two listeners are named `x`"),
+            ("listeners:\n  - mode: socks\n    listen: [\":1\", \":2\"]\n", "line 3: `listen` takes one address"),
             (
                 "listeners:\n  - &b {mode: forward, listen: \":1\", target: \"a:1\"}\n  - name: y\n    <<: *b\n",
                 "line 4: YAML merge keys (`<<`) are not supported",

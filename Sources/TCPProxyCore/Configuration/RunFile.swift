@@ -206,6 +206,10 @@ public struct RunFile: Equatable, Sendable {
             default: return ["--\(key)=\(scalar.string)"]
             }
         case .sequence(let sequence):
+            // The command line would keep the last address and drop the rest without a word.
+            if key == "listen" && sequence.count > 1 {
+                throw RunFileError("`listen` takes one address: a listener listens once (write one listener per address)", at: node)
+            }
             var words: [String] = []
             for item in sequence {
                 guard case .scalar(let scalar) = item else {
