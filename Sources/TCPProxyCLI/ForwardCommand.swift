@@ -37,8 +37,8 @@ struct ForwardCommand: ModeCommand {
         if self.target.isEmpty {
             throw ValidationError("missing --target (give at least one)")
         }
-        if let looping = self.target.first(where: { $0.endpoint.loops(into: self.listen) }) {
-            throw ValidationError("--target \(looping.endpoint) is this listener's own address: every client would loop back into it")
+        for target in self.target {
+            try refuseLoop(target: target.endpoint, listen: self.listen)
         }
         if let healthInterval, !(healthInterval > 0 && healthInterval <= 3600) {
             throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from more than 0 to 3600)")
@@ -94,5 +94,13 @@ func parseDestination(_ text: String, option: String) throws -> Endpoint {
         return try Endpoint(parsingDestination: text)
     } catch {
         throw ValidationError("\(error)")
+    }
+}
+
+/// A target that is the listener's own address would send every client back into the listener until
+/// descriptors run out: a usage error (forward and the seed command lines).
+func refuseLoop(target: Endpoint, listen: Endpoint) throws {
+    if target.loops(into: listen) {
+        throw ValidationError("target \(target) is this listener's own address: every client would loop back into it")
     }
 }

@@ -32,7 +32,7 @@ struct SeedCommand: AsyncParsableCommand {
         }
         func target(_ hostText: String, _ portText: String) throws -> Endpoint {
             let target = Endpoint(host: try host(hostText, "TARGET_HOST"), port: try port(portText))
-            guard target.port != 0 else { throw ValidationError("\(EndpointError.zeroDestinationPort(target.description))") }
+            do { try target.checkDestination() } catch { throw ValidationError("\(error)") }
             return target
         }
         switch self.words.count {
@@ -49,7 +49,10 @@ struct SeedCommand: AsyncParsableCommand {
         default:
             // Words past the fourth are often the value of an option this form does not have (it takes the
             // options of every mode, not forward's own --balance or --health-interval).
-            let extra = self.words.count > 4 ? " (extra: \(self.words.dropFirst(4).joined(separator: " ")); forward's own options need 'tcpproxy forward')" : ""
+            let extra =
+                self.words.count > 4
+                ? " (extra: \(self.words.dropFirst(4).joined(separator: " ")); forward's own options need 'tcpproxy forward')"
+                : ""
             throw ValidationError(
                 "expected 3 or 4 arguments, got \(self.words.count): "
                     + "LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT, or TARGET_HOST TARGET_PORT LISTEN_PORT" + extra
@@ -59,9 +62,7 @@ struct SeedCommand: AsyncParsableCommand {
 
     func validate() throws {
         let (listen, target) = try self.endpoints()
-        if target.loops(into: listen) {
-            throw ValidationError("target \(target) is this listener's own address: every client would loop back into it")
-        }
+        try refuseLoop(target: target, listen: listen)
     }
 
     func run() async throws {

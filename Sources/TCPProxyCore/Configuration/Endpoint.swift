@@ -45,7 +45,12 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// which only a listener can use, is refused.
     public init(parsingDestination text: String) throws {
         try self.init(parsing: text)
-        if self.port == 0 { throw EndpointError.zeroDestinationPort(text) }
+        try self.checkDestination()
+    }
+
+    /// Refuses port 0 for an address to connect to (only a listener can use it).
+    public func checkDestination() throws(EndpointError) {
+        if self.port == 0 { throw EndpointError.zeroDestinationPort(self.description) }
     }
 
     /// Whether connecting here would reach `listener` itself (a forward loop): the same port, and the same
@@ -54,7 +59,7 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public func loops(into listener: Endpoint) -> Bool {
         guard self.port == listener.port, self.port != 0 else { return false }
         if self.host == listener.host { return true }
-        let everyInterface = ["0.0.0.0", "::", "*", ""].contains(listener.host)
+        let everyInterface = listener.host == "0.0.0.0" || listener.host == "::"
         let local = self.host == "localhost" || self.host == "::1" || self.host == "0.0.0.0" || self.host == "::"
             || self.host.hasPrefix("127.")
         return everyInterface && local
