@@ -81,6 +81,15 @@ struct CommonOptions: ParsableArguments {
     )
     var engine: EngineMode = .auto
 
+    @Option(
+        name: .customLong("io-uring"),
+        help: ArgumentHelp(
+            "Advanced: on the direct engine, batch reads and writes through io_uring: auto (where the kernel allows), off.",
+            valueName: "auto|off"
+        )
+    )
+    var ioUring: IOUringMode = .auto
+
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
@@ -126,6 +135,7 @@ struct CommonOptions: ParsableArguments {
         configuration.sendProxyHeader = self.proxyProtocol
         configuration.splice = self.splice
         configuration.engine = self.engine
+        configuration.ioUring = self.ioUring
         return configuration
     }
 
@@ -149,6 +159,7 @@ struct CommonOptions: ParsableArguments {
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 extension BalanceAlgorithm: ExpressibleByArgument {}
 extension ProxyProtocolVersion: ExpressibleByArgument {}
+extension IOUringMode: ExpressibleByArgument {}
 extension LogFormat: ExpressibleByArgument {}
 extension SpliceMode: ExpressibleByArgument {}
 extension EngineMode: ExpressibleByArgument {}

@@ -48,7 +48,7 @@ struct DescriptorExhaustionTests {
         // Room for about eight bridges beyond what the proxy holds at rest: two descriptors each on NIO,
         // six spliced (two sockets, two pipes), and two more while a handover holds both. On the splice
         // path the flood then also finds descriptors for sockets but not for pipes: those bridges stay on NIO.
-        try self.limitOpenFiles(of: proxy.pid, to: baseline + (path == .nio || path == .direct ? 16 : 8 * 6 + 2))
+        try self.limitOpenFiles(of: proxy.pid, to: baseline + (path == .nio || path == .direct || path == .directSyscalls ? 16 : 8 * 6 + 2))
 
         var first: [TestSocket] = []
         for index in 0..<8 {

@@ -94,6 +94,39 @@ struct DirectEngineTests {
         #expect(line.contains("\"engine\":\"direct\""), "the default is auto, and auto is direct here: \(line)")
     }
 
+    @Test("--io-uring auto batches on the direct engine (io=io_uring, a ring in the process); off does not; both forward")
+    func ioUringChoice() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        for (mode, expected) in [("auto", "io_uring"), ("off", "syscalls")] {
+            let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "direct", "--io-uring", mode])
+            defer { proxy.kill() }
+            let line = try #require(proxy.lines(containing: "info listening on").first)
+            #expect(logValue("io", in: line) == expected, "--io-uring \(mode): \(line)")
+            // Many small exchanges on a few bridges: the path a batch serves.
+            let clients = try (0..<4).map { _ in try TestSocket.connect(port: proxy.port) }
+            for round in 0..<50 {
+                for (index, client) in clients.enumerated() {
+                    let message = "m\(index)-\(round);"
+                    try client.send(message)
+                    #expect(try client.recvExactly(message.utf8.count, timeout: 5) == bytes(message))
+                }
+            }
+            let rings = Self.ioUringDescriptors(of: proxy.pid)
+            #expect(mode == "auto" ? rings > 0 : rings == 0, "--io-uring \(mode): \(rings) io_uring descriptors")
+        }
+        let bad = try await ProxyProcess.runToExit(["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--io-uring", "on"])
+        #expect(bad.status == 64, "stderr:\n\(bad.stderr)")
+        #expect(bad.stderr.contains("--io-uring"), "stderr:\n\(bad.stderr)")
+    }
+
+    /// How many io_uring instances `pid` holds (`anon_inode:[io_uring]` in /proc/PID/fd).
+    static func ioUringDescriptors(of pid: Int32) -> Int {
+        let directory = "/proc/\(pid)/fd"
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        return entries.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(directory)/\($0)")) == "anon_inode:[io_uring]" }.count
+    }
+
     // MARK: Connecting
 
     @Test("connect refused: the client is closed at once (< 1.5 s), connectFailed, and its slot is given back")

@@ -1,5 +1,5 @@
 // The few Linux calls the direct engine needs that Swift's Glibc module does not import (it is
-// built without _GNU_SOURCE): splice(2), pipe sizes, epoll, eventfd, accept4 and non-blocking sockets. Each is a thin wrapper that
+// built without _GNU_SOURCE): splice(2), pipe sizes, epoll, eventfd, accept4, non-blocking sockets and a small io_uring. Each is a thin wrapper that
 // returns -1 and leaves errno set on failure, as the call it wraps does. On other systems every
 // function fails with ENOSYS, so the Swift side simply stays on NIO there.
 #ifndef C_TCPPROXY_LINUX_H
@@ -74,5 +74,37 @@ int CTCPProxyLinux_eventSignal(int fd);
 
 /// Resets the eventfd's counter.
 void CTCPProxyLinux_eventDrain(int fd);
+
+/// An io_uring that batches non-blocking socket reads and writes (ring.c): queue any number, then one
+/// system call runs them all. Opaque.
+typedef struct CTCPProxyLinux_Ring CTCPProxyLinux_Ring;
+
+/// One finished operation: the token it was queued with, and what recv(2)/send(2) returned (bytes, or
+/// -errno).
+typedef struct {
+    uint64_t token;
+    int32_t result;
+} CTCPProxyLinux_Completion;
+
+/// A ring with `entries` submission slots, or NULL with errno set: io_uring missing, disabled
+/// (kernel.io_uring_disabled, a seccomp filter) or not completing a non-blocking recv at once.
+CTCPProxyLinux_Ring *CTCPProxyLinux_ringCreate(unsigned entries);
+
+/// Frees the ring (NULL is fine).
+void CTCPProxyLinux_ringDestroy(CTCPProxyLinux_Ring *ring);
+
+/// Queues recv(2) of up to `length` bytes into `buffer`, with MSG_DONTWAIT. 0, or -1 (EBUSY) when the
+/// submission queue is full.
+int CTCPProxyLinux_ringRecv(CTCPProxyLinux_Ring *ring, int fd, void *buffer, unsigned length, uint64_t token);
+
+/// Queues send(2) of `length` bytes from `buffer`, with MSG_DONTWAIT | MSG_NOSIGNAL. 0, or -1 (EBUSY).
+int CTCPProxyLinux_ringSend(CTCPProxyLinux_Ring *ring, int fd, const void *buffer, unsigned length, uint64_t token);
+
+/// Submits everything queued and waits until it has all completed (at once: every operation is
+/// non-blocking). Returns how many were submitted, or -1 with errno set.
+int CTCPProxyLinux_ringRun(CTCPProxyLinux_Ring *ring);
+
+/// Takes up to `capacity` completions off the ring into `out`; returns how many.
+int CTCPProxyLinux_ringReap(CTCPProxyLinux_Ring *ring, CTCPProxyLinux_Completion *out, int capacity);
 
 #endif

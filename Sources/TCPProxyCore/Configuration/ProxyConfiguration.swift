@@ -123,6 +123,8 @@ public struct BridgeConfiguration: Sendable, Hashable {
     public var splice: SpliceMode = .auto
     /// What serves the bridges: the direct engine or NIO (`--engine`).
     public var engine: EngineMode = .auto
+    /// Whether the direct engine batches reads and writes through io_uring (`--io-uring`).
+    public var ioUring: IOUringMode = .auto
 
     public init() {}
 

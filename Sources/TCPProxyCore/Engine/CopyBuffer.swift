@@ -34,12 +34,13 @@ final class CopyScratch {
 final class CopyBuffer {
     /// Memory of this direction's own, while it is busy; `nil` otherwise.
     private var own: UnsafeMutableRawBufferPointer?
-    /// Where held bytes begin, in `own` or (between a read and its write) the scratch buffer.
+    /// Where held bytes begin, in `own` or (between a read and its write) the borrowed memory.
     private var start = 0
     /// Bytes held.
     private var count = 0
-    /// Whether the held bytes are still in the scratch buffer.
-    private var inScratch = false
+    /// Memory that is not ours holding the bytes between a read and its write: the scratch buffer, or an
+    /// ``IOBatch`` slice. `nil` when the held bytes (if any) are in `own`.
+    private var borrowed: UnsafeMutableRawPointer?
     /// Whether the last read filled all the room it had (bulk: keep the memory for the next one).
     private var lastReadFull = false
     /// The most bytes held (the flow's capacity).
@@ -63,9 +64,10 @@ final class CopyBuffer {
             self.lastReadFull = result == room
             if result > 0 {
                 self.start = 0
-                self.inScratch = true
+                self.borrowed = scratch.bytes.baseAddress
             }
         } else {
+            self.keepBorrowed()
             let own = self.ownMemory()
             if self.start > 0 && self.count > 0 {
                 own.baseAddress!.copyMemory(from: own.baseAddress! + self.start, byteCount: self.count)
@@ -93,32 +95,57 @@ final class CopyBuffer {
 
     /// Writes up to `max` held bytes to `sink`; what it refuses stays, in memory of this direction's own.
     func send(to sink: CInt, max: Int, scratch: CopyScratch) -> FlowStep {
-        let base = self.inScratch ? scratch.bytes.baseAddress! : self.own!.baseAddress!
+        let base = self.borrowed ?? self.own!.baseAddress!
         let result = write(sink, base + self.start, Swift.min(max, self.count))
-        var step: FlowStep
-        if result > 0 {
-            self.start += result
-            self.count -= result
-            step = .moved(result)
+        return self.settle(written: result, error: result > 0 ? 0 : errno)
+    }
+
+    /// Takes on `count` bytes an ``IOBatch`` read into `memory` for this direction, as ``receive(from:max:scratch:)``
+    /// would have read them with `room` to fill. Only when nothing is held.
+    func adoptReceived(_ count: Int, at memory: UnsafeMutableRawPointer, room: Int) {
+        precondition(self.count == 0 && self.borrowed == nil, "a batch reads only for a direction that holds nothing")
+        self.release()
+        self.start = 0
+        self.count = count
+        self.borrowed = memory
+        self.lastReadFull = count == room
+    }
+
+    /// Takes on what an ``IOBatch`` write of the held bytes returned (bytes, or -errno), as
+    /// ``send(to:max:scratch:)`` would have.
+    func adoptSent(_ result: Int32) -> FlowStep {
+        self.settle(written: result > 0 ? Int(result) : -1, error: result > 0 ? 0 : (result == 0 ? EAGAIN : -result))
+    }
+
+    /// Accounts for a write of the held bytes that wrote `written` (or failed with `error`).
+    private func settle(written: Int, error: CInt) -> FlowStep {
+        let step: FlowStep
+        if written > 0 {
+            self.start += written
+            self.count -= written
+            step = .moved(written)
         } else {
-            let error = errno
             step = error == EAGAIN || error == EWOULDBLOCK || error == EINTR ? .wouldBlock : .failed(error)
         }
-        if self.inScratch {
-            // The scratch buffer is the next bridge's: keep what is left in memory of our own.
-            if self.count > 0 {
-                let own = self.ownMemory()
-                own.baseAddress!.copyMemory(from: base + self.start, byteCount: self.count)
-            }
-            self.start = 0
-            self.inScratch = false
-        }
+        // The borrowed memory is the next read's: keep what is left in memory of our own.
+        self.keepBorrowed()
         if self.count == 0 {
             self.start = 0
             // A short read emptied the source: the flow reads no more this time, so let go now.
             if !self.lastReadFull { self.release() }
         }
         return step
+    }
+
+    /// Moves held bytes out of borrowed memory into memory of our own.
+    private func keepBorrowed() {
+        guard let borrowed = self.borrowed else { return }
+        if self.count > 0 {
+            let own = self.ownMemory()
+            own.baseAddress!.copyMemory(from: borrowed + self.start, byteCount: self.count)
+        }
+        self.start = 0
+        self.borrowed = nil
     }
 
     /// Lets go of the memory of its own when nothing is held (the source had nothing more).
@@ -139,24 +166,57 @@ final class CopyBuffer {
     /// Drops what is held and the memory (the bridge ended).
     func discard() {
         self.count = 0
-        self.inScratch = false
+        self.borrowed = nil
         self.release()
     }
 }
 
 /// The real ``FlowIO`` of one direction on the copy path: read(2) and write(2) through a ``CopyBuffer``.
+///
+/// With a batch slot, the first read and the first write are the ones the ``IOBatch`` already made: their
+/// results are replayed, and every later call is made as usual.
 struct CopyDirectionIO: FlowIO {
     let source: CInt
     let buffer: CopyBuffer
     let sink: CInt
     let scratch: CopyScratch
+    var batched: BatchSlot? = nil
 
     func fill(max count: Int) -> FlowStep {
-        self.buffer.receive(from: self.source, max: count, scratch: self.scratch)
+        if let batched, let result = batched.batch.takeReceived(batched.slot) {
+            return self.replayReceive(result, from: batched, room: count)
+        }
+        return self.buffer.receive(from: self.source, max: count, scratch: self.scratch)
     }
 
     func drain(max count: Int) -> FlowStep {
-        self.buffer.send(to: self.sink, max: count, scratch: self.scratch)
+        if let batched, let result = batched.batch.takeSent(batched.slot) {
+            return self.buffer.adoptSent(result)
+        }
+        return self.buffer.send(to: self.sink, max: count, scratch: self.scratch)
+    }
+
+    /// What a read of up to `room` bytes returned, given the batch's read of `result` into the slot's slice.
+    private func replayReceive(_ result: Int32, from batched: BatchSlot, room: Int) -> FlowStep {
+        guard result > 0 else {
+            if result == 0 { return .endOfStream }
+            let error = -result
+            return error == EAGAIN || error == EWOULDBLOCK || error == EINTR ? .wouldBlock : .failed(error)
+        }
+        let count = Int(result)
+        self.buffer.adoptReceived(count, at: batched.batch.slice(batched.slot), room: room)
+        // A read that filled a slice smaller than the room says nothing of what is left: read on, so that the
+        // flow sees one read of up to `room` (a short one still means the socket was emptied).
+        guard count == batched.batch.length(batched.slot), count < room else { return .moved(count) }
+        switch self.buffer.receive(from: self.source, max: room - count, scratch: self.scratch) {
+        case .moved(let more):
+            return .moved(count + more)
+        case .failed(let error):
+            return .failed(error)
+        case .wouldBlock, .endOfStream:
+            // EOF is read again by the next pump (a read of 0 repeats); its event is still to come.
+            return .moved(count)
+        }
     }
 
     func shutdownSink() -> CInt? {

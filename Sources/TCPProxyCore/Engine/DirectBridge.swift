@@ -101,6 +101,10 @@ final class DirectBridge {
     var serverEvents: UInt32 = 0
     /// Whether it waits in the engine's list of bridges to pump again.
     var isQueued = false
+    /// Directions whose batched read the bridge has not taken over yet (it must not move to pipes meanwhile).
+    var pendingBatchReads = 0
+    /// Whether its reads and writes may be batched (`--io-uring`).
+    private let batchesIO: Bool
 
     /// A bridge NIO hands over, its sockets connected and its pipes made.
     init(_ handover: DirectHandover) {
@@ -119,6 +123,8 @@ final class DirectBridge {
         self.drain = handover.drain
         self.highWaterMark = handover.state.upstream.capacity
         self.startTime = .now()
+        // It came to be spliced: it never copies.
+        self.batchesIO = false
     }
 
     /// A bridge the engine accepted: `client` is the accepted socket, `server` a socket connecting (or,
@@ -162,6 +168,7 @@ final class DirectBridge {
         self.drain = acceptor.drainSignal
         self.startTime = now
         self.connectDeadline = connected ? nil : now + configuration.connectTimeout
+        self.batchesIO = configuration.ioUring == .auto
     }
 
     var bytesUpstream: UInt64 { self.baseUpstream &+ self.state.upstream.moved }
@@ -231,8 +238,23 @@ final class DirectBridge {
         case end(CloseReason)
     }
 
+    /// Where the first read of `side`'s socket may be batched (``IOBatch``): a copying bridge whose direction
+    /// from `side` holds nothing and reads as usual (no end seen yet, its sink open). `nil` otherwise.
+    func batchPlan(for side: Side) -> (source: CInt, sink: CInt, room: Int)? {
+        guard self.batchesIO, self.phase == .forwarding, self.isCopying else { return nil }
+        let peer = side == .client ? self.clientPeer : self.serverPeer
+        let flow = side == .client ? self.state.upstream : self.state.downstream
+        let source = self.descriptor(side)
+        let sink = self.descriptor(side == .client ? .server : .client)
+        guard peer == .open, flow.held == 0, !flow.sourceEnded, !flow.sinkShut, source >= 0, sink >= 0 else {
+            return nil
+        }
+        return (source, sink, flow.capacity)
+    }
+
     /// Moves what can move in `direction`, then closes sockets that are done.
-    func pump(_ direction: Direction, scratch: CopyScratch) -> PumpResult {
+    /// - Parameter batched: the ``IOBatch`` slot that already made this direction's first read and write.
+    func pump(_ direction: Direction, scratch: CopyScratch, batched: BatchSlot? = nil) -> PumpResult {
         guard self.phase == .forwarding else { return .blocked }
         let outcome: DirectFlow.Outcome
         switch (self.transport, direction) {
@@ -249,7 +271,7 @@ final class DirectBridge {
         case (.copy(let upstream, _), .upstream):
             let before = self.state.upstream.moved
             outcome = self.state.upstream.pump(
-                CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch),
+                CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch, batched: batched),
                 stopAtShortRead: self.clientPeer == .open,
                 endAtShortRead: self.clientPeer == .finished,
                 closesSinkAtEnd: self.state.downstream.isFinished
@@ -258,7 +280,7 @@ final class DirectBridge {
         case (.copy(_, let downstream), .downstream):
             let before = self.state.downstream.moved
             outcome = self.state.downstream.pump(
-                CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch),
+                CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch, batched: batched),
                 stopAtShortRead: self.serverPeer == .open,
                 endAtShortRead: self.serverPeer == .finished,
                 closesSinkAtEnd: self.state.upstream.isFinished
@@ -286,7 +308,9 @@ final class DirectBridge {
         guard count > 0, var trigger = self.spliceTrigger else { return }
         let isBulk = trigger.read(count, direction)
         self.spliceTrigger = trigger
-        guard isBulk, self.state.upstream.held == 0, self.state.downstream.held == 0 else { return }
+        guard isBulk, self.state.upstream.held == 0, self.state.downstream.held == 0, self.pendingBatchReads == 0 else {
+            return
+        }
         self.spliceTrigger = nil
         guard let pipes = Self.makePipes(self.highWaterMark) else { return }
         if case .copy(let up, let down) = self.transport {

@@ -31,11 +31,24 @@ struct DirectEngineLoop {
     private var listeners: [DirectAcceptor?] = []
     /// Listeners taken out of epoll for a moment because descriptors ran out, and when to put them back.
     private var pausedListeners: [(index: Int, until: NIODeadline)] = []
+    /// How many events one poll reports at most.
+    static let eventCapacity = 64
+    /// The fewest readable sockets a poll must report for their reads and writes to be batched.
+    static let leastBatch = 2
+    /// Batches the first read and write of every readable socket of a poll (`nil`: plain calls). Made by
+    /// the first listener that asks for it (`--io-uring auto`), on this thread, whose ring it is.
+    private var batch: IOBatch?
+    private var batchWasMade = false
+    /// Which bridge each slot of the batch read for, and whether that read was taken over (by event index).
+    private var batchBridges: [DirectBridge?]
+    private var batchedRead: [Bool]
 
     init(epoll: CInt, wakeUp: CInt, activeCount: ManagedAtomic<Int>) {
         self.epoll = epoll
         self.wakeUp = wakeUp
         self.activeCount = activeCount
+        self.batchBridges = Array(repeating: nil, count: Self.eventCapacity)
+        self.batchedRead = Array(repeating: false, count: Self.eventCapacity)
     }
 
     mutating func run(takeCommands: () -> [DirectEngine.Command]) {
@@ -46,7 +59,7 @@ struct DirectEngineLoop {
         sigaddset(&signals, SIGPIPE)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
-        let capacity = 64
+        let capacity = Self.eventCapacity
         let events = UnsafeMutableBufferPointer<CTCPProxyLinux_Event>.allocate(capacity: capacity)
         defer { events.deallocate() }
         while true {
@@ -58,6 +71,9 @@ struct DirectEngineLoop {
                 usleep(10_000)
                 continue
             }
+            if let batch = self.batch, count > 0 {
+                self.pumpBatched(UnsafeMutableBufferPointer(rebasing: events[0..<Int(count)]), batch)
+            }
             for index in 0..<Int(count) {
                 let event = events[index]
                 if event.token == DirectEngine.wakeUpToken {
@@ -66,7 +82,7 @@ struct DirectEngineLoop {
                 } else if event.token & DirectEngine.listenerTokenBit != 0 {
                     self.acceptClients(Int(event.token & ~DirectEngine.listenerTokenBit))
                 } else {
-                    self.handle(event)
+                    self.handle(event, readDone: self.batchedRead[index])
                 }
             }
             self.pumpQueued()
@@ -89,6 +105,10 @@ struct DirectEngineLoop {
             }
         case .addListener(let acceptor):
             self.scratch.reserve(acceptor.configuration.highWaterMark)
+            if acceptor.configuration.ioUring == .auto && !self.batchWasMade {
+                self.batchWasMade = true
+                self.batch = IOBatch(capacity: Self.eventCapacity)
+            }
             let index = self.listeners.count
             self.listeners.append(acceptor)
             let token = DirectEngine.listenerTokenBit | UInt64(index)
@@ -221,13 +241,68 @@ struct DirectEngineLoop {
         UInt64(self.generations[slot]) << 33 | UInt64(slot) << 1 | (side == .client ? 0 : 1)
     }
 
-    private mutating func handle(_ event: CTCPProxyLinux_Event) {
-        let slot = Int((event.token >> 1) & 0xFFFF_FFFF)
-        guard slot < self.slots.count, UInt64(self.generations[slot]) == event.token >> 33,
+    /// The live bridge and side an event's token names, or `nil` for a stale token.
+    private func bridge(for token: UInt64) -> (DirectBridge, BridgeStateMachine.Side)? {
+        let slot = Int((token >> 1) & 0xFFFF_FFFF)
+        guard slot < self.slots.count, UInt64(self.generations[slot]) == token >> 33,
             let bridge = self.slots[slot]
-        else { return }
-        let side: BridgeStateMachine.Side = event.token & 1 == 0 ? .client : .server
-        guard bridge.descriptor(side) >= 0 else { return }
+        else { return nil }
+        let side: BridgeStateMachine.Side = token & 1 == 0 ? .client : .server
+        guard bridge.descriptor(side) >= 0 else { return nil }
+        return (bridge, side)
+    }
+
+    /// The first read of every socket that only became readable (no end, no error: those take the plain
+    /// path), and the write of what it read, in two io_uring submissions for the whole poll; then each of
+    /// those directions is pumped with its results (``CopyDirectionIO`` replays them), in event order.
+    /// Marks in `batchedRead` the events whose read is done.
+    private mutating func pumpBatched(_ events: UnsafeMutableBufferPointer<CTCPProxyLinux_Event>, _ batch: IOBatch) {
+        let ends = CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP | CTCPProxyLinux_EPOLLERR
+        var candidates = 0
+        for index in events.indices {
+            self.batchedRead[index] = false
+            let event = events[index]
+            guard event.token & DirectEngine.listenerTokenBit == 0, event.token != DirectEngine.wakeUpToken,
+                event.events & CTCPProxyLinux_EPOLLIN != 0, event.events & ends == 0,
+                case let (bridge, side)? = self.bridge(for: event.token), bridge.batchPlan(for: side) != nil
+            else { continue }
+            self.batchBridges[index] = bridge
+            candidates += 1
+        }
+        // One socket gains nothing: two submissions cost a little more than a read(2) and a write(2).
+        guard candidates >= Self.leastBatch else {
+            if candidates > 0 { self.batchBridges.withUnsafeMutableBufferPointer { $0.update(repeating: nil) } }
+            return
+        }
+        for index in events.indices {
+            guard let bridge = self.batchBridges[index] else { continue }
+            let side: BridgeStateMachine.Side = events[index].token & 1 == 0 ? .client : .server
+            guard let plan = bridge.batchPlan(for: side),
+                batch.queueReceive(from: plan.source, to: plan.sink, slot: index, room: plan.room)
+            else {
+                self.batchBridges[index] = nil
+                continue
+            }
+            bridge.pendingBatchReads += 1
+        }
+        if !batch.run() {
+            // The ring failed (it should not): what it did is still replayed below; from now on, plain calls.
+            self.batch = nil
+        }
+        for index in events.indices {
+            guard let bridge = self.batchBridges[index] else { continue }
+            self.batchBridges[index] = nil
+            bridge.pendingBatchReads -= 1
+            // An earlier event's pump may have ended the bridge: what was read for it goes nowhere.
+            guard bridge.slot >= 0 else { continue }
+            let side: BridgeStateMachine.Side = events[index].token & 1 == 0 ? .client : .server
+            _ = self.pump(bridge, DirectLinkState.direction(from: side), on: side, batched: BatchSlot(batch: batch, slot: index))
+            self.batchedRead[index] = true
+        }
+    }
+
+    private mutating func handle(_ event: CTCPProxyLinux_Event, readDone: Bool = false) {
+        guard case let (bridge, side)? = self.bridge(for: event.token) else { return }
         let failure = CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLHUP
         if event.events & (CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP) != 0 {
             let fin = event.events & CTCPProxyLinux_EPOLLRDHUP != 0 && event.events & CTCPProxyLinux_EPOLLERR == 0
@@ -253,7 +328,7 @@ struct DirectEngineLoop {
             if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
         }
         let from = DirectLinkState.direction(from: side)
-        if event.events & readable != 0 {
+        if event.events & readable != 0 && !readDone {
             guard self.pump(bridge, from, dropping: unused, on: side) else { return }
         }
         // A copying bridge's writable socket matters only while bytes wait for it; there is nothing to
@@ -269,10 +344,11 @@ struct DirectEngineLoop {
         _ bridge: DirectBridge,
         _ direction: Direction,
         dropping unused: UInt32 = 0,
-        on side: BridgeStateMachine.Side = .client
+        on side: BridgeStateMachine.Side = .client,
+        batched: BatchSlot? = nil
     ) -> Bool {
         let before = bridge.trafficBytes
-        let result = bridge.pump(direction, scratch: self.scratch)
+        let result = bridge.pump(direction, scratch: self.scratch, batched: batched)
         if bridge.timerIsStopped, bridge.trafficBytes != before {
             self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
         }

@@ -57,7 +57,11 @@ extension Listener {
         self.setBoundAddress(bound)
         self.logger.logReady(
             "listening on \(bound?.logDescription ?? listen.description)",
-            metadata: ["mode": "\(self.configuration.mode)", "engine": "direct"]
+            metadata: [
+                "mode": "\(self.configuration.mode)", "engine": "direct",
+                // Whether the engine threads batch their reads and writes (docs/BRIDGE.md).
+                "io": self.configuration.bridge.ioUring == .auto && IOBatch.isAvailable ? "io_uring" : "syscalls",
+            ]
         )
         let acceptors = descriptors.map { descriptor in
             DirectAcceptor(
