@@ -70,19 +70,31 @@ static int setUp(CTCPProxyLinux_Ring *r, unsigned entries) {
     return 0;
 }
 
-/// Whether a recv with MSG_DONTWAIT on an empty socket completes at once with -EAGAIN, as the engine relies
-/// on (a kernel that parked it until data came would hang the batch).
-static int completesWithoutWaiting(CTCPProxyLinux_Ring *r) {
-    int pair[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return 0;
-    char byte;
+/// Whether an operation that cannot go on now completes at once with -EAGAIN, as the engine relies on (a
+/// kernel that parked it until the socket was ready would hang the batch): queued by `queueOne`.
+static int completesWithoutWaiting(CTCPProxyLinux_Ring *r, int (*queueOne)(CTCPProxyLinux_Ring *, int, void *, unsigned, uint64_t), int fd) {
+    char byte = 0;
     CTCPProxyLinux_Completion completion = {0, 0};
-    int ok = CTCPProxyLinux_ringRecv(r, pair[0], &byte, 1, 7) == 0 && enter(r->fd, 1, 0) == 1;
+    int ok = queueOne(r, fd, &byte, 1, 7) == 0 && enter(r->fd, 1, 0) == 1;
     r->queued = 0;
+    if (!ok) return 0;
+    // Nothing waits: the completion must be there without asking the kernel to wait for it.
+    return CTCPProxyLinux_ringReap(r, &completion, 1) == 1 && completion.token == 7 && completion.result == -EAGAIN;
+}
+
+static int sendOne(CTCPProxyLinux_Ring *r, int fd, void *buffer, unsigned length, uint64_t token) {
+    return CTCPProxyLinux_ringSend(r, fd, buffer, length, token);
+}
+
+/// A recv on an empty socket and a send into a full one both fail at once.
+static int neverWaits(CTCPProxyLinux_Ring *r) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, pair) != 0) return 0;
+    int ok = completesWithoutWaiting(r, CTCPProxyLinux_ringRecv, pair[0]);
     if (ok) {
-        // Nothing waits: the completion must be there without asking the kernel to wait for it.
-        (void)enter(r->fd, 0, 0);
-        ok = CTCPProxyLinux_ringReap(r, &completion, 1) == 1 && completion.token == 7 && completion.result == -EAGAIN;
+        static char fill[4096];
+        while (send(pair[0], fill, sizeof fill, MSG_DONTWAIT | MSG_NOSIGNAL) > 0) {}
+        ok = completesWithoutWaiting(r, sendOne, pair[0]);
     }
     close(pair[0]);
     close(pair[1]);
@@ -93,8 +105,10 @@ CTCPProxyLinux_Ring *CTCPProxyLinux_ringCreate(unsigned entries) {
     CTCPProxyLinux_Ring *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->fd = -1;
-    if (setUp(r, entries) != 0 || !completesWithoutWaiting(r)) {
-        int error = errno ? errno : ENOSYS;
+    errno = 0;
+    int ready = setUp(r, entries) == 0;
+    if (!ready || !neverWaits(r)) {
+        int error = !ready && errno ? errno : ENOSYS;
         CTCPProxyLinux_ringDestroy(r);
         errno = error;
         return NULL;
@@ -140,19 +154,20 @@ int CTCPProxyLinux_ringSend(CTCPProxyLinux_Ring *r, int fd, const void *buffer, 
 int CTCPProxyLinux_ringRun(CTCPProxyLinux_Ring *r) {
     unsigned want = r->queued;
     unsigned submitted = 0;
+    r->queued = 0;
     while (submitted < want) {
         // Every operation is non-blocking, so each completes during the submission; waiting for all of them
         // only collects completions the kernel already has.
         int count = enter(r->fd, want - submitted, want - submitted);
-        if (count < 0) {
-            if (errno == EINTR) continue;
-            r->queued = want - submitted;
+        if (count < 0 && errno == EINTR) continue;
+        if (count <= 0) {
+            // Entries left in the queue would run with the next batch, on descriptors and memory that are no
+            // longer theirs: the caller must drop the ring.
+            if (count == 0) errno = EIO;
             return -1;
         }
-        if (count == 0) break;
         submitted += (unsigned)count;
     }
-    r->queued = 0;
     return (int)submitted;
 }
 

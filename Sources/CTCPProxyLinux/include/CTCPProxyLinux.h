@@ -101,7 +101,8 @@ int CTCPProxyLinux_ringRecv(CTCPProxyLinux_Ring *ring, int fd, void *buffer, uns
 int CTCPProxyLinux_ringSend(CTCPProxyLinux_Ring *ring, int fd, const void *buffer, unsigned length, uint64_t token);
 
 /// Submits everything queued and waits until it has all completed (at once: every operation is
-/// non-blocking). Returns how many were submitted, or -1 with errno set.
+/// non-blocking). Returns how many were submitted, or -1 with errno set when not all of it could be: what
+/// did run can still be reaped, but the ring must then be destroyed (entries left in it would run later).
 int CTCPProxyLinux_ringRun(CTCPProxyLinux_Ring *ring);
 
 /// Takes up to `capacity` completions off the ring into `out`; returns how many.

@@ -104,7 +104,6 @@ final class CopyBuffer {
     /// would have read them with `room` to fill. Only when nothing is held.
     func adoptReceived(_ count: Int, at memory: UnsafeMutableRawPointer, room: Int) {
         precondition(self.count == 0 && self.borrowed == nil, "a batch reads only for a direction that holds nothing")
-        self.release()
         self.start = 0
         self.count = count
         self.borrowed = memory

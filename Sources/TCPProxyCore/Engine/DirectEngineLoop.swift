@@ -83,6 +83,7 @@ struct DirectEngineLoop {
                     self.acceptClients(Int(event.token & ~DirectEngine.listenerTokenBit))
                 } else {
                     self.handle(event, readDone: self.batchedRead[index])
+                    self.batchedRead[index] = false
                 }
             }
             self.pumpQueued()
@@ -260,7 +261,6 @@ struct DirectEngineLoop {
         let ends = CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP | CTCPProxyLinux_EPOLLERR
         var candidates = 0
         for index in events.indices {
-            self.batchedRead[index] = false
             let event = events[index]
             guard event.token & DirectEngine.listenerTokenBit == 0, event.token != DirectEngine.wakeUpToken,
                 event.events & CTCPProxyLinux_EPOLLIN != 0, event.events & ends == 0,
@@ -286,14 +286,16 @@ struct DirectEngineLoop {
             bridge.pendingBatchReads += 1
         }
         if !batch.run() {
-            // The ring failed (it should not): what it did is still replayed below; from now on, plain calls.
+            // The ring failed (it should not): what it did is still replayed below, slots it did not get to
+            // take the plain calls, and the ring goes (with anything it holds unsubmitted). Plain calls from now on.
             self.batch = nil
         }
         for index in events.indices {
             guard let bridge = self.batchBridges[index] else { continue }
             self.batchBridges[index] = nil
             bridge.pendingBatchReads -= 1
-            // An earlier event's pump may have ended the bridge: what was read for it goes nowhere.
+            // An earlier event's pump may have ended the bridge: what was read for it was still written (the
+            // bridge is closing, so it is not counted either).
             guard bridge.slot >= 0 else { continue }
             let side: BridgeStateMachine.Side = events[index].token & 1 == 0 ? .client : .server
             _ = self.pump(bridge, DirectLinkState.direction(from: side), on: side, batched: BatchSlot(batch: batch, slot: index))

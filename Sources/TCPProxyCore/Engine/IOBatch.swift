@@ -80,19 +80,23 @@ final class IOBatch {
     /// - Returns: `false` if the ring failed (the batch must not be used again; slots without a result
     ///   take the plain path).
     func run() -> Bool {
-        guard self.submit() else { return false }
+        // Whatever ran is reaped even when the submission failed: a read that ran took bytes off its socket.
+        let readsRan = self.submit()
         var writes = 0
         self.reap { slot, result in
             self.received[slot] = result
             guard result > 0 else { return }
             let sink = self.sinks[slot]
             let token = Self.sendBit | UInt64(slot)
+            // After a failed submission nothing more is queued: those bytes are written with write(2).
+            guard readsRan else { return }
             if CTCPProxyLinux_ringSend(self.ring, sink, self.slice(slot), UInt32(result), token) == 0 { writes += 1 }
         }
+        guard readsRan else { return false }
         guard writes > 0 else { return true }
-        guard self.submit() else { return false }
+        let writesRan = self.submit()
         self.reap { slot, result in self.sent[slot] = result }
-        return true
+        return writesRan
     }
 
     /// What `slot`'s read returned (bytes, 0 for EOF, -errno), once; `nil` if it had none.
