@@ -18,14 +18,18 @@ final class Session: @unchecked Sendable {
     let buffers = TransferBuffers(size: chunkSize)
     var client: LoopbackSocket?
     var server: LoopbackSocket?
+    /// Every bridge of the session, `client`/`server` first (set up once: iterating allocates nothing).
+    var bridges: [(client: LoopbackSocket, server: LoopbackSocket)] = []
 
     init(fixture: ProxyFixture) {
         self.fixture = fixture
     }
 
     func close() async throws {
-        self.client?.close()
-        self.server?.close()
+        for (client, server) in self.bridges {
+            client.close()
+            server.close()
+        }
         try self.fixture.waitForNoBridges()
         try await self.fixture.stop()
     }
@@ -57,6 +61,7 @@ func proxyBenchmark(
     logging: FixtureLogging = .quiet,
     bridge: BridgeConfiguration = .init(),
     connected: Bool,
+    bridges: Int = 1,
     mallocTolerance: Int = 0,
     warmUp: @escaping (Session) throws -> Void = { _ in },
     body: @escaping (Benchmark, Session) throws -> Void
@@ -75,9 +80,12 @@ func proxyBenchmark(
             let fixture = try await ProxyFixture.start(bridge: bridge, logging: logging)
             let session = Session(fixture: fixture)
             if connected {
-                let (client, server) = try path.isProxied ? fixture.openBridge() : fixture.openDirect()
-                session.client = client
-                session.server = server
+                for _ in 0..<bridges {
+                    let (client, server) = try path.isProxied ? fixture.openBridge() : fixture.openDirect()
+                    session.bridges.append((client, server))
+                }
+                session.client = session.bridges[0].client
+                session.server = session.bridges[0].server
             }
             try warmUp(session)
             holder.session = session
@@ -187,6 +195,21 @@ func timerTolerance(_ path: Path) -> Int {
     }
 }
 
+/// `count` rounds of a request/response of `messageSize` bytes on every bridge of the session at once: all
+/// the requests are written before any is read, and all the answers before any is read back, so the proxy
+/// finds several sockets readable in one poll (the direct engine batches their reads and writes through
+/// io_uring, docs/BRIDGE.md "Batched reads and writes").
+func parallelRoundTrips(_ session: Session, count: Int) throws {
+    let outgoing = session.buffers.outgoing(messageSize)
+    let incoming = session.buffers.incoming(messageSize)
+    for _ in 0..<count {
+        for (client, _) in session.bridges { try client.writeAll(outgoing) }
+        for (_, server) in session.bridges { try server.readExactly(into: incoming) }
+        for (_, server) in session.bridges { try server.writeAll(outgoing) }
+        for (client, _) in session.bridges { try client.readExactly(into: incoming) }
+    }
+}
+
 /// How far a connection benchmark's p90 may rise. NIO's count moves with SwiftNIO itself, so a NIO bridge
 /// may cost one more per connection; the direct engine's few records are ours alone, so its batches may only
 /// take the odd timer sample of a bridge that is open when one falls due (twice), and one more record per
@@ -261,6 +284,17 @@ let benchmarks: @Sendable () -> Void = {
             warmUp: { try roundTrips($0, count: 200) }
         ) { _, session in
             try roundTrips(session, count: roundTripsPerIteration)
+        }
+
+        proxyBenchmark(
+            "request-response-100B-x\(roundTripsPerIteration)-4-bridges",
+            path: path,
+            connected: true,
+            bridges: 4,
+            mallocTolerance: timerTolerance(path),
+            warmUp: { try parallelRoundTrips($0, count: 200) }
+        ) { _, session in
+            try parallelRoundTrips(session, count: roundTripsPerIteration)
         }
 
         proxyBenchmark(
