@@ -7,6 +7,14 @@ enum Tcpdump {
     struct Result {
         var output: String
         var status: Int32
+
+        /// The output without tcpdump's "reading from file PATH" line: what it says of the packets. (The path is
+        /// a random name, which may spell "bad" in hex.)
+        var packets: String {
+            self.output.split(separator: "\n", omittingEmptySubsequences: false)
+                .filter { !$0.hasPrefix("reading from file") }
+                .joined(separator: "\n")
+        }
     }
 
     /// Where `tcpdump` is installed, if it is.
