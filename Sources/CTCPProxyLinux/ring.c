@@ -75,7 +75,12 @@ static int setUp(CTCPProxyLinux_Ring *r, unsigned entries) {
 static int completesWithoutWaiting(CTCPProxyLinux_Ring *r, int (*queueOne)(CTCPProxyLinux_Ring *, int, void *, unsigned, uint64_t), int fd) {
     char byte = 0;
     CTCPProxyLinux_Completion completion = {0, 0};
-    int ok = queueOne(r, fd, &byte, 1, 7) == 0 && enter(r->fd, 1, 0) == 1;
+    int submitted;
+    if (queueOne(r, fd, &byte, 1, 7) != 0) return 0;
+    do {
+        submitted = enter(r->fd, 1, 0);
+    } while (submitted < 0 && errno == EINTR);
+    int ok = submitted == 1;
     r->queued = 0;
     if (!ok) return 0;
     // Nothing waits: the completion must be there without asking the kernel to wait for it.

@@ -105,6 +105,10 @@ final class DirectBridge {
     var pendingBatchReads = 0
     /// Whether its reads and writes may be batched (`--io-uring`).
     private let batchesIO: Bool
+    /// Bytes each direction's last pump moved: more than a batch slice is bulk, which plain reads of the whole
+    /// room serve better than a slice topped up.
+    private var lastUpstreamPump = 0
+    private var lastDownstreamPump = 0
 
     /// A bridge NIO hands over, its sockets connected and its pipes made.
     init(_ handover: DirectHandover) {
@@ -240,12 +244,14 @@ final class DirectBridge {
 
     /// Where the first read of `side`'s socket may be batched (``IOBatch``): a copying bridge whose direction
     /// from `side` holds nothing and reads as usual (no end seen yet, its sink open), and is not moving bulk
-    /// (its buffer kept after a full read: plain reads of the whole room suit it better). `nil` otherwise.
+    /// (its last pump moved more than a slice, or its buffer is kept after a full read: plain reads of the
+    /// whole room suit it better). `nil` otherwise.
     func batchPlan(for side: Side) -> (source: CInt, sink: CInt, room: Int)? {
         guard self.batchesIO, self.phase == .forwarding, case .copy(let upstream, let downstream) = self.transport else {
             return nil
         }
-        guard !(side == .client ? upstream : downstream).holdsMemory else { return nil }
+        let lastPump = side == .client ? self.lastUpstreamPump : self.lastDownstreamPump
+        guard lastPump <= IOBatch.sliceSize, !(side == .client ? upstream : downstream).holdsMemory else { return nil }
         let peer = side == .client ? self.clientPeer : self.serverPeer
         let flow = side == .client ? self.state.upstream : self.state.downstream
         let source = self.descriptor(side)
@@ -280,7 +286,8 @@ final class DirectBridge {
                 endAtShortRead: self.clientPeer == .finished,
                 closesSinkAtEnd: self.state.downstream.isFinished
             )
-            self.watchForBulk(Int(truncatingIfNeeded: self.state.upstream.moved &- before), .upstream)
+            self.lastUpstreamPump = Int(truncatingIfNeeded: self.state.upstream.moved &- before)
+            self.watchForBulk(self.lastUpstreamPump, .upstream)
         case (.copy(_, let downstream), .downstream):
             let before = self.state.downstream.moved
             outcome = self.state.downstream.pump(
@@ -289,7 +296,8 @@ final class DirectBridge {
                 endAtShortRead: self.serverPeer == .finished,
                 closesSinkAtEnd: self.state.upstream.isFinished
             )
-            self.watchForBulk(Int(truncatingIfNeeded: self.state.downstream.moved &- before), .downstream)
+            self.lastDownstreamPump = Int(truncatingIfNeeded: self.state.downstream.moved &- before)
+            self.watchForBulk(self.lastDownstreamPump, .downstream)
         }
         if let reason = DirectLinkState.failure(outcome, in: direction) {
             return .end(reason)

@@ -294,8 +294,8 @@ struct DirectEngineLoop {
             guard let bridge = self.batchBridges[index] else { continue }
             self.batchBridges[index] = nil
             bridge.pendingBatchReads -= 1
-            // An earlier event's pump may have ended the bridge: what was read for it was still written (the
-            // bridge is closing, so it is not counted either).
+            // An earlier event's pump may have ended the bridge: what was read for it was written already (or,
+            // after a failed submission, is dropped); the bridge is closing, so it is not counted either.
             guard bridge.slot >= 0 else { continue }
             let side: BridgeStateMachine.Side = events[index].token & 1 == 0 ? .client : .server
             _ = self.pump(bridge, DirectLinkState.direction(from: side), on: side, batched: BatchSlot(batch: batch, slot: index))

@@ -83,7 +83,9 @@ final class IOBatch {
         // Whatever ran is reaped even when the submission failed: a read that ran took bytes off its socket.
         let readsRan = self.submit()
         var writes = 0
-        self.reap { slot, result in
+        self.reap { slot, isWrite, result in
+            // Every submitted operation has completed when the submission returns (it waits for all of them).
+            guard !isWrite else { return }
             self.received[slot] = result
             guard result > 0 else { return }
             let sink = self.sinks[slot]
@@ -95,7 +97,9 @@ final class IOBatch {
         guard readsRan else { return false }
         guard writes > 0 else { return true }
         let writesRan = self.submit()
-        self.reap { slot, result in self.sent[slot] = result }
+        self.reap { slot, isWrite, result in
+            if isWrite { self.sent[slot] = result } else { self.received[slot] = result }
+        }
         return writesRan
     }
 
@@ -117,12 +121,13 @@ final class IOBatch {
         CTCPProxyLinux_ringRun(self.ring) >= 0
     }
 
-    private func reap(_ body: (Int, Int32) -> Void) {
+    /// Takes every completion off the ring: its slot, whether it was a write, and its result.
+    private func reap(_ body: (Int, Bool, Int32) -> Void) {
         while true {
             let count = Int(CTCPProxyLinux_ringReap(self.ring, self.completions.baseAddress, CInt(self.capacity)))
             guard count > 0 else { return }
             for completion in self.completions[0..<count] {
-                body(Int(completion.token & 0xFFFF_FFFF), completion.result)
+                body(Int(completion.token & 0xFFFF_FFFF), completion.token & Self.sendBit != 0, completion.result)
             }
         }
     }
