@@ -22,12 +22,13 @@ struct BatchedIOTests {
         let clients = try (0..<32).map { _ in try TestSocket.connect(port: proxy.port) }
         defer { clients.forEach { $0.close() } }
 
-        var random = SplitMix64(seed: 0x7C9_1D5)
         for round in 0..<30 {
             // Mostly request-sized messages; one in four larger than a batch slice (16 KiB), so that full slices
-            // are topped up and echoes of several slices interleave with small ones.
+            // are topped up and echoes of several slices interleave with small ones. Sizes vary by round and
+            // bridge, the same every run.
             let messages = clients.indices.map { index in
-                let size = random.next() % 4 == 0 ? 16_000 + Int(random.next() % 24_000) : 1 + Int(random.next() % 400)
+                let mix = round &* 7919 &+ index &* 104_729
+                let size = (round + index) % 4 == 0 ? 16_000 + mix % 24_000 : 1 + mix % 400
                 return (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ round &* 7 &+ index &* 13) }
             }
             for (client, message) in zip(clients, messages) { try client.send(message) }
@@ -43,20 +44,5 @@ struct BatchedIOTests {
         }
         let closed = await proxy.waitForLines(containing: "bridge closed", count: clients.count, timeout: 10)
         #expect(closed != nil, "every bridge ended cleanly:\n\(proxy.stderr)")
-    }
-}
-
-/// A small seeded generator (SplitMix64): the same messages every run.
-private struct SplitMix64 {
-    private var state: UInt64
-
-    init(seed: UInt64) { self.state = seed }
-
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var value = self.state
-        value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
-        return value ^ (value >> 31)
     }
 }
