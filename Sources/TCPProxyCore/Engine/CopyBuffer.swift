@@ -85,12 +85,9 @@ final class CopyBuffer {
             self.release()
             return .endOfStream
         }
-        let error = errno
-        if error == EAGAIN || error == EWOULDBLOCK || error == EINTR {
-            self.release()
-            return .wouldBlock
-        }
-        return .failed(error)
+        let step = FlowStep(error: errno)
+        if step == .wouldBlock { self.release() }
+        return step
     }
 
     /// Writes up to `max` held bytes to `sink`; what it refuses stays, in memory of this direction's own.
@@ -124,7 +121,7 @@ final class CopyBuffer {
             self.count -= written
             step = .moved(written)
         } else {
-            step = error == EAGAIN || error == EWOULDBLOCK || error == EINTR ? .wouldBlock : .failed(error)
+            step = FlowStep(error: error)
         }
         // The borrowed memory is the next read's: keep what is left in memory of our own.
         self.keepBorrowed()
@@ -198,9 +195,7 @@ struct CopyDirectionIO: FlowIO {
     /// What a read of up to `room` bytes returned, given the batch's read of `result` into the slot's slice.
     private func replayReceive(_ result: Int32, from batched: BatchSlot, room: Int) -> FlowStep {
         guard result > 0 else {
-            if result == 0 { return .endOfStream }
-            let error = -result
-            return error == EAGAIN || error == EWOULDBLOCK || error == EINTR ? .wouldBlock : .failed(error)
+            return result == 0 ? .endOfStream : FlowStep(error: -result)
         }
         let count = Int(result)
         self.buffer.adoptReceived(count, at: batched.batch.slice(batched.slot), room: room)

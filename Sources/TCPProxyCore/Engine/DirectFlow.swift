@@ -1,3 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// What one splice(2) call (or a socket shutdown) did.
 enum FlowStep: Equatable {
     /// This many bytes moved (more than 0).
@@ -8,6 +16,14 @@ enum FlowStep: Equatable {
     case endOfStream
     /// The call failed with this `errno` (a reset, a broken pipe).
     case failed(CInt)
+}
+
+extension FlowStep {
+    /// What a call that failed with `error` means for a flow: `EAGAIN` (and `EINTR`) is would-block, anything
+    /// else a failure.
+    init(error: CInt) {
+        self = error == EAGAIN || error == EWOULDBLOCK || error == EINTR ? .wouldBlock : .failed(error)
+    }
 }
 
 /// The system calls one direction of a spliced bridge makes, so that ``DirectFlow``'s rules can be

@@ -62,10 +62,7 @@ struct SpliceDirectionIO: FlowIO {
 
     private static func step(_ result: Int) -> FlowStep {
         if result > 0 { return .moved(result) }
-        if result == 0 { return .endOfStream }
-        let error = errno
-        if error == EAGAIN || error == EWOULDBLOCK || error == EINTR { return .wouldBlock }
-        return .failed(error)
+        return result == 0 ? .endOfStream : FlowStep(error: errno)
     }
 }
 
