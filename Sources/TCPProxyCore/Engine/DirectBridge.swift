@@ -244,14 +244,10 @@ final class DirectBridge {
 
     /// Where the first read of `side`'s socket may be batched (``IOBatch``): a copying bridge whose direction
     /// from `side` holds nothing and reads as usual (no end seen yet, its sink open), and is not moving bulk
-    /// (its last pump moved more than a slice, or its buffer is kept after a full read: plain reads of the
-    /// whole room suit it better). `nil` otherwise.
+    /// (its last pump moved more than a slice: plain reads of the whole room suit it better). `nil` otherwise.
     func batchPlan(for side: Side) -> (source: CInt, sink: CInt, room: Int)? {
-        guard self.batchesIO, self.phase == .forwarding, case .copy(let upstream, let downstream) = self.transport else {
-            return nil
-        }
         let lastPump = side == .client ? self.lastUpstreamPump : self.lastDownstreamPump
-        guard lastPump <= IOBatch.sliceSize, !(side == .client ? upstream : downstream).holdsMemory else { return nil }
+        guard self.batchesIO, self.phase == .forwarding, self.isCopying, lastPump <= IOBatch.sliceSize else { return nil }
         let peer = side == .client ? self.clientPeer : self.serverPeer
         let flow = side == .client ? self.state.upstream : self.state.downstream
         let source = self.descriptor(side)
