@@ -84,8 +84,8 @@ struct CommonOptions: ParsableArguments {
     @Option(
         name: .customLong("io-uring"),
         help: ArgumentHelp(
-            "Advanced: on the direct engine, batch reads and writes through io_uring: auto (where the kernel allows), off.",
-            valueName: "auto|off"
+            "Advanced: on the direct engine, batch reads and writes through io_uring: auto (where the kernel allows), always (a lone socket too), off.",
+            valueName: "auto|always|off"
         )
     )
     var ioUring: IOUringMode = .auto

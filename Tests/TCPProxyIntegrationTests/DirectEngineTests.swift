@@ -94,11 +94,11 @@ struct DirectEngineTests {
         #expect(line.contains("\"engine\":\"direct\""), "the default is auto, and auto is direct here: \(line)")
     }
 
-    @Test("--io-uring auto batches on the direct engine (io=io_uring, a ring in the process); off does not; both forward")
+    @Test("--io-uring auto and always batch on the direct engine (io=io_uring, a ring in the process); off does not; all forward")
     func ioUringChoice() async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        for (mode, expected) in [("auto", "io_uring"), ("off", "syscalls")] {
+        for (mode, expected) in [("auto", "io_uring"), ("always", "io_uring"), ("off", "syscalls")] {
             let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "direct", "--io-uring", mode])
             defer { proxy.kill() }
             let line = try #require(proxy.lines(containing: "info listening on").first)
@@ -113,7 +113,7 @@ struct DirectEngineTests {
                 }
             }
             let rings = Self.ioUringDescriptors(of: proxy.pid)
-            #expect(mode == "auto" ? rings > 0 : rings == 0, "--io-uring \(mode): \(rings) io_uring descriptors")
+            #expect(mode == "off" ? rings == 0 : rings > 0, "--io-uring \(mode): \(rings) io_uring descriptors")
         }
         let bad = try await ProxyProcess.runToExit(["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--io-uring", "on"])
         #expect(bad.status == 64, "stderr:\n\(bad.stderr)")

@@ -103,8 +103,8 @@ final class DirectBridge {
     var isQueued = false
     /// Directions whose batched read the bridge has not taken over yet (it must not move to pipes meanwhile).
     var pendingBatchReads = 0
-    /// Whether its reads and writes may be batched (`--io-uring`).
-    private let batchesIO: Bool
+    /// Whether its reads and writes may be batched, and even alone (`--io-uring`).
+    private let batchMode: IOUringMode
     /// Bytes each direction's last pump moved: more than a batch slice is bulk, which plain reads of the whole
     /// room serve better than a slice topped up.
     private var lastUpstreamPump = 0
@@ -128,7 +128,7 @@ final class DirectBridge {
         self.highWaterMark = handover.state.upstream.capacity
         self.startTime = .now()
         // It came to be spliced: it never copies.
-        self.batchesIO = false
+        self.batchMode = .off
     }
 
     /// A bridge the engine accepted: `client` is the accepted socket, `server` a socket connecting (or,
@@ -172,7 +172,7 @@ final class DirectBridge {
         self.drain = acceptor.drainSignal
         self.startTime = now
         self.connectDeadline = connected ? nil : now + configuration.connectTimeout
-        self.batchesIO = configuration.ioUring == .auto
+        self.batchMode = configuration.ioUring
     }
 
     var bytesUpstream: UInt64 { self.baseUpstream &+ self.state.upstream.moved }
@@ -247,7 +247,9 @@ final class DirectBridge {
     /// (its last pump moved more than a slice: plain reads of the whole room suit it better). `nil` otherwise.
     func batchPlan(for side: Side) -> (source: CInt, sink: CInt, room: Int)? {
         let lastPump = side == .client ? self.lastUpstreamPump : self.lastDownstreamPump
-        guard self.batchesIO, self.phase == .forwarding, self.isCopying, lastPump <= IOBatch.sliceSize else { return nil }
+        guard self.batchMode != .off, self.phase == .forwarding, self.isCopying, lastPump <= IOBatch.sliceSize else {
+            return nil
+        }
         let peer = side == .client ? self.clientPeer : self.serverPeer
         let flow = side == .client ? self.state.upstream : self.state.downstream
         let source = self.descriptor(side)
@@ -257,6 +259,9 @@ final class DirectBridge {
         }
         return (source, sink, flow.capacity)
     }
+
+    /// Whether its reads are batched even when no other socket of the poll is (`--io-uring always`).
+    var batchesAlone: Bool { self.batchMode == .always }
 
     /// Moves what can move in `direction`, then closes sockets that are done.
     /// - Parameter batched: the ``IOBatch`` slot that already made this direction's first read and write.

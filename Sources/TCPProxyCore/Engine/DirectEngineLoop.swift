@@ -36,7 +36,7 @@ struct DirectEngineLoop {
     /// The fewest readable sockets a poll must report for their reads and writes to be batched.
     static let leastBatch = 2
     /// Batches the first read and write of every readable socket of a poll (`nil`: plain calls). Made by
-    /// the first listener that asks for it (`--io-uring auto`), on this thread, whose ring it is.
+    /// the first listener that asks for it (`--io-uring auto` or `always`), on this thread, whose ring it is.
     private var batch: IOBatch?
     private var batchWasMade = false
     /// Which bridge each slot of the batch read for, and whether that read was taken over (by event index).
@@ -106,7 +106,7 @@ struct DirectEngineLoop {
             }
         case .addListener(let acceptor):
             self.scratch.reserve(acceptor.configuration.highWaterMark)
-            if acceptor.configuration.ioUring == .auto && !self.batchWasMade {
+            if acceptor.configuration.ioUring != .off && !self.batchWasMade {
                 self.batchWasMade = true
                 self.batch = IOBatch(capacity: Self.eventCapacity)
             }
@@ -260,6 +260,7 @@ struct DirectEngineLoop {
     private mutating func pumpBatched(_ events: UnsafeMutableBufferPointer<CTCPProxyLinux_Event>, _ batch: IOBatch) {
         let ends = CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP | CTCPProxyLinux_EPOLLERR
         var candidates = 0
+        var alone = false
         for index in events.indices {
             let event = events[index]
             guard event.token & DirectEngine.listenerTokenBit == 0, event.token != DirectEngine.wakeUpToken,
@@ -268,9 +269,10 @@ struct DirectEngineLoop {
             else { continue }
             self.batchBridges[index] = bridge
             candidates += 1
+            alone = alone || bridge.batchesAlone
         }
         // One socket gains nothing: two submissions cost a little more than a read(2) and a write(2).
-        guard candidates >= Self.leastBatch else {
+        guard candidates >= Self.leastBatch || (alone && candidates > 0) else {
             if candidates > 0 { self.batchBridges.withUnsafeMutableBufferPointer { $0.update(repeating: nil) } }
             return
         }

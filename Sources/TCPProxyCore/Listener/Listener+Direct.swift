@@ -60,7 +60,7 @@ extension Listener {
             metadata: [
                 "mode": "\(self.configuration.mode)", "engine": "direct",
                 // Whether the engine threads batch their reads and writes (docs/BRIDGE.md).
-                "io": self.configuration.bridge.ioUring == .auto && IOBatch.isAvailable ? "io_uring" : "syscalls",
+                "io": self.configuration.bridge.ioUring != .off && IOBatch.isAvailable ? "io_uring" : "syscalls",
             ]
         )
         let acceptors = descriptors.map { descriptor in

@@ -10,8 +10,8 @@ enum DataPath: String, CaseIterable, Sendable, CustomTestStringConvertible {
     case nio
     /// NIO hands the bridge to the splice engine as soon as both sides are connected.
     case splice
-    /// The direct engine accepts, connects and copies, the first read and write of each event batched
-    /// through io_uring.
+    /// The direct engine accepts, connects and copies, the first read and write of every readable event
+    /// batched through io_uring (`--io-uring always`: with one connection, polls rarely hold two).
     case direct
     /// The same with one read(2) and one write(2) per call (`--io-uring off`).
     case directSyscalls = "direct-syscalls"
@@ -23,7 +23,7 @@ enum DataPath: String, CaseIterable, Sendable, CustomTestStringConvertible {
         switch self {
         case .nio: ["--engine", "nio", "--splice", "never"]
         case .splice: ["--engine", "nio", "--splice", "always"]
-        case .direct: ["--engine", "direct", "--splice", "never", "--io-uring", "auto"]
+        case .direct: ["--engine", "direct", "--splice", "never", "--io-uring", "always"]
         case .directSyscalls: ["--engine", "direct", "--splice", "never", "--io-uring", "off"]
         case .directSplice: ["--engine", "direct", "--splice", "always"]
         }
