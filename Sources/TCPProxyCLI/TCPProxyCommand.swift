@@ -1,4 +1,5 @@
 import ArgumentParser
+import TCPProxyCore
 
 #if canImport(Glibc)
 import Glibc
@@ -30,11 +31,30 @@ enum TCPProxyMain {
         )
         // A first word that is neither an option nor a subcommand starts a seed command line.
         if let first = arguments.first, !first.hasPrefix("-"), !subcommands.contains(first) {
+            refuseRepeatedOptions(arguments, of: SeedCommand.self)
             await SeedCommand.main(arguments)
         } else {
+            refuseRepeatedOptions(arguments, of: TCPProxyCommand.self)
             await TCPProxyCommand.main(arguments)
         }
     }
+}
+
+/// Exits with a usage error if `arguments` give an option twice that takes one value: ArgumentParser would
+/// keep the last and drop the other without a word.
+private func refuseRepeatedOptions(_ arguments: [String], of root: ParsableCommand.Type) {
+    let subcommand =
+        root == TCPProxyCommand.self
+        ? TCPProxyCommand.configuration.subcommands.first { $0._commandName == arguments.first } : nil
+    guard let (name, count) = RepeatableOptions.repeated(in: arguments, mode: subcommand?._commandName) else { return }
+    let error = ValidationError(RepeatableOptions.message(name: name, count: count))
+    guard let subcommand else { root.exit(withError: error) }
+    // As ArgumentParser words a usage error of a subcommand (its own `exit` would name it without `tcpproxy`).
+    let path = "tcpproxy \(subcommand._commandName)"
+    let usage = TCPProxyCommand.usageString(for: subcommand)
+    let text = Array("Error: \(error)\nUsage: \(usage)\n  See '\(path) --help' for more information.\n".utf8)
+    _ = text.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
+    exit(ExitCode.validationFailure.rawValue)
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and so in every thread started after it.

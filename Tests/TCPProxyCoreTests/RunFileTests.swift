@@ -61,6 +61,13 @@ struct RunFileTests {
         #expect(file.entries[1].arguments == ["--allow=10.0.0.0/8", "--listen=:3", "--target=h:4", "--stall-timeout=5"])
     }
 
+    @Test("a list repeats an option that repeats, and a one-item list is that value")
+    func lists() throws {
+        let file = try RunFile(
+            yaml: "listeners:\n  - mode: forward\n    listen: [\":1\"]\n    target: [\"a:1\", \"b:1\"]\n    allow: [10.0.0.0/8, \"::1\"]\n")
+        #expect(file.entries[0].arguments == ["--listen=:1", "--target=a:1", "--target=b:1", "--allow=10.0.0.0/8", "--allow=::1"])
+    }
+
     @Test("a quoted \"true\" is a value, not a flag")
     func quotedTrue() throws {
         let file = try RunFile(yaml: "listeners:\n  - {mode: forward, listen: \":1\", target: \"true\"}\n")
@@ -89,6 +96,10 @@ struct RunFileTests {
             ("listeners:\n  - mode: forward\n    target: [[a]]\n", "`target` must be a value or a list"),
             ("listeners:\n  - {name: x, mode: forward}\n  - {name: x, mode: socks}\n", "line 3: two listeners are named `x`"),
             ("listeners:\n  - mode: socks\n    listen: [\":1\", \":2\"]\n", "line 3: `listen` takes one address"),
+            ("listeners:\n  - mode: forward\n    stall-timeout: [1, 2]\n", "line 3: `stall-timeout` takes one value, not a list"),
+            ("defaults:\n  balance: [random, leastconn]\nlisteners:\n  - mode: forward\n", "line 2: `balance` takes one value"),
+            ("threads: [1, 2]\nlisteners:\n  - mode: forward\n", "line 1: `threads` takes one value"),
+            ("listeners:\n  - {mode: demux, target: [\"a:1\", \"b:1\"]}\n", "line 2: `target` takes one value"),
             (
                 "listeners:\n  - &b {mode: forward, listen: \":1\", target: \"a:1\"}\n  - name: y\n    <<: *b\n",
                 "line 4: YAML merge keys (`<<`) are not supported",

@@ -33,6 +33,10 @@ struct CommandLineTests {
         // A target that is the listener itself would loop every client back in until descriptors run out.
         ["forward", "--listen", ":20341", "--target", "127.0.0.1:20341"],
         ["127.0.0.1", "20341", "127.0.0.1", "20341"],
+        // An option that takes one value, given twice: the parser would keep the last without a word.
+        ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--listen", "127.0.0.1:0"],
+        ["socks", "--listen", "127.0.0.1:0", "--stall-timeout", "1", "--stall-timeout=2"],
+        ["127.0.0.1", "0", "127.0.0.1", "9", "--threads", "1", "--threads", "2"],
     ]
 
     @Test("Usage errors exit 64 with one Error: line, the usage, and no stack trace", arguments: usageErrors)
@@ -152,6 +156,41 @@ struct CommandLineTests {
         let version = try await ProxyProcess.runToExit(["--version"], timeout: 10)
         #expect(version.status == 0)
         #expect(!version.stdout.isEmpty)
+    }
+
+    @Test("An option given twice is refused by name unless the parser itself repeats it (every mode, every option)")
+    func repeatedOptions() async throws {
+        let dump = try await ProxyProcess.runToExit(["--experimental-dump-help"], timeout: 10)
+        let root = try #require(try JSONSerialization.jsonObject(with: Data(dump.stdout.utf8)) as? [String: Any])
+        let modes = try #require((root["command"] as? [String: Any])?["subcommands"] as? [[String: Any]])
+            .filter { ["forward", "socks", "transparent", "mux", "demux"].contains($0["commandName"] as? String) }
+        #expect(modes.count == 5)
+        var repeating: [String: Set<String>] = [:]
+        for mode in modes {
+            let name = try #require(mode["commandName"] as? String)
+            for argument in mode["arguments"] as? [[String: Any]] ?? [] {
+                guard argument["kind"] as? String != "positional",
+                    let long = (argument["names"] as? [[String: Any]])?.first(where: { $0["kind"] as? String == "long" })?["name"] as? String,
+                    long != "help"
+                else { continue }
+                let isOption = argument["kind"] as? String == "option"
+                let twice = isOption ? ["--\(long)=1", "--\(long)=2"] : ["--\(long)", "--\(long)"]
+                // The values need not be valid: repeats are looked for before any value is parsed.
+                let result = try await ProxyProcess.runToExit([name] + twice, timeout: 10)
+                if argument["isRepeating"] as? Bool == true && isOption {
+                    repeating[name, default: []].insert(long)
+                    #expect(!result.stderr.contains("given 2 times"), "\(name) --\(long) repeats; stderr:\n\(result.stderr)")
+                } else {
+                    #expect(result.status == 64, "\(name) --\(long) given twice; stderr:\n\(result.stderr)")
+                    #expect(result.stderr.contains("Error: --\(long) given 2 times: give it once"), "stderr:\n\(result.stderr)")
+                }
+            }
+        }
+        #expect(
+            repeating == [
+                "forward": ["target", "allow", "trusted-proxy"], "socks": ["deny-destination", "allow", "trusted-proxy"],
+                "transparent": ["allow", "trusted-proxy"], "mux": ["allow", "trusted-proxy"], "demux": ["allow", "trusted-proxy"],
+            ])
     }
 
     @Test("IPv6: --listen [::1]:0 --target [::1]:PORT forwards", .enabled(if: ipv6LoopbackAvailable, "::1 is not available on this machine"))

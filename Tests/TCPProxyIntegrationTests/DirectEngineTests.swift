@@ -73,13 +73,15 @@ struct DirectEngineTests {
     func autoChoosesDirect() async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        // The NIO path's line has no engine key at all; the last --engine given wins.
-        let cases: [(extra: [String], engine: String?)] = [([], "direct"), (["--log-data"], nil), (["--engine", "nio"], nil)]
-        for (extra, expected) in cases {
-            let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "auto"] + extra)
+        // The NIO path's line has no engine key at all.
+        let cases: [(options: [String], engine: String?)] = [
+            (["--engine", "auto"], "direct"), (["--engine", "auto", "--log-data"], nil), (["--engine", "nio"], nil),
+        ]
+        for (options, expected) in cases {
+            let proxy = try await ProxyProcess.forward(to: server.port, options)
             defer { proxy.kill() }
             let line = try #require(proxy.lines(containing: "info listening on").first)
-            #expect(logValue("engine", in: line) == expected, "\(extra): \(line)")
+            #expect(logValue("engine", in: line) == expected, "\(options): \(line)")
             // Either way it forwards.
             let client = try TestSocket.connect(port: proxy.port)
             try client.send("ping")

@@ -74,7 +74,7 @@ public struct RunFile: Equatable, Sendable {
                     defaults.append((option, optionValue))
                 }
             case _ where Self.processKeys.contains(key):
-                settings += try Self.arguments(key, value)
+                settings += try Self.arguments(key, value, mode: nil)
             default:
                 throw RunFileError(
                     "unknown key `\(key)` at the top (use listeners, defaults, \(Self.processKeys.joined(separator: ", ")))",
@@ -144,10 +144,10 @@ public struct RunFile: Equatable, Sendable {
         // The listener's own keys win over the defaults.
         var arguments: [String] = []
         for (key, value) in defaults where !own.contains(where: { $0.key == key }) {
-            arguments += try Self.arguments(key, value)
+            arguments += try Self.arguments(key, value, mode: mode)
         }
         for (key, value) in own {
-            arguments += try Self.arguments(key, value)
+            arguments += try Self.arguments(key, value, mode: mode)
         }
         return Entry(name: entryName, mode: mode, arguments: arguments)
     }
@@ -197,7 +197,7 @@ public struct RunFile: Equatable, Sendable {
 
     /// `key: value` as command-line words: `--key=value` (so a value may start with `-`), repeated for a
     /// list; a flag for `true`, nothing for `false`.
-    private static func arguments(_ key: String, _ node: Node) throws(RunFileError) -> [String] {
+    private static func arguments(_ key: String, _ node: Node, mode: String?) throws(RunFileError) -> [String] {
         switch node {
         case .scalar(let scalar):
             switch scalar.string {
@@ -206,9 +206,14 @@ public struct RunFile: Equatable, Sendable {
             default: return ["--\(key)=\(scalar.string)"]
             }
         case .sequence(let sequence):
-            // The command line would keep the last address and drop the rest without a word.
+            // The command line would keep the last value and drop the rest without a word.
             if key == "listen" && sequence.count > 1 {
                 throw RunFileError("`listen` takes one address: a listener listens once (write one listener per address)", at: node)
+            }
+            let repeatable = RepeatableOptions.names(mode: mode)
+            if sequence.count > 1 && !repeatable.contains(key) {
+                let lists = repeatable.sorted().joined(separator: ", ")
+                throw RunFileError("`\(key)` takes one value, not a list (lists are for \(lists))", at: node)
             }
             var words: [String] = []
             for item in sequence {
