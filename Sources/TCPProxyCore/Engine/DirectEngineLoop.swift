@@ -39,16 +39,14 @@ struct DirectEngineLoop {
     /// the first listener that asks for it (`--io-uring auto` or `always`), on this thread, whose ring it is.
     private var batch: IOBatch?
     private var batchWasMade = false
-    /// Which bridge each slot of the batch read for, and whether that read was taken over (by event index).
-    private var batchBridges: [DirectBridge?]
-    private var batchedRead: [Bool]
+    /// What the batch does for each event of the poll (by event index; a slot of the batch is an event's index).
+    private var batchSlots: [BatchSlotState]
 
     init(epoll: CInt, wakeUp: CInt, activeCount: ManagedAtomic<Int>) {
         self.epoll = epoll
         self.wakeUp = wakeUp
         self.activeCount = activeCount
-        self.batchBridges = Array(repeating: nil, count: Self.eventCapacity)
-        self.batchedRead = Array(repeating: false, count: Self.eventCapacity)
+        self.batchSlots = Array(repeating: .unused, count: Self.eventCapacity)
     }
 
     mutating func run(takeCommands: () -> [DirectEngine.Command]) {
@@ -82,8 +80,8 @@ struct DirectEngineLoop {
                 } else if event.token & DirectEngine.listenerTokenBit != 0 {
                     self.acceptClients(Int(event.token & ~DirectEngine.listenerTokenBit))
                 } else {
-                    self.handle(event, readDone: self.batchedRead[index])
-                    self.batchedRead[index] = false
+                    self.handle(event, readDone: self.batchSlots[index].isReadDone)
+                    self.batchSlots[index] = .unused
                 }
             }
             self.pumpQueued()
@@ -256,7 +254,7 @@ struct DirectEngineLoop {
     /// The first read of every socket that only became readable (no end, no error: those take the plain
     /// path), and the write of what it read, in two io_uring submissions for the whole poll; then each of
     /// those directions is pumped with its results (``CopyDirectionIO`` replays them), in event order.
-    /// Marks in `batchedRead` the events whose read is done.
+    /// Marks in `batchSlots` the events whose read is done.
     private mutating func pumpBatched(_ events: UnsafeMutableBufferPointer<CTCPProxyLinux_Event>, _ batch: IOBatch) {
         let ends = CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP | CTCPProxyLinux_EPOLLERR
         var candidates = 0
@@ -265,24 +263,21 @@ struct DirectEngineLoop {
             let event = events[index]
             guard event.token & DirectEngine.listenerTokenBit == 0, event.token != DirectEngine.wakeUpToken,
                 event.events & CTCPProxyLinux_EPOLLIN != 0, event.events & ends == 0,
-                case let (bridge, side)? = self.bridge(for: event.token), bridge.batchPlan(for: side) != nil
+                case let (bridge, side)? = self.bridge(for: event.token), let plan = bridge.batchPlan(for: side)
             else { continue }
-            self.batchBridges[index] = bridge
+            self.batchSlots[index] = .planned(bridge, side, plan)
             candidates += 1
             alone = alone || bridge.batchesAlone
         }
         // One socket gains nothing: two submissions cost a little more than a read(2) and a write(2).
         guard candidates >= Self.leastBatch || (alone && candidates > 0) else {
-            if candidates > 0 { self.batchBridges.withUnsafeMutableBufferPointer { $0.update(repeating: nil) } }
+            if candidates > 0 { self.batchSlots.withUnsafeMutableBufferPointer { $0.update(repeating: .unused) } }
             return
         }
         for index in events.indices {
-            guard let bridge = self.batchBridges[index] else { continue }
-            let side: BridgeStateMachine.Side = events[index].token & 1 == 0 ? .client : .server
-            guard let plan = bridge.batchPlan(for: side),
-                batch.queueReceive(from: plan.source, to: plan.sink, slot: index, room: plan.room)
-            else {
-                self.batchBridges[index] = nil
+            guard case .planned(let bridge, _, let plan) = self.batchSlots[index] else { continue }
+            guard batch.queueReceive(from: plan.source, to: plan.sink, slot: index, room: plan.room) else {
+                self.batchSlots[index] = .unused
                 continue
             }
             bridge.pendingBatchReads += 1
@@ -293,15 +288,14 @@ struct DirectEngineLoop {
             self.batch = nil
         }
         for index in events.indices {
-            guard let bridge = self.batchBridges[index] else { continue }
-            self.batchBridges[index] = nil
+            guard case .planned(let bridge, let side, _) = self.batchSlots[index] else { continue }
+            self.batchSlots[index] = .unused
             bridge.pendingBatchReads -= 1
             // An earlier event's pump may have ended the bridge: what was read for it was written already (or,
             // after a failed submission, is dropped); the bridge is closing, so it is not counted either.
             guard bridge.slot >= 0 else { continue }
-            let side: BridgeStateMachine.Side = events[index].token & 1 == 0 ? .client : .server
             _ = self.pump(bridge, DirectLinkState.direction(from: side), on: side, batched: BatchSlot(batch: batch, slot: index))
-            self.batchedRead[index] = true
+            self.batchSlots[index] = .readDone
         }
     }
 
@@ -468,5 +462,20 @@ struct DirectEngineLoop {
         self.freeSlots.append(slot)
         self.activeCount.wrappingDecrement(ordering: .relaxed)
         bridge.end(reason)
+    }
+}
+
+/// What an ``IOBatch`` does for one event of a poll.
+private enum BatchSlotState {
+    /// Nothing: the event takes the plain calls.
+    case unused
+    /// Its socket's first read (and the write of it) is queued, or about to be.
+    case planned(DirectBridge, BridgeStateMachine.Side, (source: CInt, sink: CInt, room: Int))
+    /// The batch made that read and its direction was pumped: the event's own read is skipped.
+    case readDone
+
+    var isReadDone: Bool {
+        if case .readDone = self { return true }
+        return false
     }
 }
