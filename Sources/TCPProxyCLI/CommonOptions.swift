@@ -148,9 +148,12 @@ struct CommonOptions: ParsableArguments {
         seconds > 0 ? .nanoseconds(Int64(seconds * 1e9)) : nil
     }
 
-    static func size(_ text: String, option: String) throws -> ByteSize {
+    /// - Parameter expecting: what to use instead, when `text` is not a size.
+    static func size(_ text: String, option: String, expecting: String = "use 512, 64K, 10M or 1G") throws -> ByteSize {
         guard let size = ByteSize(parsing: text) else {
-            throw ValidationError("invalid size '\(text)' for \(option) (use 512, 64K, 10M or 1G)")
+            // A zero is a size, just not one that can work: say so rather than show the notation.
+            let isZero = !text.isEmpty && text.drop { $0 == "0" }.allSatisfy { "KkMmGg".contains($0) } && text.first == "0"
+            throw ValidationError("invalid size '\(text)' for \(option) (\(isZero ? "must be more than 0; " : "")\(expecting))")
         }
         return size
     }

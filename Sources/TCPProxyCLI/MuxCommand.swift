@@ -77,12 +77,15 @@ struct MuxCommand: ModeCommand {
 
 /// The options `mux` and `demux` share: the protocol's limits and keep-alive.
 struct MuxProtocolOptions: ParsableArguments {
+    /// The windows `--window` may set.
+    static let windowRange = "use 16K to 1G"
+
     @Option(help: "Most concurrent streams per tunnel.")
     var maxStreams: Int = 1024
 
     @Option(
         help: "Per-stream flow-control window, each direction (e.g. 256K).",
-        transform: { try CommonOptions.size($0, option: "--window") }
+        transform: { try CommonOptions.size($0, option: "--window", expecting: MuxProtocolOptions.windowRange) }
     )
     var window: ByteSize = ByteSize(bytes: 256 * 1024)
 
@@ -98,7 +101,7 @@ struct MuxProtocolOptions: ParsableArguments {
             throw ValidationError("invalid value '\(self.maxStreams)' for --max-streams (use a number from 1 to 1000000)")
         }
         if self.window.bytes < 16 * 1024 || self.window.bytes > 1 << 30 {
-            throw ValidationError("invalid size '\(self.window)' for --window (use 16K to 1G)")
+            throw ValidationError("invalid size '\(self.window)' for --window (\(Self.windowRange))")
         }
         for (name, value) in [("--ping-interval", self.pingInterval), ("--ping-timeout", self.pingTimeout)]
         where !value.isFinite || value <= 0 || value > 3600 {

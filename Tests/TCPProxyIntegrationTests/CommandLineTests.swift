@@ -158,6 +158,24 @@ struct CommandLineTests {
         #expect(!version.stdout.isEmpty)
     }
 
+    @Test(
+        "A size that is zero or out of range says what would do",
+        arguments: [
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "0"],
+             "invalid size '0' for --high-water-mark (must be more than 0; use 512, 64K, 10M or 1G)"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "12Q"],
+             "invalid size '12Q' for --high-water-mark (use 512, 64K, 10M or 1G)"),
+            (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "0K"],
+             "invalid size '0K' for --window (must be more than 0; use 16K to 1G)"),
+            (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "1"], "invalid size '1' for --window (use 16K to 1G)"),
+        ] as [([String], String)]
+    )
+    func sizeMessages(arguments: [String], message: String) async throws {
+        let result = try await ProxyProcess.runToExit(arguments, timeout: 10)
+        #expect(result.status == 64)
+        #expect(result.stderr.contains(message), "stderr:\n\(result.stderr)")
+    }
+
     @Test("An option given twice is refused by name unless the parser itself repeats it (every mode, every option)")
     func repeatedOptions() async throws {
         let dump = try await ProxyProcess.runToExit(["--experimental-dump-help"], timeout: 10)
