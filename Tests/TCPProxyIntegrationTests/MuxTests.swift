@@ -338,6 +338,35 @@ struct MuxTests {
         #expect(tunnel.mux.lines(containing: "tunnel down").isEmpty, "the tunnel stays up")
     }
 
+    @Test("A stream reset while the demux connects its server ends at once and frees its slot")
+    func resetWhileConnecting() async throws {
+        let server = try TestServer(backlog: 0)
+        defer { server.stop() }
+        let filler = try TestSocket.connect(port: server.port)  // fills the queue: the demux's SYNs are dropped
+        defer { filler.close() }
+        let tunnel = try await Tunnel.start(to: server.port, demuxExtra: ["--max-connections", "1"])
+        defer { tunnel.kill() }
+
+        let doomed = try TestSocket.connect(port: tunnel.mux.port)
+        try doomed.send("doomed")
+        #expect(await tunnel.demux.waitForLine(containing: "bridge accepted", timeout: 3) != nil)
+        await delay(seconds: 0.2)
+        try #require(tunnel.demux.lines(containing: "bridge connected").isEmpty, "test precondition: the connect is pending")
+        doomed.resetClose()
+        let started = now()
+        let closed = await tunnel.demux.waitForLine(containing: "bridge closed", timeout: 3)
+        #expect(closed != nil && now() - started < 1.5, "the RESET ends the stream without waiting for the connect")
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "clientReset", "\(closed ?? "no close line")")
+        #expect(tunnel.demux.lines(containing: "bridge connect failed").isEmpty, "a cancelled connect is no failure")
+
+        // The slot is free: the next stream is accepted (its connect pends as well) rather than refused.
+        let next = try TestSocket.connect(port: tunnel.mux.port)
+        defer { next.close() }
+        try next.send("next")
+        #expect(await tunnel.demux.waitForLines(containing: "bridge accepted", count: 2, timeout: 3) != nil, "\(tunnel.demux.stderr)")
+        #expect(tunnel.demux.lines(containing: "connection rejected").isEmpty, "\(tunnel.demux.stderr)")
+    }
+
     @Test("Usage errors exit 64")
     func usageErrors() async throws {
         for arguments in [
