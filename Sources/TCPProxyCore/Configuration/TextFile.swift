@@ -14,6 +14,11 @@ enum TextFile {
 
     /// The file's text (invalid UTF-8 replaced), at most `limit` bytes.
     static func contents(of path: String, limit: Int = 1 << 20) throws(Failure) -> String {
+        String(decoding: try Self.bytes(of: path, limit: limit), as: UTF8.self)
+    }
+
+    /// The file's bytes, at most `limit`.
+    static func bytes(of path: String, limit: Int = 1 << 20) throws(Failure) -> [UInt8] {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw Failure(reason: Self.errorText(errno)) }
         defer { close(descriptor) }
@@ -29,7 +34,7 @@ enum TextFile {
             bytes += chunk[0..<count]
             guard bytes.count <= limit else { throw Failure(reason: "larger than \(limit >> 20) MiB") }
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 
     private static func errorText(_ code: Int32) -> String {

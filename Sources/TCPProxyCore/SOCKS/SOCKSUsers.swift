@@ -50,7 +50,14 @@ public struct SOCKSUsers: Sendable, Hashable {
     /// Reads and parses a users file.
     /// - Throws: ``SOCKSUsersError`` when the file cannot be read or parsed.
     public init(contentsOfFile path: String) throws {
-        try self.init(parsing: try SOCKSUsers.readFile(path), path: path)
+        let bytes = try SOCKSUsers.readFile(path)
+        // Read as text, bytes that are not UTF-8 would become U+FFFD: a password nobody can type, and the same
+        // one for every such line.
+        for (index, line) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated()
+        where String(validating: line, as: UTF8.self) == nil {
+            throw SOCKSUsersError(path: path, line: index + 1, reason: "not valid UTF-8 (write names and passwords in UTF-8)")
+        }
+        try self.init(parsing: String(decoding: bytes, as: UTF8.self), path: path)
     }
 
     /// Whether `credentials` name a user and that user's password. Compares the whole password whatever
@@ -63,9 +70,9 @@ public struct SOCKSUsers: Sendable, Hashable {
         return difference == 0
     }
 
-    private static func readFile(_ path: String) throws -> String {
+    private static func readFile(_ path: String) throws -> [UInt8] {
         do {
-            return try TextFile.contents(of: path, limit: Self.maximumFileSize)
+            return try TextFile.bytes(of: path, limit: Self.maximumFileSize)
         } catch {
             throw SOCKSUsersError(path: path, line: nil, reason: error.reason)
         }

@@ -49,4 +49,18 @@ struct SOCKSUsersTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(try SOCKSUsers(contentsOfFile: path).authenticate(self.credentials("carol", "pw")))
     }
+
+    @Test("a file with bytes that are not UTF-8 is refused at their line; UTF-8 names and passwords work")
+    func notUTF8() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("socks-users-\(getpid())-latin1.txt").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data(Array("# users\nhi:ok\r\n".utf8) + [0x6C, 0x61, 0x74, 0xE9] + Array(":pw\n".utf8)).write(to: URL(fileURLWithPath: path))
+        #expect(throws: SOCKSUsersError(path: path, line: 3, reason: "not valid UTF-8 (write names and passwords in UTF-8)")) {
+            try SOCKSUsers(contentsOfFile: path)
+        }
+        try Data("hi:ok\nlaté:pwé\n".utf8).write(to: URL(fileURLWithPath: path))
+        let users = try SOCKSUsers(contentsOfFile: path)
+        #expect(users.authenticate(self.credentials("laté", "pwé")))
+        #expect(!users.authenticate(self.credentials("laté", "pw")))
+    }
 }
