@@ -78,7 +78,15 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         switch event {
         case is ChannelShouldQuiesceEvent:
+            // The listener drains: no new server connection is opened (a request that completes now is
+            // refused), and a handshake still going on is cut at the drain timeout, as a bridge would be.
             self.quiesceRequested = true
+            if case .handshaking = self.phase, let drainTimeout = self.setup.configuration.drainTimeout,
+                let startTime = self.startTime, context.eventLoop.now + drainTimeout < startTime + self.socks.handshakeTimeout
+            {
+                self.cancelTimer()
+                self.startTimer(context: context, in: drainTimeout, reason: .drainTimeout, error: "the proxy is shutting down")
+            }
         case ChannelEvent.inputClosed:
             // The client stopped sending before its request was complete: it never will be.
             self.fail(context: context, reason: .clientReset, error: "client closed during the handshake")
@@ -116,6 +124,15 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
                 context.flush()
             case .connect(let request):
                 self.countRequest()
+                guard !self.quiesceRequested else {
+                    let reply: SOCKSReply =
+                        switch request.version {
+                        case .socks4, .socks4a: .socks4(.init(code: .rejected))
+                        case .socks5: .socks5(.init(code: .generalFailure))
+                        }
+                    self.fail(context: context, reason: .drainTimeout, error: "the proxy is shutting down", reply: reply)
+                    return
+                }
                 self.handOver(request, context: context)
             case .fail(let error):
                 self.countRequest()
@@ -163,9 +180,6 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
             context.close(promise: nil)
             return
         }
-        if self.quiesceRequested {
-            context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
-        }
         if let rest = self.buffer, rest.readableBytes > 0 {
             context.fireChannelRead(self.wrapInboundOut(rest))
         }
@@ -199,11 +213,15 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     private func startTimer(context: ChannelHandlerContext) {
+        self.startTimer(context: context, in: self.socks.handshakeTimeout, reason: .handshakeTimeout, error: "handshake timed out")
+    }
+
+    private func startTimer(context: ChannelHandlerContext, in delay: TimeAmount, reason: CloseReason, error: String) {
         guard self.timer == nil, case .handshaking = self.phase else { return }
         let loopBoundContext = NIOLoopBound(context, eventLoop: context.eventLoop)
-        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: self.socks.handshakeTimeout) {
+        self.timer = context.eventLoop.assumeIsolated().scheduleTask(in: delay) {
             self.timer = nil
-            self.fail(context: loopBoundContext.value, reason: .handshakeTimeout, error: "handshake timed out")
+            self.fail(context: loopBoundContext.value, reason: reason, error: error)
         }
     }
 

@@ -219,17 +219,51 @@ struct SOCKSHandshakeHandlerTests {
         #expect(harness.finished == [.clientReset])
     }
 
-    @Test("a drain that starts during the handshake reaches the bridge")
-    func quiesceDuringHandshake() throws {
+    @Test("a request that completes once the drain began is refused (0x01), and no server connection is tried")
+    func requestDuringDrain() throws {
         var bridge = BridgeConfiguration()
         bridge.drainTimeout = .seconds(2)
         let harness = try SOCKSHarness(bridge: bridge)
         try harness.activate()
         try harness.send(Self.greeting)
+        #expect(try harness.writtenToClient() == [0x05, 0x00])
         harness.client.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
         try harness.send(Self.connect5)
+        #expect(try harness.writtenToClient().prefix(2) == [0x05, 0x01])
+        #expect(harness.connector.channel == nil, "no server connection")
+        harness.loop.run()
+        #expect(!harness.client.isActive)
+        #expect(harness.finished == [.drainTimeout])
+    }
+
+    @Test("a handshake still going when the drain begins is cut at the drain timeout, not the handshake timeout")
+    func handshakeCutByDrain() throws {
+        var bridge = BridgeConfiguration()
+        bridge.drainTimeout = .seconds(2)
+        let harness = try SOCKSHarness(bridge: bridge)
+        try harness.activate()
+        try harness.send(Self.greeting)
+        harness.loop.advanceTime(by: .seconds(1))
+        harness.client.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        harness.loop.advanceTime(by: .milliseconds(1900))
+        #expect(harness.client.isActive)
+        harness.loop.advanceTime(by: .milliseconds(200))
+        #expect(!harness.client.isActive)
+        #expect(harness.finished == [.drainTimeout])
+    }
+
+    @Test("a drain that begins after the handshake is the bridge's: it keeps going until the drain timeout")
+    func drainAfterHandshake() throws {
+        var bridge = BridgeConfiguration()
+        bridge.drainTimeout = .seconds(2)
+        let harness = try SOCKSHarness(bridge: bridge)
+        try harness.activate()
+        try harness.send(Self.greeting + Self.connect5)
         try harness.connect()
-        harness.loop.advanceTime(by: .seconds(2))
+        harness.client.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        harness.loop.advanceTime(by: .milliseconds(1900))
+        #expect(harness.client.isActive)
+        harness.loop.advanceTime(by: .milliseconds(200))
         #expect(harness.finished == [.drainTimeout])
     }
 }
