@@ -149,9 +149,11 @@ final class EmbeddedConnector: ServerConnector, @unchecked Sendable {
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
+        attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
         let channel = EmbeddedChannel(loop: self.loop)
+        try! attempts.started(channel)
         try! channel.pipeline.syncOperations.addHandler(self.recorder)
         try! initialize(channel)
         self.channel = channel

@@ -363,6 +363,37 @@ struct SOCKSTests {
         #expect(proxy.lines(containing: "handshake timed out").count == 2)
     }
 
+    @Test("SIGTERM: a client mid-handshake and a request whose connect is pending end within --drain-timeout, and the process exits")
+    func drainEndsHandshakesAndConnects() async throws {
+        let server = try TestServer(backlog: 0)
+        defer { server.stop() }
+        let filler = try TestSocket.connect(port: server.port)  // fills the queue: the proxy's SYNs are dropped
+        defer { filler.close() }
+        let proxy = try await Self.startProxy(["--drain-timeout", "1", "--handshake-timeout", "60", "--connect-timeout", "60"])
+        defer { proxy.kill() }
+        let greeted = try TestSocket.connect(port: proxy.port)
+        defer { greeted.close() }
+        try greeted.send([0x05, 0x01, 0x00])
+        #expect(try greeted.recvExactly(2, timeout: 5) == [0x05, 0x00])
+        let pending = try TestSocket.connect(port: proxy.port)
+        defer { pending.close() }
+        try pending.send(Self.socks5Connect(port: server.port))
+        #expect(try pending.recvExactly(2, timeout: 5) == [0x05, 0x00])
+        #expect(await proxy.waitForLine(containing: "bridge accepted", timeout: 3) != nil, "\(proxy.stderr)")
+
+        let started = now()
+        proxy.terminate()
+        #expect(await proxy.waitForLine(containing: "draining", timeout: 3) != nil, "\(proxy.stderr)")
+        // The greeted client may still ask: it is refused (general failure), as the proxy opens no new connections.
+        try greeted.send([0x05, 0x01, 0x00, 0x01, 127, 0, 0, 1, 0, 80])
+        let refused = try await onThread { try greeted.readToEnd(timeout: 5) }
+        #expect(Array(refused.bytes.prefix(2)) == [0x05, 0x01], "\(refused)")
+        let status = await proxy.waitForExit(timeout: 8)
+        #expect(status == 0)
+        #expect(now() - started < 4, "exits about when the 1 s drain ends, not when the connect would time out")
+        #expect(proxy.lines(containing: "bridge connect failed").isEmpty, "a connect given up is no failure: \(proxy.stderr)")
+    }
+
     @Test("--metrics counts SOCKS handshakes by version, replies by code and authentication failures", .enabled(if: hasCurl, "curl is not installed"))
     func metrics() async throws {
         let echo = try TestServer(handler: TestServer.echo)

@@ -36,6 +36,8 @@ final class Bridge {
     let id: UInt64
     let configuration: BridgeConfiguration
     private let connector: any ServerConnector
+    /// The server connections being tried, while the connect is pending.
+    private var connectAttempts: ConnectAttempts?
     let eventLoop: EventLoop
     let logger: Logger
     private let hooks: Hooks
@@ -248,10 +250,15 @@ final class Bridge {
 
     private func connect() {
         let serverHandler = NIOLoopBound(self.serverHandler, eventLoop: self.eventLoop)
-        let connected = self.connector.connect(on: self.eventLoop, configuration: self.configuration) { channel in
+        let attempts = ConnectAttempts(eventLoop: self.eventLoop)
+        self.connectAttempts = attempts
+        let connected = self.connector.connect(on: self.eventLoop, configuration: self.configuration, attempts: attempts) {
+            channel in
             try channel.pipeline.syncOperations.addHandler(serverHandler.value)
         }
         connected.assumeIsolated().whenComplete { result in
+            attempts.finished()
+            self.connectAttempts = nil
             switch result {
             case .success(let channel):
                 self.serverChannel = channel
@@ -262,9 +269,12 @@ final class Bridge {
                 self.perform(self.machine.connectSucceeded())
             case .failure(let error):
                 let timedOut = isConnectTimeout(error)
-                self.logger.logBridgeConnectFailed(
-                    id: self.id, server: self.connector.targetDescription, error: SystemErrorText.describe(error)
-                )
+                // A connect the bridge gave up on (it ended first) did not fail.
+                if !attempts.isCancelled {
+                    self.logger.logBridgeConnectFailed(
+                        id: self.id, server: self.connector.targetDescription, error: SystemErrorText.describe(error)
+                    )
+                }
                 if self.machine.isConnecting, let client = self.clientHandler.context?.channel {
                     self.hooks.connectFailed?(client, error)
                 }
@@ -358,10 +368,10 @@ final class Bridge {
             case .serverReset, .stallTimeout: self.conversation?.recordReset(.downstream)
             default: break
             }
-            // While connecting, the server channel is only in its handler: closing it abandons the connect
-            // at once instead of holding a descriptor until the connect completes or times out.
-            let server = self.serverChannel ?? self.serverHandler.context?.channel
-            for channel in [self.clientHandler.context?.channel, server].compactMap({ $0 }) {
+            // While connecting, the attempts are closed: that abandons the connect at once instead of holding
+            // a descriptor until the connect completes or times out.
+            self.connectAttempts?.cancel()
+            for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {
                 if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
                 channel.close(promise: nil)
             }

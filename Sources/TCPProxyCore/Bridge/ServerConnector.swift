@@ -5,15 +5,80 @@ import NIOPosix
 /// use one that hands out `EmbeddedChannel`s.
 protocol ServerConnector: Sendable {
     /// Starts connecting on `eventLoop`. `initialize` must be run on the new channel before it is
-    /// active (it installs the bridge's server-side handler).
+    /// active (it installs the bridge's server-side handler). Every channel that tries to connect is
+    /// registered with `attempts` first, so that the caller can give up on the connect (``ConnectAttempts/cancel()``).
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
+        attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel>
 
     /// The target, for logs.
     var targetDescription: String { get }
+}
+
+extension ServerConnector {
+    /// Starts connecting, for a caller that never gives up on the connect.
+    func connect(
+        on eventLoop: EventLoop,
+        configuration: BridgeConfiguration,
+        initialize: @escaping @Sendable (Channel) throws -> Void
+    ) -> EventLoopFuture<Channel> {
+        self.connect(on: eventLoop, configuration: configuration, attempts: ConnectAttempts(eventLoop: eventLoop), initialize: initialize)
+    }
+}
+
+/// The server connections one connect is trying, so that whoever started it can give up on it.
+///
+/// A bridge or stream that ends while connecting closes them at once, rather than holding a descriptor (and
+/// a SYN-SENT socket, and its `--max-connections` slot) until the connect completes or times out. A target
+/// given as a name may try several addresses; a connector that waits on something else first (a name being
+/// resolved) says what ends that wait (``whenCancelled(_:)``). Used on one event loop only.
+final class ConnectAttempts: @unchecked Sendable {
+    private let eventLoop: EventLoop
+    private var channels: [Channel] = []
+    private var cancelHandlers: [() -> Void] = []
+    /// Whether the connect was given up: its future fails, and whatever it would still try is not tried.
+    private(set) var isCancelled = false
+
+    init(eventLoop: EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// `channel` is about to connect (called from its initializer).
+    /// - Throws: `ChannelError.ioOnClosedChannel` if the connect was given up: the attempt is not made.
+    func started(_ channel: Channel) throws {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isCancelled else { throw ChannelError.ioOnClosedChannel }
+        self.channels.append(channel)
+    }
+
+    /// Runs `body` when the connect is given up (at once if it was).
+    func whenCancelled(_ body: @escaping () -> Void) {
+        self.eventLoop.preconditionInEventLoop()
+        if self.isCancelled { body() } else { self.cancelHandlers.append(body) }
+    }
+
+    /// The connect completed: nothing is left to give up.
+    func finished() {
+        self.eventLoop.preconditionInEventLoop()
+        self.channels.removeAll()
+        self.cancelHandlers.removeAll()
+    }
+
+    /// Gives up: closes every channel still trying (which fails its connect) and ends any other wait.
+    func cancel() {
+        self.eventLoop.preconditionInEventLoop()
+        guard !self.isCancelled else { return }
+        self.isCancelled = true
+        let channels = self.channels
+        let handlers = self.cancelHandlers
+        self.channels.removeAll()
+        self.cancelHandlers.removeAll()
+        for channel in channels { channel.close(promise: nil) }
+        for handler in handlers { handler() }
+    }
 }
 
 /// Connects over TCP to a fixed target, on the client's event loop.
@@ -31,6 +96,7 @@ struct TCPServerConnector: ServerConnector {
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
+        attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
         // ClientBootstrap applies channel options, then binds, then connects; it sets TCP_NODELAY by default.
@@ -46,6 +112,7 @@ struct TCPServerConnector: ServerConnector {
             // One attempt: the bridge's handler goes in before the channel is active.
             return bootstrap.channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try attempts.started(channel)
                     try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
                     try initialize(channel)
                 }
@@ -56,6 +123,7 @@ struct TCPServerConnector: ServerConnector {
             return bootstrap.channelOption(.autoRead, value: false)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try attempts.started(channel)
                         try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
                     }
                 }

@@ -37,8 +37,8 @@ final class MuxStream {
     /// An EOF frame goes after the pending bytes.
     private var eofQueued = false
     private var eofSent = false
-    /// Demux: the server connections being attempted (a name may give several), closed if the stream ends first.
-    private var connecting: [Channel] = []
+    /// Demux: the server connections being tried, closed if the stream ends first.
+    private var connectAttempts: ConnectAttempts?
     /// Demux: DATA that arrived before the server was connected (bounded by the window).
     private var pendingIn = CircularBuffer<ByteBuffer>(initialCapacity: 1)
     /// Bytes written to the local socket since its last flush.
@@ -127,16 +127,15 @@ final class MuxStream {
             metadata: ["client.address": "\(session.channel.remoteAddress.logDescription)"]
         )
         let handler = NIOLoopBound(self.handler, eventLoop: self.eventLoop)
-        let stream = NIOLoopBound(self, eventLoop: self.eventLoop)
         let configuration = self.configuration
-        connector.connect(on: self.eventLoop, configuration: configuration) { channel in
-            // Another address of a name, tried after the stream ended: not attempted.
-            guard !stream.value.machine.isClosing else { throw ChannelError.ioOnClosedChannel }
+        let attempts = ConnectAttempts(eventLoop: self.eventLoop)
+        self.connectAttempts = attempts
+        connector.connect(on: self.eventLoop, configuration: configuration, attempts: attempts) { channel in
             try MuxStreamChannelOptions.apply(configuration, to: channel)
             try channel.pipeline.syncOperations.addHandler(handler.value)
-            stream.value.connecting.append(channel)
         }.assumeIsolated().whenComplete { result in
-            self.connecting.removeAll()
+            attempts.finished()
+            self.connectAttempts = nil
             switch result {
             case .success(let channel):
                 self.localChannel = channel
@@ -150,8 +149,8 @@ final class MuxStream {
                 }
                 self.perform(self.machine.opened())
             case .failure(let error):
-                // A stream reset while connecting closed the attempt itself: that is no failure to report.
-                if self.machine.isConnecting {
+                // A stream reset while connecting gave up the connect itself: that is no failure to report.
+                if !attempts.isCancelled {
                     self.logger.info(
                         "bridge connect failed",
                         metadata: ["server.address": "\(connector.targetDescription)", "error": "\(error)"]
@@ -460,9 +459,9 @@ final class MuxStream {
         self.pendingOutBytes = 0
         self.pendingIn.removeAll()
         guard let channel = self.localChannel else {
-            // Demux, still connecting: the attempt is closed rather than left to finish or time out, so the
+            // Demux, still connecting: the attempts are closed rather than left to finish or time out, so the
             // stream ends (and frees its slot and descriptor) now.
-            for attempt in self.connecting { attempt.close(promise: nil) }
+            self.connectAttempts?.cancel()
             return
         }
         if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }

@@ -30,11 +30,14 @@ struct SOCKSConnector: ServerConnector {
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
+        attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
         // The bridge calls this on its event loop; anyone else gets there first.
         guard eventLoop.inEventLoop else {
-            return eventLoop.flatSubmit { self.connect(on: eventLoop, configuration: configuration, initialize: initialize) }
+            return eventLoop.flatSubmit {
+                self.connect(on: eventLoop, configuration: configuration, attempts: attempts, initialize: initialize)
+            }
         }
         let promise = eventLoop.makePromise(of: Channel.self)
         let timeout = configuration.connectTimeout
@@ -46,6 +49,12 @@ struct SOCKSConnector: ServerConnector {
             promise.fail(ChannelError.connectTimeout(timeout))
         }
         promise.futureResult.whenComplete { _ in timer.cancel() }
+        // Given up (the bridge ended): fail now, whatever is still being resolved or tried.
+        attempts.whenCancelled {
+            guard !finished.value else { return }
+            finished.value = true
+            promise.fail(ChannelError.ioOnClosedChannel)
+        }
 
         let socks = self.socks
         let destination = self.destination
@@ -64,7 +73,7 @@ struct SOCKSConnector: ServerConnector {
                 }
                 Self.attempt(
                     allowed[...], lastError: nil, eventLoop: eventLoop, deadline: deadline, configuration: configuration,
-                    initialize: initialize, promise: promise, finished: finished
+                    attempts: attempts, initialize: initialize, promise: promise, finished: finished
                 )
             }
         }
@@ -95,6 +104,7 @@ struct SOCKSConnector: ServerConnector {
         eventLoop: EventLoop,
         deadline: NIODeadline,
         configuration: BridgeConfiguration,
+        attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void,
         promise: EventLoopPromise<Channel>,
         finished: NIOLoopBoundBox<Bool>
@@ -111,6 +121,7 @@ struct SOCKSConnector: ServerConnector {
             .connectTimeout(remaining)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try attempts.started(channel)
                     try BridgeChannelOptions.apply(configuration, to: channel, reading: .downstream)
                 }
             }
@@ -135,7 +146,8 @@ struct SOCKSConnector: ServerConnector {
                     guard !finished.value else { return }
                     Self.attempt(
                         addresses.dropFirst(), lastError: error, eventLoop: eventLoop, deadline: deadline,
-                        configuration: configuration, initialize: initialize, promise: promise, finished: finished
+                        configuration: configuration, attempts: attempts, initialize: initialize, promise: promise,
+                        finished: finished
                     )
                 }
             }

@@ -9,12 +9,13 @@ struct PooledServerConnector: ServerConnector {
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
+        attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
         let promise = eventLoop.makePromise(of: Channel.self)
         let deadline = eventLoop.now + configuration.connectTimeout
         let order = self.pool.order(now: eventLoop.now)
-        self.attempt(order[...], deadline: deadline, lastError: nil, on: eventLoop, configuration, initialize, promise)
+        self.attempt(order[...], deadline: deadline, lastError: nil, on: eventLoop, configuration, attempts, initialize, promise)
         return promise.futureResult
     }
 
@@ -24,6 +25,7 @@ struct PooledServerConnector: ServerConnector {
         lastError: Error?,
         on eventLoop: EventLoop,
         _ configuration: BridgeConfiguration,
+        _ attempts: ConnectAttempts,
         _ initialize: @escaping @Sendable (Channel) throws -> Void,
         _ promise: EventLoopPromise<Channel>
     ) {
@@ -38,18 +40,21 @@ struct PooledServerConnector: ServerConnector {
         attemptConfiguration.connectTimeout = .nanoseconds(timeLeft.nanoseconds / Int64(remaining.count))
         let pool = self.pool
         TCPServerConnector(target: pool.connectTargets[index])
-            .connect(on: eventLoop, configuration: attemptConfiguration, initialize: initialize)
+            .connect(on: eventLoop, configuration: attemptConfiguration, attempts: attempts, initialize: initialize)
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
                     pool.connected(index)
                     Self.whenEnded(channel) { pool.released(index) }
                     promise.succeed(channel)
+                case .failure(let error) where attempts.isCancelled:
+                    // Given up by the bridge: says nothing about the target, and nothing more is tried.
+                    promise.fail(error)
                 case .failure(let error):
                     pool.connectFailed(index, error: error, now: eventLoop.now)
                     self.attempt(
                         remaining.dropFirst(), deadline: deadline, lastError: error, on: eventLoop,
-                        configuration, initialize, promise
+                        configuration, attempts, initialize, promise
                     )
                 }
             }
