@@ -60,7 +60,7 @@ final class DirectEngine: Sendable {
     enum Command: Sendable {
         case add(DirectHandover)
         case drainChanged
-        case addListener(DirectAcceptor)
+        case addListener(DirectAcceptor, done: @Sendable (_ batches: Bool) -> Void)
         case removeListener(DirectAcceptor, done: @Sendable () -> Void)
     }
 
@@ -104,9 +104,12 @@ final class DirectEngine: Sendable {
     }
 
     /// Starts accepting from `acceptor`'s socket (with every other engine it is added to: the kernel wakes
-    /// one of them per connection).
-    func addListener(_ acceptor: DirectAcceptor) {
-        self.send(.addListener(acceptor))
+    /// one of them per connection); returns once this engine watches it.
+    /// - Returns: whether this engine batches its reads and writes through io_uring (``IOBatch``).
+    func addListener(_ acceptor: DirectAcceptor) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            self.send(.addListener(acceptor, done: { continuation.resume(returning: $0) }))
+        }
     }
 
     /// Stops accepting from `acceptor`'s socket; returns once this engine no longer watches it.

@@ -102,7 +102,7 @@ struct DirectEngineLoop {
                 bridge.drainDeadline = bridge.drain?.deadline
                 self.wake(at: bridge.nextDeadline)
             }
-        case .addListener(let acceptor):
+        case .addListener(let acceptor, let done):
             self.scratch.reserve(acceptor.configuration.highWaterMark)
             if acceptor.configuration.ioUring != .off && !self.batchWasMade {
                 self.batchWasMade = true
@@ -114,6 +114,7 @@ struct DirectEngineLoop {
             if CTCPProxyLinux_epollAddListener(self.epoll, acceptor.descriptor, token) != 0 {
                 acceptor.cannotWatch(errno: errno)
             }
+            done(acceptor.configuration.ioUring != .off && self.batch != nil)
         case .removeListener(let acceptor, let done):
             if let index = self.listeners.firstIndex(where: { $0 === acceptor }) {
                 _ = CTCPProxyLinux_epollRemove(self.epoll, acceptor.descriptor)

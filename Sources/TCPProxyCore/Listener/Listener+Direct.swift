@@ -55,14 +55,6 @@ extension Listener {
         }
         let bound = SocketAddress(descriptor: descriptors[0], peer: false)
         self.setBoundAddress(bound)
-        self.logger.logReady(
-            "listening on \(bound?.logDescription ?? listen.description)",
-            metadata: [
-                "mode": "\(self.configuration.mode)", "engine": "direct",
-                // Whether the engine threads batch their reads and writes (docs/BRIDGE.md).
-                "io": self.configuration.bridge.ioUring != .off && IOBatch.isAvailable ? "io_uring" : "syscalls",
-            ]
-        )
         let acceptors = descriptors.map { descriptor in
             DirectAcceptor(
                 descriptor: descriptor,
@@ -77,7 +69,17 @@ extension Listener {
             )
         }
         let watches = engines.enumerated().map { index, engine in (engine, acceptors[index % acceptors.count]) }
-        for (engine, acceptor) in watches { engine.addListener(acceptor) }
+        // Ready once every engine watches the socket, with what it set up for it (its ring) in place.
+        var batching = 0
+        for (engine, acceptor) in watches where await engine.addListener(acceptor) { batching += 1 }
+        self.logger.logReady(
+            "listening on \(bound?.logDescription ?? listen.description)",
+            metadata: [
+                "mode": "\(self.configuration.mode)", "engine": "direct",
+                // Whether the engine threads batch their reads and writes (docs/BRIDGE.md).
+                "io": batching == watches.count ? "io_uring" : batching == 0 ? "syscalls" : "io_uring on \(batching) of \(watches.count) threads",
+            ]
+        )
 
         try? await gracefulShutdown()
 
