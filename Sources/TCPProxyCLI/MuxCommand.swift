@@ -132,7 +132,7 @@ struct MuxProtocolOptions: ParsableArguments {
             admission: options.admissionPolicy
         )
         configuration.maximumStreams = self.maxStreams
-        configuration.initialWindow = self.window.bytes
+        configuration.receiveWindow = self.window.bytes
         configuration.pingInterval = CommonOptions.timeAmount(self.pingInterval) ?? .seconds(5)
         configuration.pingTimeout = CommonOptions.timeAmount(self.pingTimeout) ?? .seconds(10)
         return configuration

@@ -124,6 +124,26 @@ struct MuxTests {
         #expect(closed.allSatisfy { logValue("close.reason", in: $0) == "completed" }, "\(closed.prefix(3))")
     }
 
+    @Test(
+        "The two ends may have different --window values: each announces its own, and 4 MiB echo both ways",
+        arguments: [(["--window", "1M"], [String]()), (["--window", "16K"], ["--window", "1M"]), ([], ["--window", "16K"])]
+    )
+    func differentWindows(muxExtra: [String], demuxExtra: [String]) async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, demuxExtra: demuxExtra, muxExtra: muxExtra)
+        defer { tunnel.kill() }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for seed in 0..<3 {
+                group.addTask { try await onThread { try Self.echoRoundTrip(port: tunnel.mux.port, size: 4 << 20, seed: UInt64(seed)) } }
+            }
+            try await group.waitForAll()
+        }
+        #expect(tunnel.demux.lines(containing: "tunnel protocol error").isEmpty, "\(tunnel.demux.stderr)")
+        #expect(tunnel.mux.lines(containing: "tunnel protocol error").isEmpty, "\(tunnel.mux.stderr)")
+        #expect(tunnel.mux.lines(containing: "tunnel down").isEmpty)
+    }
+
     @Test("A client that stops reading does not slow another stream on the same tunnel")
     func stalledStreamDoesNotBlockOthers() async throws {
         let server = try TestServer(handler: TestServer.echo)
@@ -308,9 +328,9 @@ struct MuxTests {
         defer { tunnel.kill() }
         let garbage: [[UInt8]] = [
             bytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-            [1, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],  // DATA far over the maximum size
-            [1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 1, 0x41],  // DATA on a stream never opened
-            [1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],  // OPEN reusing an id
+            [2, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],  // DATA far over the maximum size
+            [2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 1, 0x41],  // DATA on a stream never opened
+            [2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],  // OPEN reusing an id
             pattern(count: 4096, seed: 77),
         ]
         for bad in garbage {

@@ -67,6 +67,7 @@ public final class DemuxService: Service, Sendable {
         )
             .childChannelOption(.writeBufferWaterMark, value: MuxTunnelConnection.writeBufferWaterMark)
             .childChannelOption(.recvAllocator, value: MuxTunnelConnection.receiveAllocator)
+            .childChannelOption(.maxMessagesPerRead, value: MuxTunnelConnection.readsPerWakeup)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {

@@ -22,8 +22,9 @@ public struct MuxConfiguration: Sendable, Hashable {
     public var admission: AdmissionPolicy
     /// Most concurrent streams per tunnel.
     public var maximumStreams = MuxFrame.defaultMaximumStreams
-    /// The window each stream starts with, per direction.
-    public var initialWindow = MuxFrame.defaultInitialWindow
+    /// How many bytes of each stream the peer may send ahead of what this end has written out (`--window`);
+    /// announced to the peer when the stream starts, so the two ends' windows may differ.
+    public var receiveWindow = MuxFrame.defaultInitialWindow
     /// The largest DATA payload sent and accepted.
     public var maximumPayload = MuxFrame.defaultMaximumPayload
     /// How often each end sends PING.

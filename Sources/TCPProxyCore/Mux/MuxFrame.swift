@@ -2,7 +2,7 @@ import NIOCore
 
 /// One frame of the mux tunnel protocol (`docs/MUX-PROTOCOL.md`).
 ///
-/// Every frame has an 11-byte header: version (1 byte, always 1), stream id (4 bytes, big-endian), type
+/// Every frame has an 11-byte header: version (1 byte, always 2), stream id (4 bytes, big-endian), type
 /// (1 byte), flags (1 byte) and payload length (4 bytes, big-endian), then the payload.
 struct MuxFrame: Hashable, Sendable {
     /// The stream the frame belongs to; 0 for frames about the whole tunnel (PING, PONG, GOAWAY).
@@ -37,8 +37,9 @@ struct MuxFrame: Hashable, Sendable {
         case data = 0, open = 1, eof = 2, reset = 3, windowUpdate = 4, ping = 5, pong = 6, goAway = 7
     }
 
-    /// The protocol version this implementation speaks.
-    static let version: UInt8 = 1
+    /// The protocol version this implementation speaks (2: each end announces its own window; see
+    /// ``initialCredit``).
+    static let version: UInt8 = 2
     /// Bytes before the payload.
     static let headerSize = 11
     /// The default and largest allowed DATA payload size.
@@ -47,8 +48,12 @@ struct MuxFrame: Hashable, Sendable {
     static let maximumTargetLength = 261
     /// OPEN flag: this is the demux's acknowledgement.
     static let flagAcknowledge: UInt8 = 0x01
-    /// The initial per-stream window, in bytes, in each direction.
+    /// The default per-stream receive window (`--window`), in bytes, in each direction.
     static let defaultInitialWindow = 256 * 1024
+    /// The credit each direction of a new stream starts with, whatever the ends' windows: the smallest window
+    /// there may be. Each receiver raises it to its own `--window` with a WINDOW_UPDATE when the stream
+    /// starts, so the two ends need not be given the same window.
+    static let initialCredit = 16 * 1024
     /// The largest window a WINDOW_UPDATE may grow a stream's credit to (2^31 - 1, as HTTP/2).
     static let maximumWindow = Int(Int32.max)
     /// The default most concurrent streams per tunnel.

@@ -240,7 +240,7 @@ final class MuxSession {
                     try self.stream(id)?.dataFrameStarted(length: length)
                 case .dataBytes(let id, let bytes):
                     guard let stream = self.streams[id] else { break }
-                    if Self.shouldCopy(pieceOf: bytes.readableBytes, readCapacity: readCapacity) {
+                    if Self.shouldCopy(pieceOf: bytes.readableBytes, readCapacity: readCapacity, localBacklog: stream.unwrittenLocal) {
                         var copy = self.channel.allocator.buffer(capacity: bytes.readableBytes)
                         copy.writeImmutableBuffer(bytes)
                         stream.received(copy)
@@ -258,14 +258,14 @@ final class MuxSession {
 
     /// Whether a DATA piece goes to its stream as a copy rather than a slice of the tunnel read.
     ///
-    /// A slice keeps its whole read buffer alive until the local socket has taken it, and a slow socket can
-    /// hold up to a window of bytes. Pieces smaller than a sixteenth of the read buffer are copied, so what
-    /// a stream holds keeps at most 16 times its bytes alive: a peer sending tiny DATA frames spread over
-    /// many reads cannot make a stalled stream pin a read buffer per byte. Full frames of bulk traffic
-    /// (16 KiB in 256 KiB reads) stay slices; a frame cut by a read, or small frames, are copied, which is
-    /// a small share of the bytes.
-    static func shouldCopy(pieceOf length: Int, readCapacity: Int) -> Bool {
-        length < readCapacity / 16
+    /// A slice keeps its whole read buffer (up to 256 KiB) alive until the local socket has taken it. So a
+    /// piece is copied when its stream's socket has not taken what it was given before (`localBacklog`: it
+    /// is slow, and the piece will wait), or when it is under a sixteenth of the read buffer (small frames,
+    /// a frame cut by a read). A stalled stream then pins at most the one tunnel read in which it stalled
+    /// (the tunnel reads once per wakeup), next to the copies its window bounds, however the peer cuts its
+    /// frames; full frames of bulk traffic to a socket that keeps up (16 KiB in 256 KiB reads) stay slices.
+    static func shouldCopy(pieceOf length: Int, readCapacity: Int, localBacklog: Int = 0) -> Bool {
+        localBacklog > 0 || length < readCapacity / 16
     }
 
     /// A read burst ended: flush what went to local sockets and to the tunnel.

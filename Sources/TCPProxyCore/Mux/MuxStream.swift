@@ -43,6 +43,8 @@ final class MuxStream {
     private var pendingIn = CircularBuffer<ByteBuffer>(initialCapacity: 1)
     /// Bytes written to the local socket since its last flush.
     private var unflushed = 0
+    /// Bytes flushed to the local socket that it has not taken yet (``MuxSession/shouldCopy(pieceOf:readCapacity:localBacklog:)``).
+    private(set) var unwrittenLocal = 0
     private var connectedLogged = false
     /// The local socket closed after both EOFs, but bytes it sent still wait for credit: the stream ends,
     /// for this reason, once they and the EOF frame are sent.
@@ -69,7 +71,7 @@ final class MuxStream {
         self.eventLoop = eventLoop
         self.bridgeID = environment.nextBridgeID()
         self.machine = Machine(role: role)
-        self.window = MuxWindow(initialWindow: environment.configuration.initialWindow)
+        self.window = MuxWindow(receiveWindow: environment.configuration.receiveWindow)
         var logger = environment.logger
         logger[metadataKey: "bridge.id"] = "\(self.bridgeID)"
         self.logger = logger
@@ -109,7 +111,14 @@ final class MuxStream {
         self.streamID = streamID
         self.logger[metadataKey: "stream.id"] = "\(streamID)"
         session.send(MuxFrame(streamID: streamID, payload: .open(target: self.environment.configuration.openTarget)))
+        self.announceWindow(on: session)
         self.perform(self.machine.opened())
+    }
+
+    /// Tells the peer how far past the initial credit it may send on this stream: our `--window`.
+    private func announceWindow(on session: MuxSession) {
+        guard let increment = self.window.announcement else { return }
+        session.send(MuxFrame(streamID: self.streamID, payload: .windowUpdate(increment)))
     }
 
     /// Whether the client is still waiting for a tunnel and not ending.
@@ -122,6 +131,7 @@ final class MuxStream {
         self.session = session
         self.streamID = streamID
         self.logger[metadataKey: "stream.id"] = "\(streamID)"
+        self.announceWindow(on: session)
         self.logger.info(
             "bridge accepted",
             metadata: ["client.address": "\(session.channel.remoteAddress.logDescription)"]
@@ -256,7 +266,9 @@ final class MuxStream {
         let count = self.unflushed
         guard count > 0 else { return }
         self.unflushed = 0
+        self.unwrittenLocal += count
         self.handler.flush { [self] written in
+            self.unwrittenLocal -= count
             guard written, !self.machine.isClosing, let session = self.session,
                 let increment = self.window.delivered(count)
             else { return }

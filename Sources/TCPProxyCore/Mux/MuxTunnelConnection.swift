@@ -29,6 +29,9 @@ final class MuxTunnelConnection: @unchecked Sendable {
     /// (measured: a quarter of the reads and half the writes per GB; docs/BENCHMARKS.md). DATA payload is
     /// sliced out of the read, so the read buffer lives until its slices are written out.
     static let receiveAllocator = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 * 1024, maximum: 256 * 1024)
+    /// One read per wakeup: a stream that stalls keeps at most one read buffer alive with its slices
+    /// (``MuxSession/shouldCopy(pieceOf:readCapacity:localBacklog:)``).
+    static let readsPerWakeup: UInt = 1
 
     init(index: Int, eventLoop: EventLoop, tunnel: Endpoint, environment: MuxStreamEnvironment) {
         self.index = index
@@ -87,6 +90,7 @@ final class MuxTunnelConnection: @unchecked Sendable {
             .connectTimeout(environment.configuration.bridge.connectTimeout)
             .channelOption(.writeBufferWaterMark, value: Self.writeBufferWaterMark)
             .channelOption(.recvAllocator, value: Self.receiveAllocator)
+            .channelOption(.maxMessagesPerRead, value: Self.readsPerWakeup)
             // Small control frames (WINDOW_UPDATE, PONG) must not wait for Nagle behind delayed ACKs.
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in

@@ -11,14 +11,26 @@ struct MuxWindow: Hashable, Sendable {
     private(set) var receiveCredit: Int
     /// Bytes received and written out locally, not yet granted back.
     private(set) var unacknowledged = 0
-    /// The window each direction starts with.
-    let initialWindow: Int
+    /// How many bytes we let the peer send ahead (`--window`).
+    let receiveWindow: Int
+    /// The credit each direction started with.
+    let initialCredit: Int
 
-    /// - Parameter initialWindow: the credit each direction starts with.
-    init(initialWindow: Int = MuxFrame.defaultInitialWindow) {
-        self.initialWindow = initialWindow
-        self.sendCredit = initialWindow
-        self.receiveCredit = initialWindow
+    /// - Parameters:
+    ///   - receiveWindow: how many bytes the peer may send ahead of what we write out (`--window`). The
+    ///     stream's first frames must raise the peer's credit to it: ``announcement``.
+    ///   - initialCredit: the credit each direction starts with (the protocol's, ``MuxFrame/initialCredit``).
+    init(receiveWindow: Int = MuxFrame.defaultInitialWindow, initialCredit: Int = MuxFrame.initialCredit) {
+        self.receiveWindow = max(receiveWindow, initialCredit)
+        self.initialCredit = initialCredit
+        self.sendCredit = initialCredit
+        self.receiveCredit = self.receiveWindow
+    }
+
+    /// The WINDOW_UPDATE increment that raises the peer's credit from the initial one to our window, sent
+    /// when the stream starts (`nil`: the window is the initial credit).
+    var announcement: UInt32? {
+        self.receiveWindow > self.initialCredit ? UInt32(self.receiveWindow - self.initialCredit) : nil
     }
 
     /// `count` bytes were sent as DATA; the caller sent no more than ``sendCredit``.
@@ -49,7 +61,7 @@ struct MuxWindow: Hashable, Sendable {
     ///   steps of a quarter window, so updates cost little and the sender never runs dry on a fast stream.
     mutating func delivered(_ count: Int) -> UInt32? {
         self.unacknowledged += count
-        guard self.unacknowledged >= max(1, self.initialWindow / 4) else { return nil }
+        guard self.unacknowledged >= max(1, self.receiveWindow / 4) else { return nil }
         let increment = self.unacknowledged
         self.unacknowledged = 0
         self.receiveCredit += increment

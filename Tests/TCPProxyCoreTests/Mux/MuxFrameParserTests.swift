@@ -135,7 +135,7 @@ struct MuxFrameParserTests {
 
     @Test("an oversized DATA header throws before any of its payload is taken, even when the header was cut")
     func oversized() {
-        let header: [UInt8] = [1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]  // DATA of 65536 bytes
+        let header: [UInt8] = [2, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0]  // DATA of 65536 bytes
         for cut in 0..<header.count {
             let outcome = Self.stream(header + [0x41, 0x42], cuts: [cut], maximumPayload: 16384)
             #expect(outcome.error == .payloadTooLarge(type: 0, length: 65536, limit: 16384))

@@ -23,26 +23,26 @@ struct MuxFrameTests {
     static let examples: [(MuxFrame, [UInt8])] = [
         (
             MuxFrame(streamID: 1, payload: .data(ByteBuffer(string: "hi"))),
-            [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2, 0x68, 0x69]
+            [2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2, 0x68, 0x69]
         ),
-        (MuxFrame(streamID: 3, payload: .open(target: nil)), [1, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0]),
+        (MuxFrame(streamID: 3, payload: .open(target: nil)), [2, 0, 0, 0, 3, 1, 0, 0, 0, 0, 0]),
         (
             MuxFrame(streamID: 3, payload: .open(target: "a:80")),
-            [1, 0, 0, 0, 3, 1, 0, 0, 0, 0, 4, 0x61, 0x3A, 0x38, 0x30]
+            [2, 0, 0, 0, 3, 1, 0, 0, 0, 0, 4, 0x61, 0x3A, 0x38, 0x30]
         ),
-        (MuxFrame(streamID: 3, payload: .openAcknowledged), [1, 0, 0, 0, 3, 1, 1, 0, 0, 0, 0]),
-        (MuxFrame(streamID: 0x0102_0304, payload: .eof), [1, 1, 2, 3, 4, 2, 0, 0, 0, 0, 0]),
-        (MuxFrame(streamID: 5, payload: .reset(.connectFailed)), [1, 0, 0, 0, 5, 3, 0, 0, 0, 0, 4, 0, 0, 0, 5]),
+        (MuxFrame(streamID: 3, payload: .openAcknowledged), [2, 0, 0, 0, 3, 1, 1, 0, 0, 0, 0]),
+        (MuxFrame(streamID: 0x0102_0304, payload: .eof), [2, 1, 2, 3, 4, 2, 0, 0, 0, 0, 0]),
+        (MuxFrame(streamID: 5, payload: .reset(.connectFailed)), [2, 0, 0, 0, 5, 3, 0, 0, 0, 0, 4, 0, 0, 0, 5]),
         (
             MuxFrame(streamID: 5, payload: .windowUpdate(65536)),
-            [1, 0, 0, 0, 5, 4, 0, 0, 0, 0, 4, 0, 1, 0, 0]
+            [2, 0, 0, 0, 5, 4, 0, 0, 0, 0, 4, 0, 1, 0, 0]
         ),
         (
             MuxFrame(streamID: 0, payload: .ping(0x0102_0304_0506_0708)),
-            [1, 0, 0, 0, 0, 5, 0, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]
+            [2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]
         ),
-        (MuxFrame(streamID: 0, payload: .pong(9)), [1, 0, 0, 0, 0, 6, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9]),
-        (MuxFrame(streamID: 0, payload: .goAway(.protocolError)), [1, 0, 0, 0, 0, 7, 0, 0, 0, 0, 4, 0, 0, 0, 1]),
+        (MuxFrame(streamID: 0, payload: .pong(9)), [2, 0, 0, 0, 0, 6, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 9]),
+        (MuxFrame(streamID: 0, payload: .goAway(.protocolError)), [2, 0, 0, 0, 0, 7, 0, 0, 0, 0, 4, 0, 0, 0, 1]),
     ]
 
     @Test("each frame type encodes to its exact bytes and decodes back", arguments: 0..<examples.count)
@@ -72,21 +72,21 @@ struct MuxFrameTests {
 
     /// Malformed headers and payloads, and the error each earns.
     static let malformed: [([UInt8], MuxProtocolError)] = [
-        ([2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0], .unsupportedVersion(2)),
-        ([1, 0, 0, 0, 1, 9, 0, 0, 0, 0, 0], .unknownType(9)),
-        ([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x41], .badStreamID(type: 0, streamID: 0)),
-        ([1, 0, 0, 0, 1, 5, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0], .badStreamID(type: 5, streamID: 1)),
-        ([1, 0, 0, 0, 1, 2, 0, 0, 0, 0, 1, 0], .badLength(type: 2, length: 1)),
-        ([1, 0, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 0], .badLength(type: 3, length: 2)),
-        ([1, 0, 0, 0, 0, 5, 0, 0, 0, 0, 4, 0, 0, 0, 0], .badLength(type: 5, length: 4)),
-        ([1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 0, 0, 0, 0], .badWindowIncrement(0)),
-        ([1, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 0x80, 0, 0, 0], .badWindowIncrement(0x8000_0000)),
-        ([1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 3, 0x61, 0x62, 0x63], .badTarget),
-        ([1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0x61], .badLength(type: 1, length: 1)),
+        ([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0], .unsupportedVersion(1)),  // the first version, which had no window announcement
+        ([2, 0, 0, 0, 1, 9, 0, 0, 0, 0, 0], .unknownType(9)),
+        ([2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x41], .badStreamID(type: 0, streamID: 0)),
+        ([2, 0, 0, 0, 1, 5, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0], .badStreamID(type: 5, streamID: 1)),
+        ([2, 0, 0, 0, 1, 2, 0, 0, 0, 0, 1, 0], .badLength(type: 2, length: 1)),
+        ([2, 0, 0, 0, 1, 3, 0, 0, 0, 0, 2, 0, 0], .badLength(type: 3, length: 2)),
+        ([2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 4, 0, 0, 0, 0], .badLength(type: 5, length: 4)),
+        ([2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 0, 0, 0, 0], .badWindowIncrement(0)),
+        ([2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 0x80, 0, 0, 0], .badWindowIncrement(0x8000_0000)),
+        ([2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 3, 0x61, 0x62, 0x63], .badTarget),
+        ([2, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0x61], .badLength(type: 1, length: 1)),
         // A length over the limit is refused from the header alone, before any payload arrives.
-        ([1, 0, 0, 0, 1, 0, 0, 0, 0, 0x40, 1], .payloadTooLarge(type: 0, length: 0x4001, limit: 16384)),
-        ([1, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], .payloadTooLarge(type: 0, length: 0xFFFF_FFFF, limit: 16384)),
-        ([1, 0, 0, 0, 1, 1, 0, 0, 0, 1, 6], .payloadTooLarge(type: 1, length: 262, limit: 261)),
+        ([2, 0, 0, 0, 1, 0, 0, 0, 0, 0x40, 1], .payloadTooLarge(type: 0, length: 0x4001, limit: 16384)),
+        ([2, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], .payloadTooLarge(type: 0, length: 0xFFFF_FFFF, limit: 16384)),
+        ([2, 0, 0, 0, 1, 1, 0, 0, 0, 1, 6], .payloadTooLarge(type: 1, length: 262, limit: 261)),
     ]
 
     @Test("malformed and oversized frames throw the right error and leave the buffer unread", arguments: 0..<malformed.count)
@@ -102,7 +102,7 @@ struct MuxFrameTests {
         #expect(MuxProtocolError.payloadTooLarge(type: 0, length: 1, limit: 0).code == .frameTooLarge)
         #expect(MuxProtocolError.badWindowIncrement(0).code == .flowControlError)
         #expect(MuxProtocolError.unknownType(9).code == .protocolError)
-        var window = MuxWindow(initialWindow: 10)
+        var window = MuxWindow(receiveWindow: 10, initialCredit: 10)
         #expect(throws: MuxProtocolError.self) { try window.received(11) }
         do { try window.received(11) } catch let error as MuxProtocolError { #expect(error.code == .flowControlError) } catch {}
     }

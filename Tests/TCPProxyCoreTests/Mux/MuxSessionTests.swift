@@ -89,8 +89,9 @@ struct MuxSessionTests {
         #expect(joined == payload)
     }
 
-    @Test("DATA pieces under a sixteenth of the read buffer are copied, so held bytes pin at most 16 times their size")
+    @Test("DATA for a stream whose socket is behind is copied, and so are pieces under a sixteenth of the read buffer")
     func copyPolicy() {
+        #expect(MuxSession.shouldCopy(pieceOf: 16 * 1024, readCapacity: 256 * 1024, localBacklog: 1), "a slow socket's bytes wait")
         #expect(MuxSession.shouldCopy(pieceOf: 1, readCapacity: 256 * 1024))
         #expect(MuxSession.shouldCopy(pieceOf: 16 * 1024 - 1, readCapacity: 256 * 1024))
         #expect(!MuxSession.shouldCopy(pieceOf: 16 * 1024, readCapacity: 256 * 1024), "a full frame in a full-size read")
@@ -134,9 +135,9 @@ struct MuxSessionTests {
     /// Bytes that break the protocol, and the GOAWAY code each earns.
     static let violations: [(String, [UInt8], MuxErrorCode)] = [
         ("text", Array("GET / HTTP/1.1\r\n\r\n".utf8), .protocolError),
-        ("an oversized DATA header", [1, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], .frameTooLarge),
-        ("DATA on a stream never opened", [1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 1, 0x41], .protocolError),
-        ("an OPEN acknowledgement sent to the demux", [1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], .protocolError),
+        ("an oversized DATA header", [2, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], .frameTooLarge),
+        ("DATA on a stream never opened", [2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 1, 0x41], .protocolError),
+        ("an OPEN acknowledgement sent to the demux", [2, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], .protocolError),
     ]
 
     @Test("protocol violations get GOAWAY with their code and the tunnel closes, even fed byte by byte", arguments: 0..<violations.count)

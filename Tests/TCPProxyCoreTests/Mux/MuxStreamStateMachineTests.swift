@@ -138,7 +138,7 @@ struct MuxStreamStateMachineTests {
 struct MuxWindowTests {
     @Test("sending uses credit; a grant restores it; more than 2^31-1 is an error")
     func sendCredit() throws {
-        var window = MuxWindow(initialWindow: 1000)
+        var window = MuxWindow(receiveWindow: 1000, initialCredit: 1000)
         window.sent(600)
         #expect(window.sendCredit == 400)
         window.sent(400)
@@ -149,9 +149,24 @@ struct MuxWindowTests {
         #expect(window.sendCredit == 250)
     }
 
+    @Test("a stream starts with the protocol's credit each way; the receiver announces the rest of its window")
+    func announcement() throws {
+        var window = MuxWindow(receiveWindow: 256 * 1024)
+        #expect(window.sendCredit == 16 * 1024, "until the peer announces its window")
+        #expect(window.receiveCredit == 256 * 1024, "ours is announced at once")
+        #expect(window.announcement == UInt32(240 * 1024))
+        try window.granted(UInt32(1024 * 1024 - 16 * 1024))  // a peer whose window is 1 MiB
+        #expect(window.sendCredit == 1024 * 1024)
+        #expect(MuxWindow(receiveWindow: 16 * 1024).announcement == nil)
+        // Grants go back in quarters of our own window, whatever the peer's.
+        try window.received(64 * 1024)
+        #expect(window.delivered(64 * 1024 - 1) == nil)
+        #expect(window.delivered(1) == UInt32(64 * 1024))
+    }
+
     @Test("receiving beyond the credit is a flow-control violation")
     func receiveCredit() throws {
-        var window = MuxWindow(initialWindow: 1000)
+        var window = MuxWindow(receiveWindow: 1000, initialCredit: 1000)
         try window.received(1000)
         #expect(window.receiveCredit == 0)
         #expect(throws: MuxProtocolError.self) { try window.received(1) }
@@ -159,7 +174,7 @@ struct MuxWindowTests {
 
     @Test("credit is granted back only as bytes are written out, in quarter-window steps")
     func grantsOnDelivery() throws {
-        var window = MuxWindow(initialWindow: 1000)
+        var window = MuxWindow(receiveWindow: 1000, initialCredit: 1000)
         try window.received(1000)
         #expect(window.delivered(100) == nil)
         #expect(window.delivered(149) == nil)
