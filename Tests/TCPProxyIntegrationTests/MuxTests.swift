@@ -330,7 +330,9 @@ struct MuxTests {
             bytes("GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
             [2, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF],  // DATA far over the maximum size
             [2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 1, 0x41],  // DATA on a stream never opened
-            [2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],  // OPEN reusing an id
+            [2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0],  // OPEN reusing an id
+            // OPEN, EOF, then DATA on the same stream: bytes after its own EOF
+            [2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0x41],
             pattern(count: 4096, seed: 77),
         ]
         for bad in garbage {

@@ -244,6 +244,8 @@ final class MuxStream {
     /// The header of a DATA frame of `length` bytes arrived; its payload follows in ``received(_:)`` calls.
     /// - Throws: ``MuxProtocolError`` if the peer sends more than its credit.
     func dataFrameStarted(length: Int) throws {
+        // Bytes after the sender's own EOF would reach the local socket after its SHUT_WR, or be dropped.
+        guard !self.machine.hasRemoteEOF else { throw MuxProtocolError.streamViolation("DATA after EOF") }
         try self.window.received(length)
     }
 

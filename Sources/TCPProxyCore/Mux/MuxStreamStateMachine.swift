@@ -97,6 +97,14 @@ struct MuxStreamStateMachine {
         }
     }
 
+    /// Whether an EOF frame arrived on this stream (after which DATA is a protocol violation).
+    var hasRemoteEOF: Bool {
+        switch self.state {
+        case .connecting(let halves), .open(let halves): halves.remoteInputClosed
+        case .closing, .done: false
+        }
+    }
+
     /// Whether the local socket may still be read (its input is open and the stream is not ending).
     var localInputOpen: Bool {
         switch self.state {
