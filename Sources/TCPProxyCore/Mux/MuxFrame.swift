@@ -157,8 +157,6 @@ enum MuxProtocolError: Error, Hashable, CustomStringConvertible {
     case badStreamID(type: UInt8, streamID: UInt32)
     /// A WINDOW_UPDATE of 0, or one that grows a window over 2^31 - 1.
     case badWindowIncrement(UInt32)
-    /// An OPEN target that is not UTF-8 `HOST:PORT`.
-    case badTarget
     /// A stream frame broke the stream rules (OPEN reusing an id, more DATA than the window).
     case streamViolation(String)
 
@@ -180,7 +178,6 @@ enum MuxProtocolError: Error, Hashable, CustomStringConvertible {
         case .badLength(let type, let length): "frame type \(type) cannot be \(length) bytes long"
         case .badStreamID(let type, let streamID): "frame type \(type) cannot use stream id \(streamID)"
         case .badWindowIncrement(let increment): "invalid window increment \(increment)"
-        case .badTarget: "invalid OPEN target"
         case .streamViolation(let text): text
         }
     }

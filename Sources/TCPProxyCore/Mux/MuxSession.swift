@@ -347,8 +347,13 @@ final class MuxSession {
         }
         var connectTarget = self.environment.target
         if let target {
-            guard self.configuration.allowOpenTarget, let endpoint = try? Endpoint(parsing: target) else {
-                self.reject(id, .notAllowed, metadata: ["target": "\(target)"])
+            // HOST:PORT in printable ASCII, as a SOCKS host name must be: a NUL, a newline or a byte that is not
+            // UTF-8 would otherwise reach the resolver and the log.
+            let printable = target.utf8.allSatisfy { (0x21...0x7E).contains($0) }
+            guard self.configuration.allowOpenTarget, printable, !target.hasPrefix(":"),
+                let endpoint = try? Endpoint(parsing: target), endpoint.port != 0
+            else {
+                self.reject(id, .notAllowed, metadata: ["target": "\(printable ? target : "(not printable ASCII)")"])
                 return
             }
             connectTarget = ConnectTarget(endpoint)

@@ -81,7 +81,6 @@ struct MuxFrameTests {
         ([2, 0, 0, 0, 0, 5, 0, 0, 0, 0, 4, 0, 0, 0, 0], .badLength(type: 5, length: 4)),
         ([2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 0, 0, 0, 0], .badWindowIncrement(0)),
         ([2, 0, 0, 0, 1, 4, 0, 0, 0, 0, 4, 0x80, 0, 0, 0], .badWindowIncrement(0x8000_0000)),
-        ([2, 0, 0, 0, 1, 1, 0, 0, 0, 0, 3, 0x61, 0x62, 0x63], .badTarget),
         ([2, 0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 0x61], .badLength(type: 1, length: 1)),
         // A length over the limit is refused from the header alone, before any payload arrives.
         ([2, 0, 0, 0, 1, 0, 0, 0, 0, 0x40, 1], .payloadTooLarge(type: 0, length: 0x4001, limit: 16384)),

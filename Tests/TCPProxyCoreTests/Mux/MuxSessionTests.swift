@@ -140,6 +140,19 @@ struct MuxSessionTests {
         ("an OPEN acknowledgement sent to the demux", [2, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], .protocolError),
     ]
 
+    @Test(
+        "an OPEN target that is not HOST:PORT in printable ASCII is refused for its stream; the tunnel stays up",
+        arguments: [Array("abc".utf8), Array("127.0.0.1:99999".utf8), Array(":80".utf8), Array("a:0".utf8), Array("a b:80".utf8), [0xFF, 0xFE, 0x3A, 0x38, 0x30]]
+    )
+    func badOpenTarget(target: [UInt8]) throws {
+        let harness = try Harness { $0.allowOpenTarget = true }
+        var bytes = ByteBuffer(bytes: [2, 0, 0, 0, 1, 1, 0] + [0, 0, 0, UInt8(target.count)] + target)
+        bytes.writeMuxFrame(MuxFrame(streamID: 0, payload: .ping(7)))
+        try harness.receive(bytes)
+        #expect(try harness.sent() == [MuxFrame(streamID: 1, payload: .reset(.targetNotAllowed)), MuxFrame(streamID: 0, payload: .pong(7))])
+        #expect(harness.channel.isActive)
+    }
+
     @Test("protocol violations get GOAWAY with their code and the tunnel closes, even fed byte by byte", arguments: 0..<violations.count)
     func violation(index: Int) throws {
         let (_, bytes, code) = Self.violations[index]
