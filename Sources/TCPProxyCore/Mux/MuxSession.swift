@@ -58,7 +58,9 @@ final class MuxSession {
         self.parser = MuxFrameParser(maximumPayload: environment.configuration.maximumPayload)
         self.streamAdmission = AdmissionPolicy(maxConnections: environment.configuration.admission.maxConnections)
         var logger = environment.logger
-        logger[metadataKey: "tunnel.peer"] = "\(channel.remoteAddress.logDescription)"
+        // The mux makes its session before the tunnel connects: its peer is the demux it connects to.
+        let peer = channel.remoteAddress.map { "\($0.logDescription)" } ?? environment.configuration.tunnel?.description
+        logger[metadataKey: "tunnel.peer"] = "\(peer ?? "?")"
         self.logger = logger
     }
 
@@ -333,6 +335,7 @@ final class MuxSession {
         guard id > self.highestPeerStreamID else {
             throw MuxProtocolError.streamViolation("OPEN reuses stream id \(id)")
         }
+        guard id % 2 == 1 else { throw MuxProtocolError.streamViolation("OPEN with an even stream id \(id)") }
         self.highestPeerStreamID = id
         // Each stream is a client of the demux: counted as accepted, and as rejected if refused here.
         self.environment.metrics?.accepted()

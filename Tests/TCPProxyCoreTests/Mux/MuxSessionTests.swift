@@ -138,6 +138,7 @@ struct MuxSessionTests {
         ("an oversized DATA header", [2, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF], .frameTooLarge),
         ("DATA on a stream never opened", [2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 1, 0x41], .protocolError),
         ("an OPEN acknowledgement sent to the demux", [2, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0], .protocolError),
+        ("an OPEN with an even stream id (the mux opens odd ones)", [2, 0, 0, 0, 2, 1, 0, 0, 0, 0, 0], .protocolError),
     ]
 
     @Test(
