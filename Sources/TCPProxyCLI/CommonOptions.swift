@@ -5,10 +5,10 @@ import TCPProxyCore
 
 /// The options every mode takes (SPEC §1, "Options (every mode)").
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Event-loop threads (default: the number of CPU cores).")
+    @Option(parsing: .unconditional, help: "Event-loop threads (default: the number of CPU cores).")
     var threads: Int?
 
-    @Option(help: "Most concurrent clients; one above the limit is accepted and closed at once.")
+    @Option(parsing: .unconditional, help: "Most concurrent clients; one above the limit is accepted and closed at once.")
     var maxConnections: Int?
 
     @Option(
@@ -17,16 +17,16 @@ struct CommonOptions: ParsableArguments {
     )
     var highWaterMark: ByteSize = ByteSize(bytes: 64 * 1024)
 
-    @Option(help: "Seconds a direction may hold data and deliver none before the bridge is aborted; 0 disables.")
+    @Option(parsing: .unconditional, help: "Seconds a direction may hold data and deliver none before the bridge is aborted; 0 disables.")
     var stallTimeout: Double = 10
 
-    @Option(help: "Seconds without traffic either way before a bridge is closed; 0 (default) disables.")
+    @Option(parsing: .unconditional, help: "Seconds without traffic either way before a bridge is closed; 0 (default) disables.")
     var idleTimeout: Double = 0
 
-    @Option(help: "Seconds to wait for the server connection.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for the server connection.")
     var connectTimeout: Double = 10
 
-    @Option(help: "On SIGINT/SIGTERM, seconds open bridges may go on before they are closed.")
+    @Option(parsing: .unconditional, help: "On SIGINT/SIGTERM, seconds open bridges may go on before they are closed.")
     var drainTimeout: Double = 10
 
     @Option(

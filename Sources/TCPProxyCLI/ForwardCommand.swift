@@ -30,7 +30,7 @@ struct ForwardCommand: ModeCommand {
     @Option(help: "How clients are spread over several targets: roundrobin, leastconn or random (weighted).")
     var balance: BalanceAlgorithm = .roundrobin
 
-    @Option(help: "Check each target with a TCP connect every this many seconds (2 up, 3 down in a row).")
+    @Option(parsing: .unconditional, help: "Check each target with a TCP connect every this many seconds (2 up, 3 down in a row).")
     var healthInterval: Double?
 
     func validate() throws {

@@ -30,7 +30,7 @@ struct MuxCommand: ModeCommand {
     @Option(help: "The demux to carry clients to: HOST:PORT or [IPV6]:PORT.", transform: { try parseDestination($0, option: "--tunnel") })
     var tunnel: Endpoint
 
-    @Option(help: "Tunnel connections to keep; streams are spread across them.")
+    @Option(parsing: .unconditional, help: "Tunnel connections to keep; streams are spread across them.")
     var tunnels: Int = 1
 
     @Option(help: "Ask the demux to connect every stream to this HOST:PORT (it must allow it with --allow-open-target).")
@@ -80,7 +80,7 @@ struct MuxProtocolOptions: ParsableArguments {
     /// The windows `--window` may set.
     static let windowRange = "use 16K to 1G"
 
-    @Option(help: "Most concurrent streams per tunnel.")
+    @Option(parsing: .unconditional, help: "Most concurrent streams per tunnel.")
     var maxStreams: Int = 1024
 
     @Option(
@@ -89,10 +89,10 @@ struct MuxProtocolOptions: ParsableArguments {
     )
     var window: ByteSize = ByteSize(bytes: 256 * 1024)
 
-    @Option(help: "Seconds between keep-alive PINGs on a tunnel.")
+    @Option(parsing: .unconditional, help: "Seconds between keep-alive PINGs on a tunnel.")
     var pingInterval: Double = 5
 
-    @Option(help: "Seconds without a PONG before the tunnel peer counts as dead and the tunnel is closed.")
+    @Option(parsing: .unconditional, help: "Seconds without a PONG before the tunnel peer counts as dead and the tunnel is closed.")
     var pingTimeout: Double = 10
 
     /// Rejects values out of range, and options the mux modes do not support.

@@ -39,7 +39,7 @@ struct ObservabilityOptions: ParsableArguments {
     )
     var latency: LatencySpec?
 
-    @Option(help: "Fault injection: flip one random bit in a chunk with this probability (0 to 1).")
+    @Option(parsing: .unconditional, help: "Fault injection: flip one random bit in a chunk with this probability (0 to 1).")
     var corrupt: Double?
 
     @Option(help: "Which directions --latency and --corrupt apply to: upstream, downstream or both.")

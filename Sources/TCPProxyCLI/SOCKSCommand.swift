@@ -25,7 +25,7 @@ struct SOCKSCommand: ModeCommand {
     @Option(help: "Require SOCKS5 username/password login (RFC 1929) against this file of user:password lines.")
     var users: String?
 
-    @Option(help: "Seconds a client may take to send its request before it is closed.")
+    @Option(parsing: .unconditional, help: "Seconds a client may take to send its request before it is closed.")
     var handshakeTimeout: Double = 10
 
     @Option(

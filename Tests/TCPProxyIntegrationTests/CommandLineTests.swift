@@ -159,7 +159,7 @@ struct CommandLineTests {
     }
 
     @Test(
-        "A size that is zero or out of range says what would do",
+        "A size or number that is zero, negative or out of range says what would do",
         arguments: [
             (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "0"],
              "invalid size '0' for --high-water-mark (must be more than 0; use 512, 64K, 10M or 1G)"),
@@ -168,6 +168,9 @@ struct CommandLineTests {
             (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "0K"],
              "invalid size '0K' for --window (must be more than 0; use 16K to 1G)"),
             (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "1"], "invalid size '1' for --window (use 16K to 1G)"),
+            // A negative number is a value, not an option: it gets the option's own range.
+            (["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "-1"], "invalid value '-1.0' for --handshake-timeout"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--threads", "-2"], "invalid value '-2' for --threads"),
         ] as [([String], String)]
     )
     func sizeMessages(arguments: [String], message: String) async throws {
