@@ -5,6 +5,9 @@ import TCPProxyCore
 
 /// The options every mode takes (SPEC §1, "Options (every mode)").
 struct CommonOptions: ParsableArguments {
+    /// The high-water marks `--high-water-mark` may set.
+    static let highWaterMarkRange = "use 512 to 1G, e.g. 64K or 10M"
+
     @Option(parsing: .unconditional, help: "Event-loop threads (default: the number of CPU cores).")
     var threads: Int?
 
@@ -12,8 +15,9 @@ struct CommonOptions: ParsableArguments {
     var maxConnections: Int?
 
     @Option(
-        help: "Most bytes buffered per direction of a bridge before reading pauses (512, 64K, 10M, 1G).",
-        transform: { try CommonOptions.size($0, option: "--high-water-mark") }
+        parsing: .unconditional,
+        help: "Most bytes buffered per direction of a bridge before reading pauses (512 to 1G, e.g. 64K, 10M).",
+        transform: { try CommonOptions.size($0, option: "--high-water-mark", expecting: CommonOptions.highWaterMarkRange) }
     )
     var highWaterMark: ByteSize = ByteSize(bytes: 64 * 1024)
 
@@ -104,6 +108,10 @@ struct CommonOptions: ParsableArguments {
     func validate() throws {
         if let threads, threads < 1 || threads > 1024 {
             throw ValidationError("invalid value '\(threads)' for --threads (use a number from 1 to 1024)")
+        }
+        // The direct engine reads into a buffer of this size per thread, and a bridge holds up to it per direction.
+        if !(512...(1 << 30)).contains(self.highWaterMark.bytes) {
+            throw ValidationError("invalid size '\(self.highWaterMark)' for --high-water-mark (\(Self.highWaterMarkRange))")
         }
         if let maxConnections, maxConnections < 1 {
             throw ValidationError("invalid value '\(maxConnections)' for --max-connections (use 1 or more)")

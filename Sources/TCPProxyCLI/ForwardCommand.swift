@@ -40,8 +40,9 @@ struct ForwardCommand: ModeCommand {
         for target in self.target {
             try refuseLoop(target: target.endpoint, listen: self.listen)
         }
-        if let healthInterval, !(healthInterval > 0 && healthInterval <= 3600) {
-            throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from more than 0 to 3600)")
+        // Each check is a connect to every target: more often than ten times a second is a flood, not a check.
+        if let healthInterval, !(healthInterval >= 0.1 && healthInterval <= 3600) {
+            throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from 0.1 to 3600)")
         }
         // Here rather than in ProxyRunner (which checks every mode): a usage error of this subcommand.
         if self.options.engine == .direct,

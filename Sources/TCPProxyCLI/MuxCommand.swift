@@ -84,6 +84,7 @@ struct MuxProtocolOptions: ParsableArguments {
     var maxStreams: Int = 1024
 
     @Option(
+        parsing: .unconditional,
         help: "Per-stream flow-control window, each direction (e.g. 256K).",
         transform: { try CommonOptions.size($0, option: "--window", expecting: MuxProtocolOptions.windowRange) }
     )

@@ -5,12 +5,14 @@ import TCPProxyCore
 /// fault injection. Every mode takes them.
 struct ObservabilityOptions: ParsableArguments {
     @Option(
+        parsing: .unconditional,
         help: "Most bytes per second read from each client, per bridge (512K, 10M, 1G; 1024-based).",
         transform: { try CommonOptions.size($0, option: "--upstream-rate") }
     )
     var upstreamRate: ByteSize?
 
     @Option(
+        parsing: .unconditional,
         help: "Most bytes per second read from each server, per bridge (512K, 10M, 1G; 1024-based).",
         transform: { try CommonOptions.size($0, option: "--downstream-rate") }
     )
@@ -29,6 +31,7 @@ struct ObservabilityOptions: ParsableArguments {
     var metrics: Endpoint?
 
     @Option(
+        parsing: .unconditional,
         help: "Fault injection: delay every chunk by MS milliseconds, plus up to JITTER_MS more (MS[:JITTER_MS]).",
         transform: { text in
             guard let latency = LatencySpec(parsing: text) else {

@@ -52,6 +52,16 @@ struct CommandLineTests {
         #expect(!result.stderr.contains("listening on"))
     }
 
+    @Test("--metrics on an address in use: exit 1, and the line says it was the metrics address")
+    func metricsAddressInUse() async throws {
+        let occupier = try TestServer()
+        defer { occupier.stop() }
+        let result = try await ProxyProcess.runToExit(
+            ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--metrics", "127.0.0.1:\(occupier.port)"], timeout: 10)
+        #expect(result.status == 1, "status \(String(describing: result.status)); stderr:\n\(result.stderr)")
+        #expect(result.stderr.contains("cannot listen on 127.0.0.1:\(occupier.port) (--metrics): address already in use"), "\(result.stderr)")
+    }
+
     @Test("Listen address in use: exit 1 and stderr says address already in use, naming the address")
     func addressInUse() async throws {
         let occupier = try TestServer()
@@ -162,9 +172,16 @@ struct CommandLineTests {
         "A size or number that is zero, negative or out of range says what would do",
         arguments: [
             (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "0"],
-             "invalid size '0' for --high-water-mark (must be more than 0; use 512, 64K, 10M or 1G)"),
+             "invalid size '0' for --high-water-mark (must be more than 0; use 512 to 1G, e.g. 64K or 10M)"),
             (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "12Q"],
-             "invalid size '12Q' for --high-water-mark (use 512, 64K, 10M or 1G)"),
+             "invalid size '12Q' for --high-water-mark (use 512 to 1G, e.g. 64K or 10M)"),
+            // The direct engine reads into a buffer of this size per thread: 100G aborted it.
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "100G"],
+             "invalid size '100G' for --high-water-mark (use 512 to 1G, e.g. 64K or 10M)"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--high-water-mark", "511"],
+             "invalid size '511' for --high-water-mark (use 512 to 1G"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--target", "127.0.0.1:10", "--health-interval", "0.001"],
+             "invalid value '0.001' for --health-interval (use seconds from 0.1 to 3600)"),
             (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "0K"],
              "invalid size '0K' for --window (must be more than 0; use 16K to 1G)"),
             (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "1"], "invalid size '1' for --window (use 16K to 1G)"),

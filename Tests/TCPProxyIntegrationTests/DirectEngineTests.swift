@@ -174,10 +174,8 @@ struct DirectEngineTests {
 
     @Test("a client that resets while the server connect is pending: clientReset at once, and its slot is free")
     func clientResetWhileConnecting() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)  // fills the queue: the proxy's SYNs are dropped
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "direct", "--max-connections", "1"])
         defer { proxy.kill() }
 
@@ -211,10 +209,8 @@ struct DirectEngineTests {
 
     @Test("--connect-timeout 1 with a connect that never completes: connectTimeout in 1-4 s, slot given back")
     func connectTimeout() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(
             to: server.port,
             ["--engine", "direct", "--connect-timeout", "1", "--max-connections", "1"]
@@ -241,10 +237,8 @@ struct DirectEngineTests {
 
     @Test("data and EOF sent before the server accepts arrive whole, then the reply and EOF come back (rules 2, 5)")
     func earlyDataAndEOF() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "direct", "--splice", "never"])
         defer { proxy.kill() }
 

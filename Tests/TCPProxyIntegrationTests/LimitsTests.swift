@@ -46,10 +46,8 @@ struct LimitsTests {
 
     @Test("--max-connections 1: a client that resets while the server connect is pending gives its slot back")
     func slotFreedAfterResetDuringConnect() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)  // further SYNs are dropped until it is accepted
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, ["--max-connections", "1"])
         defer { proxy.kill() }
 
@@ -156,10 +154,8 @@ struct LimitsTests {
         arguments: DataPath.allCases
     )
     func connectTimeout(path: DataPath) async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)  // fills the queue: further SYNs are dropped
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, ["--connect-timeout", "1"] + path.arguments)
         defer { proxy.kill() }
 

@@ -362,10 +362,8 @@ struct MuxTests {
 
     @Test("A stream reset while the demux connects its server ends at once and frees its slot")
     func resetWhileConnecting() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)  // fills the queue: the demux's SYNs are dropped
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let tunnel = try await Tunnel.start(to: server.port, demuxExtra: ["--max-connections", "1"])
         defer { tunnel.kill() }
 

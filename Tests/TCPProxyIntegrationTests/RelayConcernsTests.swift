@@ -16,10 +16,8 @@ struct RelayConcernsTests {
     func dataBeforeServerConnectionIsUp(path: DataPath) async throws {
         // A listener with backlog 0 and one unaccepted connection drops further SYNs, so the
         // proxy's connect stays pending until the queue frees and the SYN is retransmitted.
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
@@ -52,10 +50,8 @@ struct RelayConcernsTests {
         arguments: DataPath.allCases
     )
     func dataAndEOFBeforeServerConnectionIsUp(path: DataPath) async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port, path.arguments)
         defer { proxy.kill() }
 
@@ -85,10 +81,8 @@ struct RelayConcernsTests {
 
     @Test("A client that resets while the server connection is pending: the bridge ends and nothing leaks")
     func clientResetBeforeServerConnectionIsUp() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await ProxyProcess.forward(to: server.port)
         defer { proxy.kill() }
         let baseline = proxy.openFileDescriptorCount()

@@ -365,10 +365,8 @@ struct SOCKSTests {
 
     @Test("SIGTERM: a client mid-handshake and a request whose connect is pending end within --drain-timeout, and the process exits")
     func drainEndsHandshakesAndConnects() async throws {
-        let server = try TestServer(backlog: 0)
-        defer { server.stop() }
-        let filler = try TestSocket.connect(port: server.port)  // fills the queue: the proxy's SYNs are dropped
-        defer { filler.close() }
+        let (server, filler) = try TestServer.withFullQueue()  // connects to it get no answer
+        defer { filler.close(); server.stop() }
         let proxy = try await Self.startProxy(["--drain-timeout", "1", "--handshake-timeout", "60", "--connect-timeout", "60"])
         defer { proxy.kill() }
         let greeted = try TestSocket.connect(port: proxy.port)

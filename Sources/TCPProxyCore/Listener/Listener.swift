@@ -246,9 +246,11 @@ public struct ListenerError: Error, CustomStringConvertible {
     public var endpoint: Endpoint
     /// What the system said.
     public var underlying: Error
+    /// What the address is for, when it is not a proxy listener (`--metrics`).
+    public var purpose: String? = nil
 
     public var description: String {
-        "cannot listen on \(self.endpoint): \(SystemErrorText.describe(self.underlying))"
+        "cannot listen on \(self.endpoint)\(self.purpose.map { " (\($0))" } ?? ""): \(SystemErrorText.describe(self.underlying))"
     }
 
     /// Whether another socket holds the address (while a replaced listener lets go of it, on a reload).

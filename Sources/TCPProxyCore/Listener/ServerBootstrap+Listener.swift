@@ -34,12 +34,12 @@ extension ServerBootstrap {
 }
 
 extension ServerBootstrap {
-    /// Binds the listener to `endpoint`; a failure is a ``ListenerError`` that names it.
-    func bindListener(to endpoint: Endpoint) async throws -> Channel {
+    /// Binds the listener to `endpoint`; a failure is a ``ListenerError`` that names it (and `purpose`).
+    func bindListener(to endpoint: Endpoint, purpose: String? = nil) async throws -> Channel {
         do {
             return try await self.bind(host: endpoint.host, port: endpoint.port).get()
         } catch {
-            throw ListenerError(endpoint: endpoint, underlying: error)
+            throw ListenerError(endpoint: endpoint, underlying: error, purpose: purpose)
         }
     }
 }

@@ -83,7 +83,7 @@ public final class MetricsEndpoint: Service, Sendable {
                     try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
                 }
             }
-            .bindListener(to: self.endpoint)
+            .bindListener(to: self.endpoint, purpose: "--metrics")
     }
 }
 

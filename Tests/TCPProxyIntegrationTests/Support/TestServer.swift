@@ -214,3 +214,17 @@ extension TestServer {
         { socket, _, _ in try? socket.send(bytes, timeout: 60) }
     }
 }
+
+extension TestServer {
+    /// A server (backlog 0) whose accept queue `filler` has filled: the SYNs of further connects are dropped,
+    /// so they stay pending until they time out or `filler` is accepted.
+    static func withFullQueue() throws -> (server: TestServer, filler: TestSocket) {
+        let server = try TestServer(backlog: 0)
+        do {
+            return (server, try TestSocket.connect(port: server.port))
+        } catch {
+            server.stop()
+            throw error
+        }
+    }
+}
