@@ -38,7 +38,12 @@ extension ByteBuffer {
         guard lineLength >= 2, view[lf - 1] == UInt8(ascii: "\r") else {
             throw ProxyHeaderError.malformedV1("line does not end in CRLF")
         }
-        guard let line = self.getString(at: self.readerIndex, length: lineLength - 2),
+        // The spec has the receiver ignore whatever follows "PROXY UNKNOWN", up to the CRLF.
+        let unknownPrefix = "PROXY UNKNOWN".utf8
+        let isUnknown =
+            view.starts(with: unknownPrefix) && (lineLength - 2 == unknownPrefix.count || view[view.startIndex + unknownPrefix.count] == UInt8(ascii: " "))
+        let checked = isUnknown ? unknownPrefix.count : lineLength - 2
+        guard let line = self.getString(at: self.readerIndex, length: checked),
             line.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7f })
         else {
             throw ProxyHeaderError.malformedV1("not printable ASCII")

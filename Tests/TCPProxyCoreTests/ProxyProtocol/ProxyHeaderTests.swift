@@ -37,6 +37,13 @@ struct ProxyHeaderTests {
         #expect(unknownLongest.utf8.count == 107)
         var unknown = ByteBuffer(string: unknownLongest)
         #expect(try unknown.readProxyHeader() == ProxyHeader(addresses: .unknown))
+
+        // Whatever follows UNKNOWN is ignored, bytes that are not printable ASCII included.
+        var unknownBinary = ByteBuffer(bytes: Array("PROXY UNKNOWN ".utf8) + [0xFF, 0x00, 0x7F] + Array("\r\npayload".utf8))
+        #expect(try unknownBinary.readProxyHeader() == ProxyHeader(addresses: .unknown))
+        #expect(String(buffer: unknownBinary) == "payload")
+        var notUnknown = ByteBuffer(bytes: Array("PROXY UNKNOWNX".utf8) + [0xFF] + Array("\r\n".utf8))
+        #expect(throws: ProxyHeaderError.self) { try notUnknown.readProxyHeader() }
     }
 
     @Test("v2 bytes for TCP over IPv4, exactly")
