@@ -17,7 +17,7 @@ struct DemuxCommand: ModeCommand {
     )
 
     @Option(
-        help: "Where to accept tunnel connections: HOST:PORT, [IPV6]:PORT, or :PORT for every interface.",
+        help: "Where to accept tunnel connections: HOST:PORT, [IPV6]:PORT, or :PORT for every IPv4 interface.",
         transform: { try parseEndpoint($0, option: "--listen") }
     )
     var listen: Endpoint

@@ -22,7 +22,7 @@ struct MuxCommand: ModeCommand {
     )
 
     @Option(
-        help: "Where to accept clients: HOST:PORT, [IPV6]:PORT, or :PORT for every interface.",
+        help: "Where to accept clients: HOST:PORT, [IPV6]:PORT, or :PORT for every IPv4 interface.",
         transform: { try parseEndpoint($0, option: "--listen") }
     )
     var listen: Endpoint

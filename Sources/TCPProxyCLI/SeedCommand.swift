@@ -4,7 +4,7 @@ import TCPProxyCore
 /// The two command lines the seed documents use, kept so their users can switch without changes:
 ///
 ///     tcpproxy LISTEN_HOST LISTEN_PORT TARGET_HOST TARGET_PORT [options]
-///     tcpproxy TARGET_HOST TARGET_PORT LISTEN_PORT [options]        (listens on every interface)
+///     tcpproxy TARGET_HOST TARGET_PORT LISTEN_PORT [options]        (listens on every IPv4 interface)
 struct SeedCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tcpproxy",

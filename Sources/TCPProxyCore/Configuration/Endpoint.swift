@@ -1,7 +1,8 @@
 /// A `HOST:PORT` pair as given on the command line, before any name resolution.
 ///
 /// `HOST` is an IPv4 address, an IPv6 address in brackets (`[::1]:8080`) or a name; `:PORT` alone
-/// means every interface (`0.0.0.0`, or `::` where the kernel accepts both families).
+/// means every IPv4 interface (`0.0.0.0`), as HAProxy's and nginx's `:PORT` do: `[::]:PORT` takes IPv6
+/// (and IPv4 where the kernel is dual-stack), with clients' IPv4 addresses then written IPv4-mapped.
 public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// The host: an address literal (IPv6 without brackets) or a name.
     public var host: String
