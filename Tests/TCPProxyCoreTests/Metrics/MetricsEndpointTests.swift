@@ -213,7 +213,7 @@ struct MetricsEndpointTests {
             try await second.run()
             Issue.record("run() returned")
         } catch let error as ListenerError {
-            #expect(error.description == "cannot listen on 127.0.0.1:\(running.port): address already in use")
+            #expect(error.description == "cannot listen on 127.0.0.1:\(running.port) (--metrics): address already in use")
         }
         _ = try await running.stop()
     }
