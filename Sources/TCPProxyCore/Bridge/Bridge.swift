@@ -256,8 +256,10 @@ final class Bridge {
             channel in
             try channel.pipeline.syncOperations.addHandler(serverHandler.value)
         }
+        // The closure captures `self` alone (no context to allocate): the attempts are read back from it.
         connected.assumeIsolated().whenComplete { result in
-            attempts.finished()
+            let givenUp = self.connectAttempts?.isCancelled ?? false
+            self.connectAttempts?.finished()
             self.connectAttempts = nil
             switch result {
             case .success(let channel):
@@ -270,7 +272,7 @@ final class Bridge {
             case .failure(let error):
                 let timedOut = isConnectTimeout(error)
                 // A connect the bridge gave up on (it ended first) did not fail.
-                if !attempts.isCancelled {
+                if !givenUp {
                     self.logger.logBridgeConnectFailed(
                         id: self.id, server: self.connector.targetDescription, error: SystemErrorText.describe(error)
                     )

@@ -37,7 +37,9 @@ extension ServerConnector {
 /// resolved) says what ends that wait (``whenCancelled(_:)``). Used on one event loop only.
 final class ConnectAttempts: @unchecked Sendable {
     private let eventLoop: EventLoop
-    private var channels: [Channel] = []
+    /// The first attempt, and any after it (a name's other addresses): one attempt allocates nothing more.
+    private var first: Channel?
+    private var others: [Channel] = []
     private var cancelHandlers: [() -> Void] = []
     /// Whether the connect was given up: its future fails, and whatever it would still try is not tried.
     private(set) var isCancelled = false
@@ -51,7 +53,7 @@ final class ConnectAttempts: @unchecked Sendable {
     func started(_ channel: Channel) throws {
         self.eventLoop.preconditionInEventLoop()
         guard !self.isCancelled else { throw ChannelError.ioOnClosedChannel }
-        self.channels.append(channel)
+        if self.first == nil { self.first = channel } else { self.others.append(channel) }
     }
 
     /// Runs `body` when the connect is given up (at once if it was).
@@ -63,7 +65,8 @@ final class ConnectAttempts: @unchecked Sendable {
     /// The connect completed: nothing is left to give up.
     func finished() {
         self.eventLoop.preconditionInEventLoop()
-        self.channels.removeAll()
+        self.first = nil
+        self.others.removeAll()
         self.cancelHandlers.removeAll()
     }
 
@@ -72,10 +75,9 @@ final class ConnectAttempts: @unchecked Sendable {
         self.eventLoop.preconditionInEventLoop()
         guard !self.isCancelled else { return }
         self.isCancelled = true
-        let channels = self.channels
+        let channels = [self.first].compactMap { $0 } + self.others
         let handlers = self.cancelHandlers
-        self.channels.removeAll()
-        self.cancelHandlers.removeAll()
+        self.finished()
         for channel in channels { channel.close(promise: nil) }
         for handler in handlers { handler() }
     }
