@@ -31,9 +31,6 @@ final class IOBatch {
     private var received: [Int32]
     private var sent: [Int32]
 
-    /// Whether an engine thread can batch: io_uring is there and allowed (probed once).
-    static let isAvailable: Bool = IOBatch(capacity: 1) != nil
-
     /// A batch of `capacity` slots, or `nil` where io_uring cannot serve it (then the engine makes plain
     /// calls): not Linux, or io_uring missing or disabled (`kernel.io_uring_disabled`, a container's
     /// seccomp filter). The ring belongs to the calling thread: only it may run the batch.

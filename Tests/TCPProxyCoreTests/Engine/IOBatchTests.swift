@@ -39,7 +39,7 @@ struct IOBatchTests {
 
     @Test("io_uring is usable on this machine (the rest of the suite and the engine's fast path rely on it)")
     func available() {
-        #expect(IOBatch.isAvailable)
+        #expect(IOBatch(capacity: 1) != nil)
     }
 
     @Test("two directions' reads and writes in one batch: the flows replay them, hold nothing and keep no memory")
