@@ -160,8 +160,8 @@ struct CommonOptions: ParsableArguments {
     static func size(_ text: String, option: String, expecting: String = "use 512, 64K, 10M or 1G") throws -> ByteSize {
         guard let size = ByteSize(parsing: text) else {
             // A zero is a size, just not one that can work: say so rather than show the notation.
-            let isZero = !text.isEmpty && text.drop { $0 == "0" }.allSatisfy { "KkMmGg".contains($0) } && text.first == "0"
-            throw ValidationError("invalid size '\(text)' for \(option) (\(isZero ? "must be more than 0; " : "")\(expecting))")
+            let zero = ByteSize.isZero(text) ? "must be more than 0; " : ""
+            throw ValidationError("invalid size '\(text)' for \(option) (\(zero)\(expecting))")
         }
         return size
     }

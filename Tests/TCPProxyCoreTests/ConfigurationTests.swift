@@ -16,6 +16,13 @@ struct ConfigurationTests {
     @Test("bad sizes are refused", arguments: ["", "K", "12Q", "-1", "0", "1.5M", "99999999999999999999G", "１K"])
     func badSizes(text: String) {
         #expect(ByteSize(parsing: text) == nil)
+        #expect(ByteSize.isZero(text) == (text == "0"), "only a zero in the notation is a zero")
+    }
+
+    @Test("zeros in the notation are told apart from malformed sizes", arguments: ["0", "00", "0K", "000g"])
+    func zeroSizes(text: String) {
+        #expect(ByteSize(parsing: text) == nil)
+        #expect(ByteSize.isZero(text))
     }
 
     @Test("sizes print in their largest whole unit")

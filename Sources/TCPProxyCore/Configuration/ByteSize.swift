@@ -10,6 +10,19 @@ public struct ByteSize: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses `512`, `64K`, `64k`, `10M`, `1G`; `nil` for anything else, zero, or an overflow.
     public init?(parsing text: String) {
+        guard let (value, multiplier) = Self.notation(text), value > 0 else { return nil }
+        let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
+        guard !overflow else { return nil }
+        self.bytes = product
+    }
+
+    /// Whether `text` is a size in the notation that is zero (`0`, `0K`): refused, but not for its notation.
+    public static func isZero(_ text: String) -> Bool {
+        Self.notation(text)?.value == 0
+    }
+
+    /// The number and the multiplier of its suffix, if `text` is digits with at most one K, M or G after them.
+    private static func notation(_ text: String) -> (value: Int, multiplier: Int)? {
         var digits = Substring(text)
         var multiplier = 1
         switch text.last {
@@ -19,12 +32,10 @@ public struct ByteSize: Hashable, Sendable, CustomStringConvertible {
         default: break
         }
         if multiplier != 1 { digits = digits.dropLast() }
-        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber),
-            let value = Int(digits), value > 0
-        else { return nil }
-        let (product, overflow) = value.multipliedReportingOverflow(by: multiplier)
-        guard !overflow else { return nil }
-        self.bytes = product
+        guard !digits.isEmpty, digits.allSatisfy(\.isASCII), digits.allSatisfy(\.isNumber), let value = Int(digits) else {
+            return nil
+        }
+        return (value, multiplier)
     }
 
     public var description: String {
