@@ -19,6 +19,13 @@ final class SOCKSHarness {
     private let box = ReasonBox()
     private(set) var requests: [SOCKSServerStateMachine.ConnectRequest] = []
 
+    /// A harness whose listener drains for `drainTimeout`.
+    convenience init(drainTimeout: TimeAmount) throws {
+        var bridge = BridgeConfiguration()
+        bridge.drainTimeout = drainTimeout
+        try self.init(bridge: bridge)
+    }
+
     init(socks: SOCKSConfiguration = .init(), bridge: BridgeConfiguration = .init()) throws {
         self.client = EmbeddedChannel(loop: self.loop)
         self.connector = EmbeddedConnector(loop: self.loop)
@@ -221,9 +228,7 @@ struct SOCKSHandshakeHandlerTests {
 
     @Test("a request that completes once the drain began is refused (0x01), and no server connection is tried")
     func requestDuringDrain() throws {
-        var bridge = BridgeConfiguration()
-        bridge.drainTimeout = .seconds(2)
-        let harness = try SOCKSHarness(bridge: bridge)
+        let harness = try SOCKSHarness(drainTimeout: .seconds(2))
         try harness.activate()
         try harness.send(Self.greeting)
         #expect(try harness.writtenToClient() == [0x05, 0x00])
@@ -236,11 +241,21 @@ struct SOCKSHandshakeHandlerTests {
         #expect(harness.finished == [.drainTimeout])
     }
 
+    @Test("a SOCKS4 request that completes once the drain began is refused (0x5B)")
+    func socks4RequestDuringDrain() throws {
+        let harness = try SOCKSHarness(drainTimeout: .seconds(2))
+        try harness.activate()
+        harness.client.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        try harness.send([0x04, 0x01, 0x00, 0x50, 0x7F, 0x00, 0x00, 0x01, 0x00])
+        #expect(try harness.writtenToClient().prefix(2) == [0x00, 0x5B])
+        #expect(harness.connector.channel == nil, "no server connection")
+        harness.loop.run()
+        #expect(harness.finished == [.drainTimeout])
+    }
+
     @Test("a handshake still going when the drain begins is cut at the drain timeout, not the handshake timeout")
     func handshakeCutByDrain() throws {
-        var bridge = BridgeConfiguration()
-        bridge.drainTimeout = .seconds(2)
-        let harness = try SOCKSHarness(bridge: bridge)
+        let harness = try SOCKSHarness(drainTimeout: .seconds(2))
         try harness.activate()
         try harness.send(Self.greeting)
         harness.loop.advanceTime(by: .seconds(1))
@@ -254,9 +269,7 @@ struct SOCKSHandshakeHandlerTests {
 
     @Test("a drain that begins after the handshake is the bridge's: it keeps going until the drain timeout")
     func drainAfterHandshake() throws {
-        var bridge = BridgeConfiguration()
-        bridge.drainTimeout = .seconds(2)
-        let harness = try SOCKSHarness(bridge: bridge)
+        let harness = try SOCKSHarness(drainTimeout: .seconds(2))
         try harness.activate()
         try harness.send(Self.greeting + Self.connect5)
         try harness.connect()
