@@ -21,8 +21,8 @@ const uint32_t CTCPProxyLinux_EPOLLRDHUP = EPOLLRDHUP;
 const uint32_t CTCPProxyLinux_EPOLLERR = EPOLLERR;
 const uint32_t CTCPProxyLinux_EPOLLHUP = EPOLLHUP;
 
-ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) {
-    return splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more) {
+    return splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (more ? SPLICE_F_MORE : 0));
 }
 
 int CTCPProxyLinux_pipe(int fds[2], int size) {
@@ -161,7 +161,7 @@ const uint32_t CTCPProxyLinux_EPOLLRDHUP = 0x2000;
 const uint32_t CTCPProxyLinux_EPOLLERR = 0x008;
 const uint32_t CTCPProxyLinux_EPOLLHUP = 0x010;
 
-ssize_t CTCPProxyLinux_splice(int from, int to, size_t length) { errno = ENOSYS; return -1; }
+ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort) {
     errno = ENOSYS;

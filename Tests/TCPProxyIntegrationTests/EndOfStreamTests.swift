@@ -141,6 +141,40 @@ struct EndOfStreamTests {
     }
 
     @Test(
+        "The server's last bytes and its FIN reach the client in one segment, as they left the server",
+        .serialized,
+        arguments: [DataPath.direct, .directSyscalls],
+        [false, true]
+    )
+    func finRidesWithLastBytes(path: DataPath, clientEndedFirst: Bool) async throws {
+        let pair = try await Pair.open(path.arguments)
+        defer { pair.close() }
+        try pair.client.send("request")
+        #expect(try pair.upstream.recvExactly(7, timeout: 5) == bytes("request"))
+        // With the client's EOF already passed on, the proxy closes both sockets instead of shutting one.
+        if clientEndedFirst {
+            pair.client.shutdownWrite()
+            #expect(try await onThread { try pair.upstream.readToEnd(timeout: 5) }.end == .eof)
+        }
+        #expect(await pair.client.waitUntilAcknowledged(timeout: 5), "the proxy acknowledged what the client sent")
+        let before = try #require(pair.client.segmentsReceived)
+
+        // One segment carries the response and the FIN into the proxy: both are there at its first read.
+        let response = pattern(count: 300, seed: 35)
+        #expect(response.withUnsafeBytes { send(pair.upstream.fd, $0.baseAddress, $0.count, Int32(MSG_MORE)) } == 300)
+        pair.upstream.shutdownWrite()
+        let received = try await onThread { try pair.client.readToEnd(timeout: 5) }
+        #expect(received.end == .eof)
+        #expect(sameBytes(received.bytes, response))
+        let after = try #require(pair.client.segmentsReceived)
+        #expect(after - before == 1, "the FIN came in a segment of its own (\(after - before) segments)")
+        if clientEndedFirst {
+            let closed = await pair.proxy.waitForLine(containing: "bridge closed", timeout: 5)
+            #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
+        }
+    }
+
+    @Test(
         "Client reset (SO_LINGER 0): the server sees reset or EOF promptly and the log says clientReset",
         .serialized,
         arguments: DataPath.allCases

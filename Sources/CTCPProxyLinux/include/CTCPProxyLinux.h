@@ -24,8 +24,9 @@ typedef struct {
 } CTCPProxyLinux_Event;
 
 /// splice(2) with SPLICE_F_MOVE | SPLICE_F_NONBLOCK and no offsets: moves up to `length` bytes from
-/// `from` to `to`, one of which must be a pipe.
-ssize_t CTCPProxyLinux_splice(int from, int to, size_t length);
+/// `from` to `to`, one of which must be a pipe. With `more`, also SPLICE_F_MORE (more follows: into a
+/// socket, a last part smaller than a segment waits for it, as with MSG_MORE).
+ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more);
 
 /// A non-blocking, close-on-exec pipe whose capacity is set to at least `size` bytes if the system
 /// allows (F_SETPIPE_SZ). Returns the capacity it has (F_GETPIPE_SZ), or -1.

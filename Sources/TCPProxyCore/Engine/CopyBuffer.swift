@@ -91,9 +91,10 @@ final class CopyBuffer {
     }
 
     /// Writes up to `max` held bytes to `sink`; what it refuses stays, in memory of this direction's own.
-    func send(to sink: CInt, max: Int, scratch: CopyScratch) -> FlowStep {
+    /// With `more`, a last part smaller than a segment waits for what follows (the FIN; `MSG_MORE`).
+    func send(to sink: CInt, max: Int, more: Bool = false) -> FlowStep {
         let base = self.borrowed ?? self.own!.baseAddress!
-        let result = write(sink, base + self.start, Swift.min(max, self.count))
+        let result = sendBytes(sink, base + self.start, Swift.min(max, self.count), more: more)
         return self.settle(written: result, error: result > 0 ? 0 : errno)
     }
 
@@ -167,6 +168,15 @@ final class CopyBuffer {
     }
 }
 
+/// send(2), with `MSG_MORE` when `more` (where the system has it).
+private func sendBytes(_ socket: CInt, _ bytes: UnsafeRawPointer, _ count: Int, more: Bool) -> Int {
+    #if os(Linux)
+    send(socket, bytes, count, more ? CInt(MSG_MORE) : 0)
+    #else
+    send(socket, bytes, count, 0)
+    #endif
+}
+
 /// The real ``FlowIO`` of one direction on the copy path: read(2) and write(2) through a ``CopyBuffer``.
 ///
 /// With a batch slot, the first read and the first write are the ones the ``IOBatch`` already made: their
@@ -185,11 +195,11 @@ struct CopyDirectionIO: FlowIO {
         return self.buffer.receive(from: self.source, max: count, scratch: self.scratch)
     }
 
-    func drain(max count: Int) -> FlowStep {
+    func drain(max count: Int, finishing: Bool) -> FlowStep {
         if let batched, let result = batched.batch.takeSent(batched.slot) {
             return self.buffer.adoptSent(result)
         }
-        return self.buffer.send(to: self.sink, max: count, scratch: self.scratch)
+        return self.buffer.send(to: self.sink, max: count, more: finishing)
     }
 
     /// What a read of up to `room` bytes returned, given the batch's read of `result` into the slot's slice.

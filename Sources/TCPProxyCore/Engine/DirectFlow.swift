@@ -32,7 +32,11 @@ protocol FlowIO {
     /// Moves up to `count` bytes from the source socket into the pipe.
     func fill(max count: Int) -> FlowStep
     /// Moves up to `count` bytes from the pipe into the sink socket.
-    func drain(max count: Int) -> FlowStep
+    ///
+    /// `finishing` says the source has ended: once these bytes are written, the sink is shut down (or
+    /// closed) at once. The write then lets the kernel hold its last part back (`MSG_MORE`), so that the
+    /// FIN leaves in the same segment instead of one of its own (the shutdown or close pushes it out).
+    func drain(max count: Int, finishing: Bool) -> FlowStep
     /// Shuts down writing to the sink socket (`SHUT_WR`); returns `errno` on failure.
     func shutdownSink() -> CInt?
 }
@@ -138,7 +142,7 @@ struct DirectFlow: Equatable {
                 }
             }
             if self.held > 0 {
-                switch io.drain(max: self.held) {
+                switch io.drain(max: self.held, finishing: self.sourceEnded) {
                 case .moved(let count):
                     self.held -= count
                     progress = true

@@ -49,11 +49,11 @@ struct SpliceDirectionIO: FlowIO {
     let sink: CInt
 
     func fill(max count: Int) -> FlowStep {
-        Self.step(CTCPProxyLinux_splice(self.source, self.pipe.input, count))
+        Self.step(CTCPProxyLinux_splice(self.source, self.pipe.input, count, 0))
     }
 
-    func drain(max count: Int) -> FlowStep {
-        Self.step(CTCPProxyLinux_splice(self.pipe.output, self.sink, count))
+    func drain(max count: Int, finishing: Bool) -> FlowStep {
+        Self.step(CTCPProxyLinux_splice(self.pipe.output, self.sink, count, finishing ? 1 : 0))
     }
 
     func shutdownSink() -> CInt? {

@@ -23,7 +23,7 @@ struct CopyBufferTests {
         source.send(Array("hello, bridge".utf8))
         #expect(buffer.receive(from: source.near, max: Self.capacity, scratch: scratch) == .moved(13))
         #expect(!buffer.holdsMemory, "the bytes wait in the scratch buffer, not in memory of the buffer's own")
-        #expect(buffer.send(to: sink.near, max: Self.capacity, scratch: scratch) == .moved(13))
+        #expect(buffer.send(to: sink.near, max: Self.capacity) == .moved(13))
         #expect(!buffer.holdsMemory)
         #expect(sink.receiveAll() == Array("hello, bridge".utf8))
 
@@ -42,7 +42,7 @@ struct CopyBufferTests {
 
         source.send(first)
         #expect(buffer.receive(from: source.near, max: Self.capacity, scratch: scratch) == .moved(first.count))
-        guard case .moved(let taken) = buffer.send(to: sink.near, max: first.count, scratch: scratch) else {
+        guard case .moved(let taken) = buffer.send(to: sink.near, max: first.count) else {
             Issue.record("the sink took nothing")
             return
         }
@@ -56,14 +56,14 @@ struct CopyBufferTests {
         let second = pattern(60_000, seed: 2)
         otherSource.send(second)
         #expect(other.receive(from: otherSource.near, max: Self.capacity, scratch: scratch) == .moved(second.count))
-        #expect(other.send(to: otherSink.near, max: second.count, scratch: scratch) == .moved(second.count))
+        #expect(other.send(to: otherSink.near, max: second.count) == .moved(second.count))
         #expect(!other.holdsMemory)
         #expect(mismatch(otherSink.receiveAll(), second) == nil)
 
         // The sink now has room for everything: exactly the rest goes, unchanged by the other bridge.
         var delivered = sink.receiveAll()
         sink.setNearSendBuffer(1 << 20)
-        #expect(buffer.send(to: sink.near, max: first.count - taken, scratch: scratch) == .moved(first.count - taken))
+        #expect(buffer.send(to: sink.near, max: first.count - taken) == .moved(first.count - taken))
         delivered += sink.receiveAll()
         #expect(delivered.count == first.count)
         #expect(mismatch(delivered, first) == nil, "every byte, in order")
@@ -81,7 +81,7 @@ struct CopyBufferTests {
 
         source.send(first)
         #expect(buffer.receive(from: source.near, max: Self.capacity, scratch: scratch) == .moved(first.count))
-        guard case .moved(let taken) = buffer.send(to: sink.near, max: first.count, scratch: scratch) else {
+        guard case .moved(let taken) = buffer.send(to: sink.near, max: first.count) else {
             Issue.record("the sink took nothing")
             return
         }
@@ -94,7 +94,7 @@ struct CopyBufferTests {
         )
         var delivered = sink.receiveAll()
         sink.setNearSendBuffer(1 << 20)
-        #expect(buffer.send(to: sink.near, max: held + second.count, scratch: scratch) == .moved(held + second.count))
+        #expect(buffer.send(to: sink.near, max: held + second.count) == .moved(held + second.count))
         delivered += sink.receiveAll()
         #expect(mismatch(delivered, first + second) == nil)
     }
@@ -110,14 +110,14 @@ struct CopyBufferTests {
         source.send(bytes)
         // The flow asks for exactly what the source has: a full read, so more may come (bulk).
         #expect(buffer.receive(from: source.near, max: bytes.count, scratch: scratch) == .moved(bytes.count))
-        guard case .moved(let taken) = buffer.send(to: sink.near, max: bytes.count, scratch: scratch) else {
+        guard case .moved(let taken) = buffer.send(to: sink.near, max: bytes.count) else {
             Issue.record("the sink took nothing")
             return
         }
         #expect(taken < bytes.count, "test precondition: a short write")
         var delivered = sink.receiveAll()
         sink.setNearSendBuffer(1 << 20)
-        #expect(buffer.send(to: sink.near, max: bytes.count - taken, scratch: scratch) == .moved(bytes.count - taken))
+        #expect(buffer.send(to: sink.near, max: bytes.count - taken) == .moved(bytes.count - taken))
         delivered += sink.receiveAll()
         #expect(mismatch(delivered, bytes) == nil)
         #expect(buffer.holdsMemory, "drained after a full read: the memory is kept for the next read")
@@ -138,7 +138,7 @@ struct CopyBufferTests {
 
         source.send(bytes)
         #expect(buffer.receive(from: source.near, max: Self.capacity, scratch: scratch) == .moved(bytes.count))
-        #expect(buffer.send(to: sink.near, max: bytes.count, scratch: scratch) == .wouldBlock)
+        #expect(buffer.send(to: sink.near, max: bytes.count) == .wouldBlock)
         #expect(buffer.holdsMemory)
         // Overwrite the scratch buffer, as the next bridge's read would.
         let otherSource = try SocketPair()
@@ -149,7 +149,7 @@ struct CopyBufferTests {
 
         #expect(sink.receiveAll().count == filled)
         sink.setNearSendBuffer(1 << 20)
-        #expect(buffer.send(to: sink.near, max: bytes.count, scratch: scratch) == .moved(bytes.count))
+        #expect(buffer.send(to: sink.near, max: bytes.count) == .moved(bytes.count))
         #expect(mismatch(sink.receiveAll(), bytes) == nil)
         #expect(!buffer.holdsMemory)
     }
@@ -171,7 +171,7 @@ struct CopyBufferTests {
         other.send(bytes)
         other.shutdownFar()
         #expect(buffer.receive(from: other.near, max: Self.capacity, scratch: scratch) == .moved(bytes.count))
-        guard case .moved(let taken) = buffer.send(to: sink.near, max: bytes.count, scratch: scratch) else {
+        guard case .moved(let taken) = buffer.send(to: sink.near, max: bytes.count) else {
             Issue.record("the sink took nothing")
             return
         }
@@ -180,7 +180,7 @@ struct CopyBufferTests {
         #expect(buffer.holdsMemory, "held bytes outlive the source's EOF")
         var delivered = sink.receiveAll()
         sink.setNearSendBuffer(1 << 20)
-        #expect(buffer.send(to: sink.near, max: bytes.count - taken, scratch: scratch) == .moved(bytes.count - taken))
+        #expect(buffer.send(to: sink.near, max: bytes.count - taken) == .moved(bytes.count - taken))
         delivered += sink.receiveAll()
         #expect(mismatch(delivered, bytes) == nil)
         #expect(!buffer.holdsMemory)
@@ -203,7 +203,7 @@ struct CopyBufferTests {
         other.send(pattern(100, seed: 9))
         sink.closeFar()
         #expect(buffer.receive(from: other.near, max: Self.capacity, scratch: scratch) == .moved(100))
-        #expect(buffer.send(to: sink.near, max: 100, scratch: scratch) == .failed(EPIPE))
+        #expect(buffer.send(to: sink.near, max: 100) == .failed(EPIPE))
         buffer.discard()
         #expect(!buffer.holdsMemory, "discard lets go of what a failed bridge held")
     }

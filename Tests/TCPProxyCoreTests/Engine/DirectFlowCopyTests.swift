@@ -95,7 +95,10 @@ struct DirectFlowCopyTests {
         var flow = DirectFlow(capacity: 65536)
         let io = ScriptedFlowIO(fills: [.moved(129), .endOfStream], drains: [.moved(129)])
         #expect(flow.pump(io, stopAtShortRead: false, endAtShortRead: true) == .blocked)
-        #expect(io.calls == ["fill 65536", "drain 129", "shutdown"], "EOF passed on once the bytes were written")
+        #expect(
+            io.calls == ["fill 65536", "drain 129 finishing", "shutdown"],
+            "EOF passed on once the bytes were written, which may leave their last segment for the FIN"
+        )
         #expect(io.fills == [.endOfStream], "the read that would return 0 is not made")
         #expect(flow.isFinished)
         #expect(flow.moved == 129)
@@ -106,11 +109,14 @@ struct DirectFlowCopyTests {
         var flow = DirectFlow(capacity: 4096)
         var io = ScriptedFlowIO(fills: [.moved(4096), .moved(100)], drains: [.moved(4096), .moved(40), .wouldBlock])
         #expect(flow.pump(io, endAtShortRead: true) == .blocked)
-        #expect(io.calls == ["fill 4096", "drain 4096", "fill 4096", "drain 100", "drain 60"])
+        #expect(
+            io.calls == ["fill 4096", "drain 4096", "fill 4096", "drain 100 finishing", "drain 60 finishing"],
+            "only the writes after the source's end say the FIN follows"
+        )
         #expect(flow.sourceEnded && !flow.sinkShut, "60 bytes still held: no EOF for the sink yet")
         io = ScriptedFlowIO(drains: [.moved(60)])
         #expect(flow.pump(io, endAtShortRead: true) == .blocked)
-        #expect(io.calls == ["drain 60", "shutdown"], "the source is not read again once it ended")
+        #expect(io.calls == ["drain 60 finishing", "shutdown"], "the source is not read again once it ended")
         #expect(flow.isFinished)
     }
 
@@ -138,7 +144,7 @@ struct DirectFlowCopyTests {
         #expect(!flow.isFinished)
         held = ScriptedFlowIO(drains: [.moved(10)])
         #expect(flow.pump(held, closesSinkAtEnd: true) == .blocked)
-        #expect(held.calls == ["drain 10"])
+        #expect(held.calls == ["drain 10 finishing"], "the close right after sends the FIN with these bytes")
         #expect(flow.isFinished)
     }
 

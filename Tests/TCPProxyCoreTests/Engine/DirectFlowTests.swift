@@ -21,8 +21,8 @@ final class ScriptedFlowIO: FlowIO {
         return self.fills.isEmpty ? .wouldBlock : self.fills.removeFirst()
     }
 
-    func drain(max count: Int) -> FlowStep {
-        self.calls.append("drain \(count)")
+    func drain(max count: Int, finishing: Bool) -> FlowStep {
+        self.calls.append(finishing ? "drain \(count) finishing" : "drain \(count)")
         return self.drains.isEmpty ? .wouldBlock : self.drains.removeFirst()
     }
 
@@ -77,7 +77,7 @@ struct DirectFlowTests {
         #expect(!io.calls.contains("shutdown"))
         io = ScriptedFlowIO(drains: [.moved(500)])
         #expect(flow.pump(io) == .blocked)
-        #expect(io.calls == ["drain 500", "shutdown"])
+        #expect(io.calls == ["drain 500 finishing", "shutdown"], "the write says the FIN follows it")
         #expect(flow.isFinished)
         io = ScriptedFlowIO()
         #expect(flow.pump(io) == .blocked)

@@ -167,6 +167,33 @@ final class TestSocket: @unchecked Sendable {
     func setSendBufferSize(_ bytes: Int) { self.setOption(SOL_SOCKET, SO_SNDBUF, Int32(bytes)) }
     func setNoDelay() { self.setOption(Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
 
+    // MARK: TCP counters (Linux `struct tcp_info`, read at its ABI offsets)
+
+    /// Segments this socket has received, handshake and bare ACKs included (`tcpi_segs_in`).
+    var segmentsReceived: UInt32? { self.tcpInfoWord(at: 140) }
+
+    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
+    var unacknowledgedSegments: UInt32? { self.tcpInfoWord(at: 24) }
+
+    private func tcpInfoWord(at offset: Int) -> UInt32? {
+        var info = [UInt8](repeating: 0, count: 256)
+        var length = socklen_t(info.count)
+        guard getsockopt(self.fd, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0, Int(length) >= offset + 4 else {
+            return nil
+        }
+        return info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self) }
+    }
+
+    /// Waits up to `timeout` seconds until the peer has acknowledged everything sent; whether it did.
+    func waitUntilAcknowledged(timeout: Double) async -> Bool {
+        let deadline = now() + timeout
+        while now() < deadline {
+            if self.unacknowledgedSegments == 0 { return true }
+            await delay(seconds: 0.005)
+        }
+        return false
+    }
+
     // MARK: Write
 
     /// Sends every byte, waiting up to `timeout` seconds in total.
