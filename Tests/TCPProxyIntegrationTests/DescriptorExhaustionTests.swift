@@ -72,6 +72,8 @@ struct DescriptorExhaustionTests {
         for (index, client) in first.enumerated().prefix(4) {
             #expect(self.echoes(client, "still \(index)"), "bridge \(index) still works while descriptors are exhausted")
         }
+        let pauses = proxy.lines(containing: "pausing")
+        #expect(pauses.count == 1, "one warning per episode (SPEC), not one per pause: \(pauses)")
         let exit = await proxy.waitForExit(timeout: 0.1)
         #expect(exit == nil, "the proxy is still running; it exited with \(exit.map { "\($0)" } ?? "-"): \(proxy.stderr.suffix(1500))")
 
@@ -83,6 +85,14 @@ struct DescriptorExhaustionTests {
             return self.echoes(client, "after")
         }
         #expect(recovered, "a new client is served after descriptors are freed")
+        // The episode ends at the first accept a quiet second after its last failure, and says so once.
+        await delay(seconds: 1.2)
+        let later = try TestSocket.connect(port: proxy.port)
+        defer { later.close() }
+        #expect(self.echoes(later, "later"))
+        #expect(await proxy.waitForLine(containing: "accepting again", timeout: 2) != nil, "\(proxy.stderr.suffix(1500))")
+        #expect(proxy.lines(containing: "accepting again").count == 1, "\(proxy.lines(containing: "accepting again"))")
+        #expect(proxy.lines(containing: "pausing").count == 1, "still one warning: \(proxy.lines(containing: "pausing"))")
     }
 }
 

@@ -1,6 +1,7 @@
 import Atomics
 import CTCPProxyLinux
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 #if canImport(Glibc)
@@ -27,6 +28,10 @@ final class DirectAcceptor: Sendable {
     private let admission: AdmissionPolicy
     private let activeBridges: AdmissionCounter
     private let nextBridgeID: ManagedAtomic<UInt64>
+    /// Accepting failed for want of descriptors or memory: the warning is logged once per episode. Every
+    /// engine thread accepts from this listener; the flag keeps the lock off the path of a normal accept.
+    private let exhaustion = NIOLockedValueBox(AcceptExhaustion())
+    private let exhausted = ManagedAtomic(false)
     private let target: SocketAddress
     private let logger: Logger
     /// Whether per-bridge events are logged (the level is info or lower).
@@ -74,6 +79,16 @@ final class DirectAcceptor: Sendable {
         case descriptorsExhausted
     }
 
+    /// An accept succeeded while accepting was failing: the episode may be over.
+    private func endExhaustion(now: NIODeadline) {
+        let failures: Int? = self.exhaustion.withLockedValue { episode in
+            let failures = episode.succeeded(at: now)
+            if !episode.isOngoing { self.exhausted.store(false, ordering: .relaxed) }
+            return failures
+        }
+        if let failures { self.logger.info("accepting again", metadata: ["failed.accepts": "\(failures)"]) }
+    }
+
     /// Accepts one client and starts its bridge (on the calling engine's thread).
     func acceptClient(now: NIODeadline) -> AcceptResult {
         var storage = sockaddr_storage()
@@ -91,16 +106,20 @@ final class DirectAcceptor: Sendable {
             case EINTR, ECONNABORTED, EPROTO, EPERM:
                 return .handled
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                self.logger.warning(
-                    "accept failed, pausing accepts for 100 ms",
-                    metadata: ["error": "\(Self.errorText(error))"]
-                )
+                self.exhausted.store(true, ordering: .relaxed)
+                if self.exhaustion.withLockedValue({ $0.failed(at: now) }) {
+                    self.logger.warning(
+                        "accept failed, pausing accepts for 100 ms",
+                        metadata: ["error": "\(Self.errorText(error))"]
+                    )
+                }
                 return .descriptorsExhausted
             default:
                 self.logger.warning("accept failed", metadata: ["error": "\(Self.errorText(error))"])
                 return .none
             }
         }
+        if self.exhausted.load(ordering: .relaxed) { self.endExhaustion(now: now) }
         self.metrics?.accepted()
         let address = self.needsClientAddress ? SocketAddress(storage: storage) : nil
         let decision = self.activeBridges.admit(self.admission, address: address)

@@ -15,6 +15,7 @@ import Darwin
 /// stays readable; left alone the event loop would retry at once, forever, spinning a core. Turning
 /// `autoRead` off unregisters the listener; it is turned on again after ``pause``, so accepting resumes
 /// by itself once bridges close. Open bridges are untouched; waiting clients stay queued in the kernel.
+/// The warning is logged once per episode (``AcceptExhaustion``).
 /// (`ServerBootstrap.bind` installs no `AcceptBackoffHandler`, and that one could not stop the loop:
 /// the listener's pending read survives a failed accept.)
 final class AcceptPauseHandler: ChannelInboundHandler {
@@ -25,6 +26,7 @@ final class AcceptPauseHandler: ChannelInboundHandler {
 
     private let logger: Logger
     private var resume: Scheduled<Void>?
+    private var exhaustion = AcceptExhaustion()
 
     init(logger: Logger) {
         self.logger = logger
@@ -42,16 +44,25 @@ final class AcceptPauseHandler: ChannelInboundHandler {
             return
         }
         guard self.resume == nil else { return }
-        self.logger.warning(
-            "cannot accept, pausing",
-            metadata: ["error": "\(SystemErrorText.describe(error))", "pause": "\(Self.pause)"]
-        )
+        if self.exhaustion.failed(at: .now()) {
+            self.logger.warning(
+                "cannot accept, pausing",
+                metadata: ["error": "\(SystemErrorText.describe(error))", "pause": "\(Self.pause)"]
+            )
+        }
         try? context.channel.syncOptions?.setOption(.autoRead, value: false)
         let channel = context.channel
         self.resume = context.eventLoop.assumeIsolated().scheduleTask(in: Self.pause) {
             self.resume = nil
             try? channel.syncOptions?.setOption(.autoRead, value: true)
         }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if self.exhaustion.isOngoing, let failures = self.exhaustion.succeeded(at: .now()) {
+            self.logger.info("accepting again", metadata: ["failed.accepts": "\(failures)"])
+        }
+        context.fireChannelRead(data)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
