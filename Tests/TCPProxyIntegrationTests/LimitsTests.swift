@@ -149,6 +149,35 @@ struct LimitsTests {
     }
 
     @Test(
+        "Connect refused with the clients' bytes already waiting in their sockets: each client gets a FIN, not a reset",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func connectFailureAfterEarlyData(path: DataPath) async throws {
+        let proxy = try await ProxyProcess.forward(to: refusedPort, path.arguments)
+        defer { proxy.kill() }
+        // Stopped, the proxy accepts nothing: the clients' bytes are in their sockets before it sees them.
+        Glibc.kill(proxy.pid, SIGSTOP)
+        var clients: [TestSocket] = []
+        for _ in 0..<5 {
+            let client = try TestSocket.connect(port: proxy.port)
+            try client.send("early data")
+            clients.append(client)
+        }
+        Glibc.kill(proxy.pid, SIGCONT)
+        for client in clients {
+            let end = await client.waitForEnd(timeout: 5)
+            #expect(end.end == .eof, "a FIN, not a reset: \(end.end)")
+            client.close()
+        }
+        #expect(await proxy.waitForLines(containing: "bridge closed", count: 5, timeout: 5) != nil)
+        for line in proxy.lines(containing: "bridge closed") {
+            #expect(logValue("close.reason", in: line) == "connectFailed", "\(line)")
+            #expect(logValue("bytes.upstream", in: line) == "10", "the early bytes were read and dropped: \(line)")
+        }
+    }
+
+    @Test(
         "--connect-timeout 1 with a target that never answers the SYN: the client gets a clean close after it; connect failed, then connectTimeout",
         .serialized,
         arguments: DataPath.allCases

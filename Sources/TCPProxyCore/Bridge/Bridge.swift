@@ -373,6 +373,10 @@ final class Bridge {
             // While connecting, the attempts are closed: that abandons the connect at once instead of holding
             // a descriptor until the connect completes or times out.
             self.connectAttempts?.cancel()
+            // What the client sent for a server that never answered is dropped (counted), so it sees a FIN.
+            if reason == .connectFailed || reason == .connectTimeout, let client = self.clientHandler.context?.channel {
+                self.bytesUpstream &+= UInt64(LinuxSocketOptions.discardInput(client))
+            }
             for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {
                 if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
                 channel.close(promise: nil)

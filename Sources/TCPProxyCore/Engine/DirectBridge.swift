@@ -424,16 +424,10 @@ final class DirectBridge {
 
     /// The server connection failed, so what the client sent while it was pending goes nowhere: it is read
     /// and dropped (counted as upstream bytes, at most 64 KiB), so that closing the client's socket sends a
-    /// FIN, as the NIO bridge's close does, rather than the reset close(2) sends over unread bytes.
+    /// FIN rather than the reset close(2) sends over unread bytes.
     private func discardClientInput() {
         guard self.client >= 0 else { return }
-        withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { buffer in
-            for _ in 0..<16 {
-                let count = read(self.client, buffer.baseAddress, buffer.count)
-                guard count > 0 else { return }
-                self.baseUpstream &+= UInt64(count)
-            }
-        }
+        self.baseUpstream &+= UInt64(LinuxSocketOptions.discardInput(descriptor: self.client))
     }
 
     private func closeSocket(_ side: Side) {

@@ -61,6 +61,27 @@ enum LinuxSocketOptions {
         _ = setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
     }
 
+    /// Reads and drops what a raw socket holds, at most `limit` bytes: a client whose server connection failed
+    /// sent them for nothing, and close(2) over unread bytes sends a reset where the client should see a FIN.
+    /// - Returns: the bytes dropped.
+    static func discardInput(descriptor: CInt, limit: Int = 64 * 1024) -> Int {
+        var dropped = 0
+        withUnsafeTemporaryAllocation(byteCount: 4096, alignment: 1) { buffer in
+            while dropped < limit {
+                let count = recv(descriptor, buffer.baseAddress, min(buffer.count, limit - dropped), CInt(MSG_DONTWAIT))
+                guard count > 0 else { return }
+                dropped += count
+            }
+        }
+        return dropped
+    }
+
+    /// The same for a NIO channel that is not reading (call on its event loop); 0 where its socket is unknown.
+    static func discardInput(_ channel: Channel) -> Int {
+        guard let descriptor = ChannelDescriptor.descriptor(of: channel) else { return 0 }
+        return self.discardInput(descriptor: descriptor)
+    }
+
     /// The pending error of a raw socket (`SO_ERROR`, which reading clears), 0 for none.
     static func pendingError(descriptor: CInt) -> CInt {
         var value: CInt = 0
