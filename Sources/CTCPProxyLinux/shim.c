@@ -7,7 +7,11 @@
 #include <sys/eventfd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 #endif
 
@@ -151,6 +155,56 @@ void CTCPProxyLinux_eventDrain(int fd) {
     (void)read(fd, &value, sizeof(value));
 }
 
+
+int CTCPProxyLinux_routeIsLocal(int family, const void *address, int length) {
+    if ((family != AF_INET || length != 4) && (family != AF_INET6 || length != 16)) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) {
+        return -1;
+    }
+    struct timeval timeout = {.tv_sec = 1};
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    struct {
+        struct nlmsghdr header;
+        struct rtmsg route;
+        char attributes[32];
+    } request;
+    memset(&request, 0, sizeof request);
+    request.header.nlmsg_len = NLMSG_LENGTH(sizeof(struct rtmsg));
+    request.header.nlmsg_type = RTM_GETROUTE;
+    request.header.nlmsg_flags = NLM_F_REQUEST;
+    request.route.rtm_family = (unsigned char)family;
+    request.route.rtm_dst_len = (unsigned char)(length * 8);
+    struct rtattr *destination = (struct rtattr *)((char *)&request + NLMSG_ALIGN(request.header.nlmsg_len));
+    destination->rta_type = RTA_DST;
+    destination->rta_len = RTA_LENGTH(length);
+    memcpy(RTA_DATA(destination), address, (size_t)length);
+    request.header.nlmsg_len = NLMSG_ALIGN(request.header.nlmsg_len) + RTA_LENGTH(length);
+    if (send(fd, &request, request.header.nlmsg_len, 0) < 0) {
+        int error = errno;
+        close(fd);
+        errno = error;
+        return -1;
+    }
+    char reply[4096] __attribute__((aligned(NLMSG_ALIGNTO)));
+    ssize_t count = recv(fd, reply, sizeof reply, 0);
+    int error = errno;
+    close(fd);
+    const struct nlmsghdr *header = (const struct nlmsghdr *)reply;
+    if (count < 0) {
+        errno = error;
+        return -1;
+    }
+    if (!NLMSG_OK(header, (unsigned int)count) || header->nlmsg_type != RTM_NEWROUTE) {
+        errno = EHOSTUNREACH;  // an NLMSG_ERROR: no route at all
+        return -1;
+    }
+    const struct rtmsg *route = NLMSG_DATA(header);
+    return route->rtm_type == RTN_LOCAL ? 1 : 0;
+}
 #else
 
 #include <errno.h>
@@ -185,4 +239,5 @@ int CTCPProxyLinux_eventCreate(void) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_eventSignal(int fd) { errno = ENOSYS; return -1; }
 void CTCPProxyLinux_eventDrain(int fd) {}
 
+int CTCPProxyLinux_routeIsLocal(int family, const void *address, int length) { errno = ENOSYS; return -1; }
 #endif

@@ -215,6 +215,28 @@ struct TransparentTests {
         #expect(try bridge.upstream.recvExactly(5, timeout: 5) == bytes("after"))
     }
 
+    @Test(
+        "Loop guard: an address made the router's by a local route (AnyIP, on no interface) is this listener too",
+        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+    )
+    func loopGuardLocalRoute(interception: Interception, family: Family) async throws {
+        let anyIP = """
+            ip route add local 10.88.0.0/24 dev lo
+            ip -6 route add local fd88::/64 dev lo
+            """
+        let lab = try await TransparentLab.start(interception, script: anyIP)
+        defer { lab.close() }
+        let address = family == .ipv4 ? "10.88.0.5" : "fd88::5"
+
+        let client = try await lab.topology.connect(from: .client, to: address, port: Topology.proxyPort)
+        defer { client.close() }
+        let end = await client.waitForEnd(timeout: 5)
+        #expect(end.end == .eof || end.end == .reset, "the proxy closes it, got \(end.end)")
+        let line = try #require(await lab.proxy.waitForLine(containing: "connection rejected", timeout: 5))
+        #expect(logValue("close.reason", in: line) == "loopRefused", "\(line)")
+        #expect(lab.proxy.lines(containing: "bridge accepted").isEmpty, "never forwarded: \(lab.proxy.stderr.suffix(1000))")
+    }
+
     @Test("redirect: a connection conntrack does not know has no original destination: closed, logged and counted")
     func noOriginalDestination() async throws {
         // Exempt connections to the proxy's own port from conntrack (both directions), so getsockopt finds nothing.

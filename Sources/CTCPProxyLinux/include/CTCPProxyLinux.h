@@ -32,6 +32,11 @@ ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more);
 /// allows (F_SETPIPE_SZ). Returns the capacity it has (F_GETPIPE_SZ), or -1.
 int CTCPProxyLinux_pipe(int fds[2], int size);
 
+/// Whether the kernel routes `address` (4 bytes for AF_INET, 16 for AF_INET6) to this host: the route it
+/// would take has type RTN_LOCAL, as `ip route get` shows "local". That covers interface addresses and
+/// addresses of `local` routes (AnyIP) alike. 1 or 0; -1 with errno when it cannot tell.
+int CTCPProxyLinux_routeIsLocal(int family, const void *address, int length);
+
 struct sockaddr;
 
 /// A listening TCP socket for the direct engine: non-blocking, close-on-exec, SO_REUSEADDR and

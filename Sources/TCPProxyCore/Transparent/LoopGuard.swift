@@ -1,5 +1,12 @@
+import CTCPProxyLinux
 import NIOCore
 import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// Decides whether an intercepted connection would come straight back to the proxy (SPEC §3: "a
 /// connection whose original destination is the proxy's own listener is refused").
@@ -25,9 +32,22 @@ struct LoopGuard: Sendable {
         return destination.isUnspecified || destination.isLoopback || isLocalAddress(destination)
     }
 
-    /// Whether `address` is assigned to one of this host's interfaces (in the proxy's network namespace).
-    /// Reads the interface list each time: it runs only for connections to the listener's own port.
+    /// Whether `address` belongs to this host (in the proxy's network namespace). Runs only for connections
+    /// to the listener's own port, so it may make system calls.
+    ///
+    /// The kernel's routing decides (`ip route get`: "local"), which also covers addresses that a `local`
+    /// route makes the host's (AnyIP, `ip route add local 10.88.0.0/24 dev lo`) without any interface
+    /// carrying them. The interface list is asked as well: it knows IPv6 link-local addresses, whose route
+    /// depends on an interface the original destination does not name.
     static func isLocalAddress(_ address: IPEndpoint) -> Bool {
+        let routed = address.address.withUnsafeBytes { bytes in
+            CTCPProxyLinux_routeIsLocal(address.isIPv4 ? AF_INET : AF_INET6, bytes.baseAddress, CInt(bytes.count))
+        }
+        return routed == 1 || self.isOnInterface(address)
+    }
+
+    /// Whether `address` is assigned to one of this host's interfaces.
+    private static func isOnInterface(_ address: IPEndpoint) -> Bool {
         guard let devices = try? System.enumerateDevices() else { return false }
         return devices.contains { device in
             device.address.flatMap(IPEndpoint.init)?.address == address.address
