@@ -106,6 +106,7 @@ struct MuxOperationsTests {
         #expect(rejected.flatMap { logValue("close.reason", in: $0) } == "limitReached", "\(rejected ?? "no rejection line")")
         let closed = await tunnel.mux.waitForLine(containing: "bridge closed", timeout: 3)
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "connectFailed", "\(closed ?? "-")")
+        #expect(closed.flatMap { logValue("bytes.upstream", in: $0) } == "40000", "read or dropped, all counted: \(closed ?? "-")")
         #expect(server.acceptedCount == 2, "the refused stream never reached the server")
         #expect(tunnel.mux.lines(containing: "tunnel down").isEmpty, "the tunnel stays up")
 

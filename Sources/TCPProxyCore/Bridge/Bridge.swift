@@ -374,7 +374,7 @@ final class Bridge {
             // a descriptor until the connect completes or times out.
             self.connectAttempts?.cancel()
             // What the client sent for a server that never answered is dropped (counted), so it sees a FIN.
-            if reason == .connectFailed || reason == .connectTimeout, let client = self.clientHandler.context?.channel {
+            if reason.dropsClientInput, let client = self.clientHandler.context?.channel {
                 self.bytesUpstream &+= UInt64(LinuxSocketOptions.discardInput(client))
             }
             for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {

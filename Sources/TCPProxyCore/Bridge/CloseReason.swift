@@ -40,4 +40,9 @@ public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
         default: false
         }
     }
+
+    /// Whether the server connection never came: what the client sent went nowhere, so its socket's unread
+    /// bytes are read and dropped before it closes (``LinuxSocketOptions/discardInput(descriptor:limit:)``),
+    /// and the client sees a FIN rather than the reset close(2) sends over unread bytes.
+    var dropsClientInput: Bool { self == .connectFailed || self == .connectTimeout }
 }

@@ -106,8 +106,12 @@ final class DirectAcceptor: Sendable {
             case EINTR, ECONNABORTED, EPROTO, EPERM:
                 return .handled
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:
-                self.exhausted.store(true, ordering: .relaxed)
-                if self.exhaustion.withLockedValue({ $0.failed(at: now) }) {
+                let begins = self.exhaustion.withLockedValue { episode in
+                    // Set under the lock, so that a success on another thread cannot clear it for this episode.
+                    self.exhausted.store(true, ordering: .relaxed)
+                    return episode.failed(at: now)
+                }
+                if begins {
                     self.logger.warning(
                         "accept failed, pausing accepts for 100 ms",
                         metadata: ["error": "\(Self.errorText(error))"]

@@ -445,7 +445,7 @@ final class DirectBridge {
     /// Closes everything still open (with a reset towards peers still connected when the reason is
     /// abortive, SPEC §2 rule 6b), reports the last bytes, and tells whoever started the bridge.
     func end(_ reason: CloseReason) {
-        if reason == .connectFailed || reason == .connectTimeout { self.discardClientInput() }
+        if reason.dropsClientInput { self.discardClientInput() }
         for side in [Side.client, .server] where self.descriptor(side) >= 0 {
             if reason.isAbortive { LinuxSocketOptions.setResetOnClose(descriptor: self.descriptor(side)) }
             self.closeSocket(side)

@@ -61,8 +61,8 @@ enum LinuxSocketOptions {
         _ = setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &value, socklen_t(MemoryLayout<linger>.size))
     }
 
-    /// Reads and drops what a raw socket holds, at most `limit` bytes: a client whose server connection failed
-    /// sent them for nothing, and close(2) over unread bytes sends a reset where the client should see a FIN.
+    /// Reads and drops what a raw socket holds, at most `limit` bytes, before it closes
+    /// (``CloseReason/dropsClientInput``).
     /// - Returns: the bytes dropped.
     static func discardInput(descriptor: CInt, limit: Int = 64 * 1024) -> Int {
         var dropped = 0

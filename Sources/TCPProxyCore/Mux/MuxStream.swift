@@ -479,9 +479,9 @@ final class MuxStream {
             return
         }
         if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
-        // A stream the far end refused or could not connect: the client's unread bytes are dropped, so it
-        // sees a FIN rather than the reset close(2) sends over them.
-        if reason == .connectFailed || reason == .connectTimeout { _ = LinuxSocketOptions.discardInput(channel) }
+        // A stream the far end refused or could not connect: the client's unread bytes are dropped (and
+        // counted), so it sees a FIN rather than the reset close(2) sends over them.
+        if reason.dropsClientInput { self.bytesFromLocal &+= UInt64(LinuxSocketOptions.discardInput(channel)) }
         channel.close(promise: nil)
     }
 
