@@ -11,8 +11,8 @@ struct TransparentCommand: ModeCommand {
             --mode redirect (the default) takes connections from an iptables REDIRECT or DNAT rule (nftables \
             redirect, dnat) and reads each one's original destination from conntrack; it needs no privilege \
             and no special routing. --mode tproxy takes connections from an iptables TPROXY rule (nftables \
-            tproxy); it needs CAP_NET_ADMIN and a policy route. --spoof-source connects to each server from \
-            the client's own address; it needs CAP_NET_ADMIN, and the server's replies must be routed back \
+            tproxy); it needs CAP_NET_ADMIN (or CAP_NET_RAW) and a policy route. --spoof-source connects to each server from \
+            the client's own address; it needs CAP_NET_ADMIN (or CAP_NET_RAW), and the server's replies must be routed back \
             through this host. A connection whose original destination is this listener itself is refused. \
             The rules and routes, for IPv4 and IPv6, are in docs/TRANSPARENT.md.
 
@@ -35,7 +35,7 @@ struct TransparentCommand: ModeCommand {
     )
     var mode: TransparentConfiguration.Interception = .redirect
 
-    @Flag(help: "Connect to servers from the client's address, so they see the real client (CAP_NET_ADMIN, routing).")
+    @Flag(help: "Connect to servers from the client's address, so they see the real client (CAP_NET_ADMIN or CAP_NET_RAW, routing).")
     var spoofSource = false
 
     @OptionGroup var options: CommonOptions

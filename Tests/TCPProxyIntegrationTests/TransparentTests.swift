@@ -270,13 +270,19 @@ struct TransparentCommandLineTests {
         return NetworkNamespaces.path(of: "setpriv").map { [$0, "--bounding-set", "-net_admin,-net_raw"] }
     }()
 
+    /// Root keeps CAP_NET_RAW and drops CAP_NET_ADMIN: the kernel lets either set `IP_TRANSPARENT`.
+    static let rawOnly: [String]? = {
+        guard getuid() == 0 else { return nil }
+        return NetworkNamespaces.path(of: "setpriv").map { [$0, "--bounding-set", "-net_admin"] }
+    }()
+
     @Test(
-        "Without CAP_NET_ADMIN, --mode tproxy and --spoof-source exit 1 with one line saying what is missing",
+        "Without CAP_NET_ADMIN and CAP_NET_RAW, --mode tproxy and --spoof-source exit 1 with one line saying what is missing",
         .enabled(if: unprivileged != nil, "running as root without setpriv (util-linux) to drop CAP_NET_ADMIN"),
         arguments: [
-            (["--listen", "127.0.0.1:0", "--mode", "tproxy"], "cannot listen on 127.0.0.1:0: IP_TRANSPARENT needs CAP_NET_ADMIN"),
-            (["--listen", "[::1]:0", "--mode", "tproxy"], "cannot listen on [::1]:0: IPV6_TRANSPARENT needs CAP_NET_ADMIN"),
-            (["--listen", "127.0.0.1:0", "--spoof-source"], "cannot listen on 127.0.0.1:0: IP_TRANSPARENT needs CAP_NET_ADMIN"),
+            (["--listen", "127.0.0.1:0", "--mode", "tproxy"], "cannot listen on 127.0.0.1:0: IP_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW"),
+            (["--listen", "[::1]:0", "--mode", "tproxy"], "cannot listen on [::1]:0: IPV6_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW"),
+            (["--listen", "127.0.0.1:0", "--spoof-source"], "cannot listen on 127.0.0.1:0: IP_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW"),
         ]
     )
     func needsPrivilege(arguments: [String], message: String) async throws {
@@ -286,7 +292,23 @@ struct TransparentCommandLineTests {
         #expect(result.status == 1, "output: \(result.output)")
         let lines = result.output.split(separator: "\n")
         #expect(lines.count == 1, "one line, got: \(result.output)")
-        #expect(result.output.contains("tcpproxy: \(message) (run as root or grant the capability)"), "got: \(result.output)")
+        #expect(result.output.contains("tcpproxy: \(message) (run as root or grant one of them)"), "got: \(result.output)")
+    }
+
+    @Test(
+        "CAP_NET_RAW alone is enough for --mode tproxy and --spoof-source, as docs/TRANSPARENT.md says",
+        .enabled(if: rawOnly != nil, "needs root and setpriv (util-linux) to keep only CAP_NET_RAW"),
+        arguments: [
+            ["--listen", "127.0.0.1:0", "--mode", "tproxy"],
+            ["--listen", "[::1]:0", "--mode", "tproxy"],
+            ["--listen", "127.0.0.1:0", "--spoof-source"],
+        ]
+    )
+    func rawCapabilitySuffices(arguments: [String]) async throws {
+        let proxy = try await ProxyProcess.start(["transparent"] + arguments, launcher: Self.rawOnly!)
+        #expect(proxy.port > 0)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0, "stderr: \(proxy.stderr)")
     }
 
     @Test(

@@ -4,7 +4,7 @@ public struct TransparentConfiguration: Sendable, Hashable, CustomStringConverti
     public enum Interception: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
         /// iptables `TPROXY` (or nftables `tproxy`): packets keep their destination and reach an
         /// `IP_TRANSPARENT` listener; the original destination is the accepted socket's local address.
-        /// Needs CAP_NET_ADMIN and a policy route (`docs/TRANSPARENT.md`).
+        /// Needs CAP_NET_ADMIN or CAP_NET_RAW, and a policy route (`docs/TRANSPARENT.md`).
         case tproxy
         /// iptables `REDIRECT`/`DNAT` (or nftables `redirect`/`dnat`): the destination is rewritten to the
         /// listener; the original one is read back from conntrack (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`).
@@ -17,7 +17,7 @@ public struct TransparentConfiguration: Sendable, Hashable, CustomStringConverti
     /// How clients are intercepted (`--mode`, default `redirect`).
     public var interception: Interception
     /// Connect to the server from the client's own address (`--spoof-source`), so the server sees the real
-    /// client. Needs CAP_NET_ADMIN and routing that brings the server's replies back to the proxy.
+    /// client. Needs CAP_NET_ADMIN or CAP_NET_RAW, and routing that brings the server's replies back to the proxy.
     public var spoofSource: Bool
 
     /// - Parameters:

@@ -91,7 +91,7 @@ struct TransparentConfigurationTests {
         )
         #expect(
             error.description
-                == "cannot listen on 0.0.0.0:15001: IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant the capability)"
+                == "cannot listen on 0.0.0.0:15001: IP_TRANSPARENT needs CAP_NET_ADMIN or CAP_NET_RAW (run as root or grant one of them)"
         )
     }
 

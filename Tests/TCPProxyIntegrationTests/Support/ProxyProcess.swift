@@ -54,11 +54,18 @@ final class ProxyProcess: @unchecked Sendable {
         throw ProxyProcessError.binaryNotFound(candidates)
     }
 
-    /// Starts `tcpproxy ARGUMENTS` without waiting for anything.
-    init(arguments: [String]) throws {
+    /// Starts `tcpproxy ARGUMENTS` without waiting for anything; with a `launcher` (`setpriv ...`), as
+    /// `LAUNCHER... tcpproxy ARGUMENTS`.
+    init(arguments: [String], launcher: [String] = []) throws {
         let process = Process()
-        process.executableURL = try ProxyProcess.binaryURL()
-        process.arguments = arguments
+        let binary = try ProxyProcess.binaryURL()
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = launcher.dropFirst() + [binary.path] + arguments
+        } else {
+            process.executableURL = binary
+            process.arguments = arguments
+        }
         process.standardInput = FileHandle.nullDevice
         let stderrPipe = Pipe()
         let stdoutPipe = Pipe()
@@ -74,9 +81,9 @@ final class ProxyProcess: @unchecked Sendable {
         self.startReader(stdoutPipe.fileHandleForReading, isStderr: false)
     }
 
-    /// Starts `tcpproxy ARGUMENTS` and waits for its `listening on` line.
-    static func start(_ arguments: [String], timeout: Double = 15) async throws -> ProxyProcess {
-        let proxy = try ProxyProcess(arguments: arguments)
+    /// Starts `tcpproxy ARGUMENTS` (through `launcher`, if any) and waits for its `listening on` line.
+    static func start(_ arguments: [String], launcher: [String] = [], timeout: Double = 15) async throws -> ProxyProcess {
+        let proxy = try ProxyProcess(arguments: arguments, launcher: launcher)
         // The proxy's own listener line: "listening on ...", not the metrics endpoint's "metrics served at ...".
         guard let line = await proxy.waitForLine(containing: "info listening on", timeout: timeout)
             ?? proxy.lines(containing: "\"listening on").first
