@@ -237,6 +237,35 @@ struct TransparentTests {
         #expect(lab.proxy.lines(containing: "bridge accepted").isEmpty, "never forwarded: \(lab.proxy.stderr.suffix(1000))")
     }
 
+    @Test(
+        "A link-local original destination (the router's fe80:: address on the client's link) is reached on that link",
+        arguments: [Interception.redirectIptables, .tproxyIptables]
+    )
+    func linkLocalDestination(interception: Interception) async throws {
+        let lab = try await TransparentLab.start(interception)
+        defer { lab.close() }
+        // A service on the router itself; the rules hand every TCP connection from the client's link to the proxy.
+        let service = try NamespaceListener(namespace: lab.topology.router, port: Topology.serverPort)
+        defer { service.close() }
+        let router = try lab.topology.linkLocalAddress(of: Topology.clientInterface, in: .router)
+        let clientLink = try lab.topology.interfaceIndex(of: Topology.clientSideInterface, in: .client)
+
+        let client = try await lab.topology.connect(from: .client, to: "\(router)%\(clientLink)", port: Topology.serverPort)
+        defer { client.close() }
+        let (upstream, _) = try await onThread { try service.accept(timeout: 5) }
+        defer { upstream.close() }
+        try client.send("ping")
+        #expect(try await onThread { try upstream.recvExactly(4, timeout: 5) } == Array("ping".utf8))
+        try upstream.send("pong")
+        #expect(try await onThread { try client.recvExactly(4, timeout: 5) } == Array("pong".utf8))
+
+        let connected = try #require(await lab.proxy.waitForLine(containing: "bridge connected", timeout: 5))
+        #expect(
+            logValue("server.address", in: connected) == "[\(router)%\(Topology.clientInterface)]:\(Topology.serverPort)",
+            "the original destination, on the router's interface towards the client"
+        )
+    }
+
     @Test("redirect: a connection conntrack does not know has no original destination: closed, logged and counted")
     func noOriginalDestination() async throws {
         // Exempt connections to the proxy's own port from conntrack (both directions), so getsockopt finds nothing.

@@ -14,12 +14,17 @@ import Darwin
 /// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack `[::]` listener sees for IPv4
 /// clients) is read as the IPv4 address it carries, so both spellings compare equal and the proxy
 /// connects over IPv4.
+///
+/// An IPv6 link-local address (`fe80::/10`) means something only on one interface, so it keeps the
+/// interface the kernel gave with it (`sin6_scope_id`); without it a connect fails with `EINVAL`.
 struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
     /// 4 bytes (IPv4) or 16 bytes (IPv6).
     var address: [UInt8]
     var port: UInt16
+    /// The interface index of an IPv6 link-local address (`sin6_scope_id`); 0 for none.
+    var scopeID: UInt32
 
-    init(address: [UInt8], port: UInt16) {
+    init(address: [UInt8], port: UInt16, scopeID: UInt32 = 0) {
         precondition(address.count == 4 || address.count == 16, "an IP address has 4 or 16 bytes")
         if address.count == 16, address[0..<10].allSatisfy({ $0 == 0 }), address[10] == 0xFF, address[11] == 0xFF {
             self.address = Array(address[12..<16])
@@ -27,6 +32,7 @@ struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
             self.address = address
         }
         self.port = port
+        self.scopeID = self.address.count == 16 ? scopeID : 0
     }
 
     /// Reads a `struct sockaddr_in` or `struct sockaddr_in6`; `nil` for another family or too few bytes.
@@ -42,7 +48,7 @@ struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
             if family == AF_INET6, raw.count >= MemoryLayout<sockaddr_in6>.size {
                 let address = raw.loadUnaligned(as: sockaddr_in6.self)
                 let ip = withUnsafeBytes(of: address.sin6_addr) { Array($0) }
-                return IPEndpoint(address: ip, port: UInt16(bigEndian: address.sin6_port))
+                return IPEndpoint(address: ip, port: UInt16(bigEndian: address.sin6_port), scopeID: address.sin6_scope_id)
             }
             return nil
         }
@@ -73,9 +79,22 @@ struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
         self.isIPv4 ? self.address[0] == 127 : self.address == [UInt8](repeating: 0, count: 15) + [1]
     }
 
+    /// `fe80::/10`: valid on one link only, so it needs a ``scopeID`` to be reached.
+    var isLinkLocal: Bool {
+        !self.isIPv4 && self.address[0] == 0xFE && self.address[1] & 0xC0 == 0x80
+    }
+
     /// The same endpoint with another port (`0` lets the kernel pick one).
     func with(port: UInt16) -> IPEndpoint {
-        IPEndpoint(address: self.address, port: port)
+        IPEndpoint(address: self.address, port: port, scopeID: self.scopeID)
+    }
+
+    /// A link-local address without its interface takes `other`'s: an original destination may come
+    /// without one, while the accepted socket's link-local addresses carry the interface the client came
+    /// in on, which is the link the destination is on.
+    func scoped(like other: IPEndpoint?) -> IPEndpoint {
+        guard self.isLinkLocal, self.scopeID == 0, let other, other.scopeID != 0 else { return self }
+        return IPEndpoint(address: self.address, port: self.port, scopeID: other.scopeID)
     }
 
     /// The NIO address, for connecting and binding.
@@ -92,12 +111,15 @@ struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
         address.sin6_family = sa_family_t(AF_INET6)
         address.sin6_port = self.port.bigEndian
         withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: self.address) }
+        address.sin6_scope_id = self.scopeID
         return SocketAddress(address, host: host)
     }
 
-    /// `10.0.0.1:80`, `[fd00::1]:80`.
+    /// `10.0.0.1:80`, `[fd00::1]:80`, `[fe80::1%eth0]:80` (the interface's name, or its index if it has none).
     var description: String {
-        self.isIPv4 ? "\(self.hostDescription):\(self.port)" : "[\(self.hostDescription)]:\(self.port)"
+        guard !self.isIPv4 else { return "\(self.hostDescription):\(self.port)" }
+        guard self.scopeID != 0 else { return "[\(self.hostDescription)]:\(self.port)" }
+        return "[\(self.hostDescription)%\(interfaceName(index: self.scopeID))]:\(self.port)"
     }
 
     /// The address alone: `10.0.0.1`, `fd00::1`.

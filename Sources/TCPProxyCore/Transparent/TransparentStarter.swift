@@ -78,7 +78,9 @@ struct TransparentStarter: BridgeStarter {
             // is IPv4, and `SOL_IP` works on that IPv6 socket.
             let bytes = try LinuxSocketOptions.originalDestination(client, ipv6: !local.isIPv4)
             guard let destination = IPEndpoint(sockaddr: bytes) else { throw ChannelError.operationUnsupported }
-            return destination
+            // The kernel names the interface of a link-local destination when the client came from a
+            // link-local address too; the accepted socket's addresses are the fallback.
+            return destination.scoped(like: client.remoteAddress.flatMap(IPEndpoint.init)).scoped(like: local)
         }
     }
 

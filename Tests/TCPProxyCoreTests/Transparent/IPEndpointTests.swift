@@ -41,6 +41,21 @@ struct IPEndpointTests {
         #expect(endpoint.isIPv4)
     }
 
+    @Test("A link-local sockaddr_in6 keeps its interface (sin6_scope_id): in the NIO address, and named in the text")
+    func linkLocalScope() throws {
+        // fe80::1, port 80, interface 1 (`lo`, the one index every Linux namespace has).
+        let bytes: [UInt8] =
+            [0x0A, 0x00, 0x00, 0x50, 0, 0, 0, 0]
+            + [0xFE, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01]
+            + [0x01, 0x00, 0x00, 0x00]
+        let endpoint = try #require(IPEndpoint(sockaddr: bytes))
+        #expect(endpoint.isLinkLocal)
+        #expect(endpoint.scopeID == 1)
+        #expect(endpoint.description == "[fe80::1%lo]:80")
+        #expect(IPEndpoint(endpoint.socketAddress) == endpoint)
+        #expect(endpoint.with(port: 0).scopeID == 1)
+    }
+
     @Test(
         "Bytes that are no IPv4 or IPv6 sockaddr read as nil",
         arguments: [
@@ -91,5 +106,19 @@ struct IPEndpointTests {
         #expect(!IPEndpoint(address: [10, 0, 0, 1], port: 1).isLoopback)
         #expect(!IPEndpoint(address: [10, 0, 0, 1], port: 1).isUnspecified)
         #expect(IPEndpoint(address: [10, 0, 0, 1], port: 1).with(port: 0).port == 0)
+    }
+
+    @Test("A link-local destination without an interface takes the client's; other addresses stay as they are")
+    func scopedLike() {
+        let linkLocal = IPEndpoint(address: [0xFE, 0x80] + [UInt8](repeating: 0, count: 13) + [7], port: 80)
+        let client = IPEndpoint(address: [0xFE, 0x80] + [UInt8](repeating: 0, count: 13) + [9], port: 40000, scopeID: 3)
+        let global = IPEndpoint(address: [0xFD, 0x77] + [UInt8](repeating: 0, count: 13) + [2], port: 80)
+        #expect(linkLocal.scoped(like: client).scopeID == 3)
+        #expect(linkLocal.scoped(like: nil).scopeID == 0)
+        #expect(linkLocal.scoped(like: global).scopeID == 0)
+        #expect(IPEndpoint(address: linkLocal.address, port: 80, scopeID: 5).scoped(like: client).scopeID == 5)
+        #expect(global.scoped(like: client) == global)
+        #expect(!global.isLinkLocal && !IPEndpoint(address: [169, 254, 0, 1], port: 1).isLinkLocal)
+        #expect(IPEndpoint(address: [10, 0, 0, 1], port: 1, scopeID: 3).scopeID == 0, "IPv4 has no scope")
     }
 }

@@ -168,6 +168,8 @@ final class Topology: @unchecked Sendable {
     static let serverAddress: [Family: String] = [.ipv4: "10.77.2.2", .ipv6: "fd77:2::2"]
     /// The router's interface towards the client: `IN_IF` in the docs' rules.
     static let clientInterface = "r1"
+    /// The client's interface towards the router.
+    static let clientSideInterface = "c0"
     static let proxyPort = 15001
     static let serverPort = 7000
 
@@ -277,6 +279,28 @@ final class Topology: @unchecked Sendable {
             )
         }
         guard result.status == 0 else { throw TopologyError.command(script, result.output) }
+    }
+
+    /// The IPv6 link-local address (`fe80::...`) of `interface` in `role`'s namespace.
+    func linkLocalAddress(of interface: String, in role: Role) throws -> String {
+        let command = ["ip", "-n", self.namespace(role), "-6", "-o", "addr", "show", "dev", interface, "scope", "link"]
+        let result = Command.run(command)
+        // "3: r1    inet6 fe80::a8c1:abff:fe12:3456/64 scope link ..."
+        guard result.status == 0, let field = result.output.split(separator: " ").first(where: { $0.hasPrefix("fe80:") }),
+            let address = field.split(separator: "/").first
+        else { throw TopologyError.command(command.joined(separator: " "), result.output) }
+        return String(address)
+    }
+
+    /// The index of `interface` in `role`'s namespace (a link-local address's scope there).
+    func interfaceIndex(of interface: String, in role: Role) throws -> Int {
+        let command = ["ip", "-n", self.namespace(role), "-o", "link", "show", "dev", interface]
+        let result = Command.run(command)
+        // "2: c0@if3: <BROADCAST,..."
+        guard result.status == 0, let index = result.output.split(separator: ":").first.flatMap({ Int($0) }) else {
+            throw TopologyError.command(command.joined(separator: " "), result.output)
+        }
+        return index
     }
 
     /// Installs the docs' block `<!-- tested: NAME -->` in the router namespace.

@@ -68,11 +68,20 @@ final class TestSocket: @unchecked Sendable {
     static func withAddress<R>(
         host: String, port: Int, _ body: (UnsafePointer<sockaddr>, socklen_t, Int32) throws -> R
     ) throws -> R {
-        let host = host == "localhost" ? "127.0.0.1" : host
+        var host = host == "localhost" ? "127.0.0.1" : host
         if host.contains(":") {
             var address = sockaddr_in6()
             address.sin6_family = sa_family_t(AF_INET6)
             address.sin6_port = in_port_t(UInt16(port)).bigEndian
+            // `fe80::1%3`: a link-local address on the interface with index 3 (a number, so it means the
+            // same in every namespace's thread).
+            if let percent = host.firstIndex(of: "%") {
+                guard let scope = UInt32(host[host.index(after: percent)...]) else {
+                    throw SocketError.system("bad IPv6 scope in \(host)", EINVAL)
+                }
+                address.sin6_scope_id = scope
+                host = String(host[..<percent])
+            }
             guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
                 throw SocketError.system("bad IPv6 address \(host)", EINVAL)
             }
