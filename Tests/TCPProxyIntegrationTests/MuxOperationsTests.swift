@@ -10,25 +10,6 @@ import Glibc
 struct MuxOperationsTests {
     typealias Tunnel = MuxTests.Tunnel
 
-    /// `/metrics` of a process started with `--metrics 127.0.0.1:0`.
-    static func scrape(_ proxy: ProxyProcess) async throws -> String {
-        let line = try #require(await proxy.waitForLine(containing: "metrics served at", timeout: 5))
-        let address = line.components(separatedBy: "metrics served at ")[1].prefix { $0 != " " && $0 != "\"" }
-        let port = try #require(address.split(separator: ":").last.flatMap { Int($0) })
-        let socket = try TestSocket.connect(port: port)
-        defer { socket.close() }
-        try socket.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        let response = try await onThread { try socket.readToEnd(timeout: 5) }
-        return String(decoding: response.bytes, as: UTF8.self)
-    }
-
-    /// The value of the first sample of `name` whose line contains `label`.
-    static func value(_ text: String, _ name: String, _ label: String? = nil) -> Double? {
-        text.split(separator: "\n").first { line in
-            line.hasPrefix(name + "{") && (label.map { line.contains($0) } ?? true)
-        }.flatMap { Double($0.split(separator: " ").last!) }
-    }
-
     @Test("--metrics on a mux and a demux: tunnels, connects, streams and bridges; a dropped tunnel is counted")
     func metrics() async throws {
         let server = try TestServer(handler: TestServer.echo)
@@ -48,8 +29,8 @@ struct MuxOperationsTests {
         #expect(await tunnel.demux.waitForLines(containing: "bridge closed", count: 3, timeout: 5) != nil)
 
         for (proxy, listener) in [(tunnel.mux, "mux"), (tunnel.demux, "demux")] {
-            let text = try await Self.scrape(proxy)
-            func value(_ name: String, _ label: String? = nil) -> Double? { Self.value(text, name, label) }
+            let text = try await PrometheusText.scrape(proxy)
+            func value(_ name: String, _ label: String? = nil) -> Double? { PrometheusText.value(text, name, label) }
             #expect(text.contains("listener=\"\(listener)\""), "\(text)")
             #expect(value("tcpproxy_tunnels_active") == 1, "\(listener): \(text)")
             #expect(value("tcpproxy_tunnel_connects_total") == 1, "\(listener)")
@@ -67,11 +48,11 @@ struct MuxOperationsTests {
         // The demux goes away: the mux counts the drop and its failed reconnects.
         tunnel.demux.kill()
         #expect(await tunnel.mux.waitForLine(containing: "tunnel connect failed", timeout: 5) != nil)
-        let text = try await Self.scrape(tunnel.mux)
-        #expect(Self.value(text, "tcpproxy_tunnels_active") == 0, "\(text)")
-        #expect(Self.value(text, "tcpproxy_tunnels_closed_total", "reason=\"connectionLost\"") == 1)
-        #expect(Self.value(text, "tcpproxy_tunnels_closed_total", "reason=\"shutdown\"") == 0)
-        #expect((Self.value(text, "tcpproxy_tunnel_connect_failures_total") ?? 0) >= 1)
+        let text = try await PrometheusText.scrape(tunnel.mux)
+        #expect(PrometheusText.value(text, "tcpproxy_tunnels_active") == 0, "\(text)")
+        #expect(PrometheusText.value(text, "tcpproxy_tunnels_closed_total", "reason=\"connectionLost\"") == 1)
+        #expect(PrometheusText.value(text, "tcpproxy_tunnels_closed_total", "reason=\"shutdown\"") == 0)
+        #expect((PrometheusText.value(text, "tcpproxy_tunnel_connect_failures_total") ?? 0) >= 1)
         let down = tunnel.mux.lines(containing: "tunnel down").first
         #expect(down.flatMap { logValue("reason", in: $0) } == "connectionLost", "\(down ?? "no tunnel down line")")
     }
@@ -110,9 +91,9 @@ struct MuxOperationsTests {
         #expect(server.acceptedCount == 2, "the refused stream never reached the server")
         #expect(tunnel.mux.lines(containing: "tunnel down").isEmpty, "the tunnel stays up")
 
-        let text = try await Self.scrape(tunnel.demux)
-        #expect(Self.value(text, "tcpproxy_connections_rejected_total", "reason=\"limitReached\"") == 1, "\(text)")
-        #expect(Self.value(text, "tcpproxy_stream_resets_sent_total", "code=\"refusedStream\"") == 1)
+        let text = try await PrometheusText.scrape(tunnel.demux)
+        #expect(PrometheusText.value(text, "tcpproxy_connections_rejected_total", "reason=\"limitReached\"") == 1, "\(text)")
+        #expect(PrometheusText.value(text, "tcpproxy_stream_resets_sent_total", "code=\"refusedStream\"") == 1)
 
         first.close()
         #expect(await tunnel.demux.waitForLine(containing: "bridge closed", timeout: 5) != nil)

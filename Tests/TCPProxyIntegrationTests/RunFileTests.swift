@@ -329,7 +329,7 @@ struct RunFileTests {
         #expect(Set(ports.keys) == ["f", "s", "t", "d"], "stderr:\n\(proxy.stderr)")
         #expect(proxy.lines(containing: "listener=t").first?.contains("tproxy") == true, "stderr:\n\(proxy.stderr)")
         // One endpoint for the whole file; each listener's series carry its entry's name.
-        let metrics = try await MuxOperationsTests.scrape(proxy)
+        let metrics = try await PrometheusText.scrape(proxy)
         for name in ["f", "s", "t", "d"] {
             #expect(metrics.contains("tcpproxy_connections_accepted_total{listener=\"\(name)\""), "\(name) in:\n\(metrics)")
         }

@@ -68,7 +68,7 @@ struct SpliceTests {
     }
 
     @Test(
-        "--splice auto: a request/response exchange is not spliced; a bulk transfer beside it is",
+        "--splice auto: a request/response exchange is not spliced; a bulk transfer beside it is; the metrics count every byte once",
         arguments: ["nio", "direct"]
     )
     func autoChoosesByTraffic(engine: String) async throws {
@@ -79,7 +79,7 @@ struct SpliceTests {
         defer { server.stop() }
         let proxy = try await ProxyProcess.forward(
             to: server.port,
-            ["--engine", engine, "--splice", "auto", "--log-level", "debug"]
+            ["--engine", engine, "--splice", "auto", "--log-level", "debug", "--metrics", "127.0.0.1:0"]
         )
         defer { proxy.kill() }
         let baseline = proxy.pipeDescriptorCount()
@@ -114,6 +114,14 @@ struct SpliceTests {
         try chatty.send("last")
         #expect(try chatty.recvExactly(4, timeout: 5) == bytes("last"))
         #expect(proxy.lines(containing: "bridge spliced").count == 1)
+
+        // What NIO moved before the handover and what the engine moved after it reach the metrics once.
+        chatty.close()
+        #expect(await proxy.waitForLines(containing: "bridge closed", count: 2, timeout: 5) != nil)
+        let text = try await PrometheusText.scrape(proxy)
+        let chattyBytes = 300 * 23 + 4
+        #expect(PrometheusText.value(text, "tcpproxy_bytes_total", "direction=\"upstream\"") == Double(chattyBytes + total), "\(text)")
+        #expect(PrometheusText.value(text, "tcpproxy_bytes_total", "direction=\"downstream\"") == Double(chattyBytes))
     }
 
     @Test("a spliced bridge holds its --max-connections slot until it really ends", arguments: ["nio", "direct"])

@@ -153,6 +153,9 @@ extension Bridge {
     }
 
     private func completeHandover() {
+        // First, so the reporter the handover carries knows what NIO's part has given the metrics already
+        // (the engine reports from there; a reporter copied before this would count NIO's last bytes twice).
+        self.reportBytes()
         guard let readiness = self.machine.spliceReadiness,
             let clientChannel = self.clientHandler.context?.channel,
             let serverChannel = self.serverChannel,
@@ -166,7 +169,6 @@ extension Bridge {
         }
         self.spliceStage = .handedOver
         self.cancelTimers()  // the barrier's timer too
-        self.reportBytes()
         self.logger.debug(
             "bridge spliced",
             metadata: [
