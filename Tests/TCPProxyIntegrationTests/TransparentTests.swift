@@ -266,17 +266,40 @@ struct TransparentTests {
         )
     }
 
-    @Test("redirect: a connection conntrack does not know has no original destination: closed, logged and counted")
-    func noOriginalDestination() async throws {
-        // Exempt connections to the proxy's own port from conntrack (both directions), so getsockopt finds nothing.
-        let untracked = """
-            iptables -t raw -A PREROUTING -i "$IN_IF" -p tcp --dport "$PROXY_PORT" -j NOTRACK
-            iptables -t raw -A OUTPUT -p tcp --sport "$PROXY_PORT" -j NOTRACK
-            """
+    /// Connections to the proxy's own port exempt from conntrack: both directions, so getsockopt finds
+    /// nothing; or the client's packets only, so the proxy's SYN-ACK starts an entry that names the client.
+    static let untrackedBothWays = """
+        iptables  -t raw -A PREROUTING -i "$IN_IF" -p tcp --dport "$PROXY_PORT" -j NOTRACK
+        iptables  -t raw -A OUTPUT -p tcp --sport "$PROXY_PORT" -j NOTRACK
+        ip6tables -t raw -A PREROUTING -i "$IN_IF" -p tcp --dport "$PROXY_PORT" -j NOTRACK
+        ip6tables -t raw -A OUTPUT -p tcp --sport "$PROXY_PORT" -j NOTRACK
+        """
+    static let untrackedFromClient = """
+        iptables  -t raw -A PREROUTING -i "$IN_IF" -p tcp --dport "$PROXY_PORT" -j NOTRACK
+        ip6tables -t raw -A PREROUTING -i "$IN_IF" -p tcp --dport "$PROXY_PORT" -j NOTRACK
+        """
+
+    @Test(
+        "redirect: a connection conntrack has no entry for, or only one begun by the proxy's reply, has no original destination: closed, logged and counted",
+        arguments: [untrackedBothWays, untrackedFromClient], [Family.ipv4, .ipv6]
+    )
+    func noOriginalDestination(untracked: String, family: Family) async throws {
         let lab = try await TransparentLab.start(.redirectIptables, extraArguments: ["--metrics", "127.0.0.1:9100"], script: untracked)
         defer { lab.close() }
 
-        let client = try await lab.topology.connect(from: .client, to: Topology.routerClientSide[.ipv4]!, port: Topology.proxyPort)
+        // The proxy is stopped while the client connects and sends a byte: the router's ACK of it (which
+        // conntrack may pick up as a new entry) leaves before the proxy asks for the original destination.
+        lab.proxy.signal(SIGSTOP)
+        let client: TestSocket
+        do {
+            client = try await lab.topology.connect(from: .client, to: Topology.routerClientSide[family]!, port: Topology.proxyPort)
+            try client.send("x")
+            try await Task.sleep(nanoseconds: 200_000_000)
+        } catch {
+            lab.proxy.signal(SIGCONT)
+            throw error
+        }
+        lab.proxy.signal(SIGCONT)
         defer { client.close() }
         let end = await client.waitForEnd(timeout: 5)
         #expect(end.end == .eof || end.end == .reset, "the proxy closes it, got \(end.end)")

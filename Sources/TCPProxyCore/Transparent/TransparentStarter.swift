@@ -80,7 +80,23 @@ struct TransparentStarter: BridgeStarter {
             guard let destination = IPEndpoint(sockaddr: bytes) else { throw ChannelError.operationUnsupported }
             // The kernel names the interface of a link-local destination when the client came from a
             // link-local address too; the accepted socket's addresses are the fallback.
-            return destination.scoped(like: client.remoteAddress.flatMap(IPEndpoint.init)).scoped(like: local)
+            let remote = client.remoteAddress.flatMap(IPEndpoint.init)
+            // When the client's packets were not tracked (a NOTRACK rule), the proxy's own packets to the
+            // client may start an entry, and what it gives as the original destination is the client itself.
+            if let remote, remote.address == destination.address, remote.port == destination.port {
+                throw OriginalDestinationError.reflected
+            }
+            return destination.scoped(like: remote).scoped(like: local)
+        }
+    }
+
+    /// An original destination that is none.
+    enum OriginalDestinationError: Error, CustomStringConvertible {
+        /// conntrack's entry began with the proxy's own packets, so it names the client as the destination.
+        case reflected
+
+        var description: String {
+            "conntrack tracked this connection from the proxy's side only, not the client's packets: nothing redirected it"
         }
     }
 
