@@ -35,6 +35,7 @@ struct DemuxCommand: ModeCommand {
 
     func validate() throws {
         try self.options.refuseDirectEngine()
+        try refuseLoop(target: self.target, listen: self.listen)
         try self.mux.check(self.options)
     }
 

@@ -99,9 +99,10 @@ func parseDestination(_ text: String, option: String) throws -> Endpoint {
 }
 
 /// A target that is the listener's own address would send every client back into the listener until
-/// descriptors run out: a usage error (forward and the seed command lines).
-func refuseLoop(target: Endpoint, listen: Endpoint) throws {
+/// descriptors run out (forward and the seed command lines), or park every client on a tunnel to itself
+/// (mux, demux): a usage error.
+func refuseLoop(target: Endpoint, listen: Endpoint, what: String = "target") throws {
     if target.loops(into: listen) {
-        throw ValidationError("target \(target) is this listener's own address: every client would loop back into it")
+        throw ValidationError("\(what) \(target) is this listener's own address: every client would loop back into it")
     }
 }

@@ -43,6 +43,7 @@ struct MuxCommand: ModeCommand {
 
     func validate() throws {
         try self.options.refuseDirectEngine()
+        try refuseLoop(target: self.tunnel, listen: self.listen, what: "--tunnel")
         if self.tunnels < 1 || self.tunnels > 64 {
             throw ValidationError("invalid value '\(self.tunnels)' for --tunnels (use a number from 1 to 64)")
         }

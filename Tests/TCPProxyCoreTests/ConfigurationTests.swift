@@ -68,8 +68,41 @@ struct ConfigurationTests {
         #expect(Endpoint(host: "::1", port: 8080).loops(into: Endpoint(host: "::", port: 8080)))
         #expect(!Endpoint(host: "127.0.0.1", port: 8081).loops(into: any))
         #expect(!Endpoint(host: "127.0.0.2", port: 8080).loops(into: loopback))
-        #expect(!Endpoint(host: "10.0.0.1", port: 8080).loops(into: any), "another machine's port 8080")
+        #expect(!Endpoint(host: "192.0.2.1", port: 8080).loops(into: any), "another machine's port 8080")
         #expect(!Endpoint(host: "127.0.0.1", port: 0).loops(into: Endpoint(host: "127.0.0.1", port: 0)))
+        // Spelled otherwise: a name, an IPv4-mapped address, an inet_aton short form.
+        #expect(Endpoint(host: "localhost", port: 8080).loops(into: loopback))
+        #expect(Endpoint(host: "::ffff:127.0.0.1", port: 8080).loops(into: loopback))
+        #expect(Endpoint(host: "127.1", port: 8080).loops(into: loopback))
+        #expect(Endpoint(host: "::ffff:127.0.0.1", port: 8080).loops(into: Endpoint(host: "::", port: 8080)))
+        #expect(!Endpoint(host: "::1", port: 8080).loops(into: any), "0.0.0.0 takes no IPv6")
+    }
+
+    @Test("names are resolved only when the ports match; a name that resolves to the listener is a loop, one that does not resolve is not")
+    func loopsThroughNames() {
+        let listener = Endpoint(host: "10.1.1.1", port: 8080)
+        var asked: [String] = []
+        func resolve(_ host: String) -> [[UInt8]] {
+            asked.append(host)
+            switch host {
+            case "10.1.1.1", "self.example": return [[10, 1, 1, 1]]
+            case "both.example": return [[0xFD] + [UInt8](repeating: 0, count: 15), [10, 1, 1, 1]]
+            case "other.example": return [[10, 1, 1, 2]]
+            default: return []
+            }
+        }
+        func never(_: IPEndpoint) -> Bool { false }
+        #expect(Endpoint(host: "self.example", port: 8080).loops(into: listener, resolve: resolve, isLocalAddress: never))
+        #expect(Endpoint(host: "both.example", port: 8080).loops(into: listener, resolve: resolve, isLocalAddress: never))
+        #expect(!Endpoint(host: "other.example", port: 8080).loops(into: listener, resolve: resolve, isLocalAddress: never))
+        #expect(!Endpoint(host: "nowhere.example", port: 8080).loops(into: listener, resolve: resolve, isLocalAddress: never))
+        asked.removeAll()
+        #expect(!Endpoint(host: "self.example", port: 9090).loops(into: listener, resolve: resolve, isLocalAddress: never))
+        #expect(asked.isEmpty, "another port needs no resolving")
+        // A wildcard listener: whatever the name resolves to that is this machine's.
+        let wildcard = Endpoint(host: "0.0.0.0", port: 8080)
+        let local: (IPEndpoint) -> Bool = { $0.address == [10, 1, 1, 2] }
+        #expect(Endpoint(host: "other.example", port: 8080).loops(into: wildcard, resolve: { $0 == "0.0.0.0" ? [[0, 0, 0, 0]] : resolve($0) }, isLocalAddress: local))
     }
 
     @Test("an IPv6 endpoint prints with brackets")

@@ -33,6 +33,13 @@ struct CommandLineTests {
         // A target that is the listener itself would loop every client back in until descriptors run out.
         ["forward", "--listen", ":20341", "--target", "127.0.0.1:20341"],
         ["127.0.0.1", "20341", "127.0.0.1", "20341"],
+        // The same spelled as a name, an IPv4-mapped address or a short form: each resolves to the listener.
+        ["forward", "--listen", "127.0.0.1:20341", "--target", "localhost:20341"],
+        ["forward", "--listen", "127.0.0.1:20341", "--target", "[::ffff:127.0.0.1]:20341"],
+        ["forward", "--listen", "127.0.0.1:20341", "--target", "127.1:20341"],
+        ["forward", "--listen", "[::]:20341", "--target", "127.0.0.1:9", "--target", "[::ffff:127.0.0.1]:20341"],
+        ["mux", "--listen", "127.0.0.1:20341", "--tunnel", "localhost:20341"],
+        ["demux", "--listen", ":20341", "--target", "127.0.0.1:20341"],
         // An option that takes one value, given twice: the parser would keep the last without a word.
         ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--listen", "127.0.0.1:0"],
         ["socks", "--listen", "127.0.0.1:0", "--stall-timeout", "1", "--stall-timeout=2"],

@@ -54,18 +54,6 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         if self.port == 0 { throw EndpointError.zeroDestinationPort(self.description) }
     }
 
-    /// Whether connecting here would reach `listener` itself (a forward loop): the same port, and the same
-    /// host or a loopback one while the listener takes every interface. Names other than `localhost` are
-    /// not resolved, so this catches the plain mistakes, not every loop.
-    public func loops(into listener: Endpoint) -> Bool {
-        guard self.port == listener.port, self.port != 0 else { return false }
-        if self.host == listener.host { return true }
-        let everyInterface = listener.host == "0.0.0.0" || listener.host == "::"
-        let local = self.host == "localhost" || self.host == "::1" || self.host == "0.0.0.0" || self.host == "::"
-            || self.host.hasPrefix("127.")
-        return everyInterface && local
-    }
-
     /// Parses a decimal port from 0 to 65535.
     public static func parsePort(_ text: String) throws -> Int {
         guard !text.isEmpty, text.count <= 5, text.allSatisfy({ $0.isASCII && $0.isNumber }),
