@@ -29,6 +29,23 @@ struct ProxyLogHandlerTests {
         #expect(line == #"{"time":"T","level":"warning","message":"a \"b\"\\\n","k":"\u0001"}"# + "\n")
     }
 
+    @Test("JSON lines write values logged as numbers as numbers, and everything else as strings")
+    func jsonNumbers() {
+        let line = ProxyLogHandler.formatLine(
+            format: .json,
+            time: "T",
+            level: .info,
+            message: "m",
+            metadata: [
+                "a": .stringConvertible(UInt64(42)), "b": .stringConvertible(0.25), "c": "7",
+                "d": .stringConvertible(Double.nan), "e": .stringConvertible(CloseReason.completed),
+            ]
+        )
+        #expect(line == #"{"time":"T","level":"info","message":"m","a":42,"b":0.25,"c":"7","d":"nan","e":"completed"}"# + "\n")
+        let text = ProxyLogHandler.formatLine(format: .text, time: "T", level: .info, message: "m", metadata: ["a": .stringConvertible(UInt64(42))])
+        #expect(text == "T info m a=42\n", "text lines are unchanged")
+    }
+
     @Test("timestamps are ISO 8601 UTC with milliseconds")
     func timestamp() {
         let stamp = ProxyLogHandler.timestamp()

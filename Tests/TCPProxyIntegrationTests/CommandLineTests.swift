@@ -404,19 +404,14 @@ struct CommandLineTests {
         #expect(messages["bridge connected"]?["server.address"] as? String == "127.0.0.1:\(server.port)")
         let closed = try #require(messages["bridge closed"])
         #expect(closed["close.reason"] as? String == "completed")
-        #expect(Self.number(closed["bytes.upstream"]) == 5)
-        #expect(Self.number(closed["bytes.downstream"]) == 5)
-        #expect(closed["duration"] != nil)
+        // Counts, ids and durations are JSON numbers, so `jq` can sum and compare them.
+        #expect((closed["bytes.upstream"] as? NSNumber)?.intValue == 5, "\(closed)")
+        #expect((closed["bytes.downstream"] as? NSNumber)?.intValue == 5)
+        #expect((closed["bridge.id"] as? NSNumber)?.intValue == 1)
+        #expect(((closed["duration"] as? NSNumber)?.doubleValue ?? -1) >= 0)
     }
 
     // MARK: Helpers
-
-    /// A JSON value that is a number, or a string holding one.
-    static func number(_ value: Any?) -> Int? {
-        if let number = value as? NSNumber { return number.intValue }
-        if let text = value as? String { return Int(text) }
-        return nil
-    }
 
     static func expectEcho(host: String = "127.0.0.1", port: Int) throws {
         let client = try TestSocket.connect(host: host, port: port)

@@ -40,7 +40,7 @@ extension Bridge {
             self.logger.info(
                 "data",
                 metadata: [
-                    "bridge.id": "\(self.id)", "direction": "\(direction)", "bytes": "\(buffer.readableBytes)",
+                    "bridge.id": .stringConvertible(self.id), "direction": "\(direction)", "bytes": .stringConvertible(buffer.readableBytes),
                     "hex": "\(buffer.hexDump(format: .detailed))",
                 ]
             )

@@ -172,8 +172,8 @@ extension Bridge {
         self.logger.debug(
             "bridge spliced",
             metadata: [
-                "bridge.id": "\(self.id)", "bytes.upstream": "\(self.bytesUpstream)",
-                "bytes.downstream": "\(self.bytesDownstream)",
+                "bridge.id": .stringConvertible(self.id), "bytes.upstream": .stringConvertible(self.bytesUpstream),
+                "bytes.downstream": .stringConvertible(self.bytesDownstream),
             ]
         )
         // NIO closes only its own descriptors; the sockets live on in the duplicates.

@@ -34,7 +34,7 @@ extension Bridge {
         case .stop:
             break
         case .expire(let reason):
-            self.logger.debug("bridge timed out", metadata: ["bridge.id": "\(self.id)", "close.reason": "\(reason)"])
+            self.logger.debug("bridge timed out", metadata: ["bridge.id": .stringConvertible(self.id), "close.reason": "\(reason)"])
             self.perform(self.machine.abort(reason))
         }
     }

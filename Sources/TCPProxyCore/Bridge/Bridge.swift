@@ -223,7 +223,7 @@ final class Bridge {
         self.abandonHandover()
         self.logger.debug(
             "bridge error",
-            metadata: ["bridge.id": "\(self.id)", "side": "\(side)", "error": "\(error)"]
+            metadata: ["bridge.id": .stringConvertible(self.id), "side": "\(side)", "error": "\(error)"]
         )
         self.perform(self.machine.errorCaught(on: side))
     }
@@ -233,7 +233,7 @@ final class Bridge {
         guard !self.isHandedOver else { return }
         self.abandonHandover()
         if side == .server { self.serverHandler.connectionEnded() }
-        self.logger.trace("bridge socket closed", metadata: ["bridge.id": "\(self.id)", "side": "\(side)"])
+        self.logger.trace("bridge socket closed", metadata: ["bridge.id": .stringConvertible(self.id), "side": "\(side)"])
         self.perform(self.machine.channelClosed(side))
     }
 
@@ -316,7 +316,7 @@ final class Bridge {
     // MARK: Carrying out actions
 
     func perform(_ action: BridgeStateMachine.Action) {
-        self.logger.trace("bridge action", metadata: ["bridge.id": "\(self.id)", "action": "\(action)"])
+        self.logger.trace("bridge action", metadata: ["bridge.id": .stringConvertible(self.id), "action": "\(action)"])
         switch action {
         case .none:
             break

@@ -174,7 +174,7 @@ final class DirectAcceptor: Sendable {
 
     /// A copying bridge carries bulk and moved to pipes.
     func spliced(_ bridge: DirectBridge) {
-        self.logger.debug("bridge spliced", metadata: ["bridge.id": "\(bridge.id)", "engine": "direct"])
+        self.logger.debug("bridge spliced", metadata: ["bridge.id": .stringConvertible(bridge.id), "engine": "direct"])
     }
 
     /// The server connection failed; the bridge ends next (`connectFailed`).

@@ -340,7 +340,7 @@ final class MuxSession {
         // Each stream is a client of the demux: counted as accepted, and as rejected if refused here.
         self.environment.metrics?.accepted()
         guard !self.isDraining else {
-            self.logger.info("stream refused", metadata: ["stream.id": "\(id)", "draining": "true"])
+            self.logger.info("stream refused", metadata: ["stream.id": .stringConvertible(id), "draining": "true"])
             self.send(MuxFrame(streamID: id, payload: .reset(.refusedStream)))
             return
         }
@@ -381,7 +381,7 @@ final class MuxSession {
     /// `targetNotAllowed`), logged and counted as a rejected connection; the tunnel stays up.
     private func reject(_ id: UInt32, _ reason: CloseReason, metadata: Logger.Metadata) {
         var metadata = metadata
-        metadata["stream.id"] = "\(id)"
+        metadata["stream.id"] = .stringConvertible(id)
         metadata["close.reason"] = "\(reason)"
         self.logger.info("connection rejected", metadata: metadata)
         self.environment.metrics?.rejected(reason)

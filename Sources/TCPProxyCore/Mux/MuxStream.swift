@@ -73,7 +73,7 @@ final class MuxStream {
         self.machine = Machine(role: role)
         self.window = MuxWindow(receiveWindow: environment.configuration.receiveWindow)
         var logger = environment.logger
-        logger[metadataKey: "bridge.id"] = "\(self.bridgeID)"
+        logger[metadataKey: "bridge.id"] = .stringConvertible(self.bridgeID)
         self.logger = logger
         let now = eventLoop.now
         self.startTime = now
@@ -109,7 +109,7 @@ final class MuxStream {
         self.waitTimer = nil
         self.session = session
         self.streamID = streamID
-        self.logger[metadataKey: "stream.id"] = "\(streamID)"
+        self.logger[metadataKey: "stream.id"] = .stringConvertible(streamID)
         session.send(MuxFrame(streamID: streamID, payload: .open(target: self.environment.configuration.openTarget)))
         self.announceWindow(on: session)
         self.perform(self.machine.opened())
@@ -130,7 +130,7 @@ final class MuxStream {
     func connect(on session: MuxSession, streamID: UInt32, connector: any ServerConnector) {
         self.session = session
         self.streamID = streamID
-        self.logger[metadataKey: "stream.id"] = "\(streamID)"
+        self.logger[metadataKey: "stream.id"] = .stringConvertible(streamID)
         self.announceWindow(on: session)
         self.logger.info(
             "bridge accepted",
@@ -327,7 +327,7 @@ final class MuxStream {
         self.logger.info(
             "data",
             metadata: [
-                "direction": "\(direction)", "bytes": "\(buffer.readableBytes)", "hex": "\(buffer.hexDump(format: .detailed))",
+                "direction": "\(direction)", "bytes": .stringConvertible(buffer.readableBytes), "hex": "\(buffer.hexDump(format: .detailed))",
             ]
         )
     }
@@ -443,8 +443,8 @@ final class MuxStream {
             "bridge closed",
             metadata: [
                 "close.reason": "\(reason)",
-                "bytes.upstream": "\(self.bytesUpstream)", "bytes.downstream": "\(self.bytesDownstream)",
-                "duration": "\(Double(duration.nanoseconds) / 1e9)",
+                "bytes.upstream": .stringConvertible(self.bytesUpstream), "bytes.downstream": .stringConvertible(self.bytesDownstream),
+                "duration": .stringConvertible(Double(duration.nanoseconds) / 1e9),
             ]
         )
         self.reportBytes()

@@ -13,17 +13,17 @@ extension Logger {
     }
 
     func logBridgeAccepted(id: UInt64, client: SocketAddress?) {
-        self.info("bridge accepted", metadata: ["bridge.id": "\(id)", "client.address": "\(client.logDescription)"])
+        self.info("bridge accepted", metadata: ["bridge.id": .stringConvertible(id), "client.address": "\(client.logDescription)"])
     }
 
     func logBridgeConnected(id: UInt64, server: String) {
-        self.info("bridge connected", metadata: ["bridge.id": "\(id)", "server.address": "\(server)"])
+        self.info("bridge connected", metadata: ["bridge.id": .stringConvertible(id), "server.address": "\(server)"])
     }
 
     func logBridgeConnectFailed(id: UInt64, server: String, error: String) {
         self.info(
             "bridge connect failed",
-            metadata: ["bridge.id": "\(id)", "server.address": "\(server)", "error": "\(error)"]
+            metadata: ["bridge.id": .stringConvertible(id), "server.address": "\(server)", "error": "\(error)"]
         )
     }
 
@@ -31,9 +31,9 @@ extension Logger {
         self.info(
             "bridge closed",
             metadata: [
-                "bridge.id": "\(id)", "close.reason": "\(reason)",
-                "bytes.upstream": "\(upstream)", "bytes.downstream": "\(downstream)",
-                "duration": "\(Double(duration.nanoseconds) / 1e9)",
+                "bridge.id": .stringConvertible(id), "close.reason": "\(reason)",
+                "bytes.upstream": .stringConvertible(upstream), "bytes.downstream": .stringConvertible(downstream),
+                "duration": .stringConvertible(Double(duration.nanoseconds) / 1e9),
             ]
         )
     }

@@ -74,10 +74,24 @@ public struct ProxyLogHandler: LogHandler {
             var line = "{\"time\":\(jsonString(time)),\"level\":\(jsonString(level.rawValue)),"
             line += "\"message\":\(jsonString(message))"
             for key in keys {
-                line += ",\(jsonString(key)):\(jsonString("\(metadata[key]!)"))"
+                line += ",\(jsonString(key)):\(jsonValue(metadata[key]!))"
             }
             return line + "}\n"
         }
+    }
+
+    /// A metadata value for a JSON line: a number for one logged as a number (`.stringConvertible` of an
+    /// integer or a finite floating-point value: counts, ids, durations), so `jq` can sum and compare them;
+    /// a string for everything else.
+    static func jsonValue(_ value: Logger.MetadataValue) -> String {
+        if case .stringConvertible(let convertible) = value {
+            switch convertible {
+            case let number as any BinaryInteger: return "\(number)"
+            case let number as Double where number.isFinite: return "\(number)"
+            default: break
+            }
+        }
+        return jsonString("\(value)")
     }
 
     /// A metadata value for a text line: quoted when it has spaces or quotes, so lines stay parseable.

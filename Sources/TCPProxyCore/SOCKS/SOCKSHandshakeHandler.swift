@@ -154,7 +154,7 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
         self.setup.logger.debug(
             "socks request",
             metadata: [
-                "bridge.id": "\(self.setup.id)", "client.address": "\(self.clientAddress(context).logDescription)",
+                "bridge.id": .stringConvertible(self.setup.id), "client.address": "\(self.clientAddress(context).logDescription)",
                 "socks.version": "\(request.version)", "socks.destination": "\(request.destination)",
                 "socks.user": "\(request.user ?? "-")",
             ]
@@ -196,7 +196,7 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
         self.setup.logger.info(
             "socks handshake failed",
             metadata: [
-                "bridge.id": "\(self.setup.id)", "client.address": "\(self.clientAddress(context).logDescription)",
+                "bridge.id": .stringConvertible(self.setup.id), "client.address": "\(self.clientAddress(context).logDescription)",
                 "error": "\(error)", "close.reason": "\(reason)",
             ]
         )
@@ -242,7 +242,7 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
             self.setup.logger.info(
                 "socks handshake failed",
                 metadata: [
-                    "bridge.id": "\(self.setup.id)", "client.address": "\(self.clientAddress(context).logDescription)",
+                    "bridge.id": .stringConvertible(self.setup.id), "client.address": "\(self.clientAddress(context).logDescription)",
                     "error": "client closed during the handshake", "close.reason": "\(reason)",
                 ]
             )
