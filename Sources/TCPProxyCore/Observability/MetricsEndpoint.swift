@@ -15,11 +15,15 @@ import ServiceLifecycle
 public final class MetricsEndpoint: Service, Sendable {
     /// How long shutdown waits for a scrape in progress before returning anyway.
     static let shutdownGrace: TimeAmount = .seconds(2)
+    /// How long a connection may send nothing (a request cut off halfway, or a kept-alive connection
+    /// between scrapes) before it is closed, so stalled clients cannot hold descriptors for ever.
+    public static let idleTimeout: TimeAmount = .seconds(30)
 
     private let endpoint: Endpoint
     private let registry: PrometheusCollectorRegistry
     private let group: EventLoopGroup
     private let logger: Logger
+    private let idleTimeout: TimeAmount
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
 
     /// - Parameters:
@@ -27,11 +31,19 @@ public final class MetricsEndpoint: Service, Sendable {
     ///   - registry: the registry whose metrics are served.
     ///   - group: the event loops to run on.
     ///   - logger: for `metrics listening on ...` and errors.
-    public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, group: EventLoopGroup, logger: Logger) {
+    ///   - idleTimeout: how long a connection may send nothing before it is closed.
+    public init(
+        endpoint: Endpoint,
+        registry: PrometheusCollectorRegistry,
+        group: EventLoopGroup,
+        logger: Logger,
+        idleTimeout: TimeAmount = MetricsEndpoint.idleTimeout
+    ) {
         self.endpoint = endpoint
         self.registry = registry
         self.group = group
         self.logger = logger
+        self.idleTimeout = idleTimeout
     }
 
     /// The address the socket is bound to, once it is (with the real port when port 0 was asked for).
@@ -64,6 +76,7 @@ public final class MetricsEndpoint: Service, Sendable {
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {
         let registry = self.registry
+        let idleTimeout = self.idleTimeout
         return try await ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 128)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -79,6 +92,7 @@ public final class MetricsEndpoint: Service, Sendable {
                     // Without NIO's error handler: it answers a request cut off by a quiescing close with a
                     // 400 on the closed channel, which NIO's pipelining handler asserts against. The
                     // handler below answers malformed requests itself.
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
                     try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
                 }
@@ -114,6 +128,15 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let head = self.request else { return }
             self.request = nil
             self.respond(to: head, context: context)
+        }
+    }
+
+    /// A connection that sent nothing for the idle timeout (``IdleStateHandler``) is closed.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
     }
 

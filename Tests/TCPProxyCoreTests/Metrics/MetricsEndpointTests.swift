@@ -64,7 +64,7 @@ struct MetricsEndpointTests {
 
         var base: String { "http://127.0.0.1:\(self.port)" }
 
-        static func start() async throws -> Running {
+        static func start(idleTimeout: TimeAmount = MetricsEndpoint.idleTimeout) async throws -> Running {
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let registry = PrometheusCollectorRegistry()
             let metrics = ProxyMetrics(
@@ -78,7 +78,8 @@ struct MetricsEndpointTests {
                 endpoint: Endpoint(host: "127.0.0.1", port: 0),
                 registry: registry,
                 group: group,
-                logger: logger
+                logger: logger,
+                idleTimeout: idleTimeout
             )
             let task = Task { try await endpoint.run() }
             let deadline = ContinuousClock.now + .seconds(10)
@@ -102,6 +103,41 @@ struct MetricsEndpointTests {
             try await self.group.shutdownGracefully()
             return elapsed
         }
+    }
+
+    @Test("A connection that sends half a request, or nothing, is closed after the idle timeout; a scrape still works")
+    func idleConnectionsClose() async throws {
+        let running = try await Running.start(idleTimeout: .milliseconds(300))
+        let half = try Self.rawConnect(port: running.port)
+        defer { close(half) }
+        _ = "GET /metr".withCString { send(half, $0, 9, 0) }
+        let silent = try Self.rawConnect(port: running.port)
+        defer { close(silent) }
+        for socket in [half, silent] {
+            var pollfd = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+            #expect(poll(&pollfd, 1, 5000) == 1, "closed within the timeout")
+            var byte: UInt8 = 0
+            #expect(recv(socket, &byte, 1, 0) <= 0, "an end, not a response")
+        }
+        let response = try await Self.curl(["--include", "\(running.base)/metrics"])
+        #expect(response.hasPrefix("HTTP/1.1 200 OK\r\n"))
+        _ = try await running.stop()
+    }
+
+    static func rawConnect(port: Int) throws -> CInt {
+        let fd = socket(AF_INET, CInt(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else {
+            close(fd)
+            throw IOError(errnoCode: errno, reason: "connect")
+        }
+        return fd
     }
 
     @Test("GET /metrics answers 200 with the exposition; other paths 404; other methods 405")
