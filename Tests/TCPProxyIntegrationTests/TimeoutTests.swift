@@ -177,4 +177,29 @@ struct TimeoutTests {
         let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 2)
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "idleTimeout", "\(closed ?? "no close line")")
     }
+
+    @Test(
+        "--idle-timeout and --drain-timeout cutting a download short: the client gets a reset, not an EOF that would pass for the end",
+        .serialized,
+        arguments: DataPath.allCases, ["idle", "drain"]
+    )
+    func cutDownloadResets(path: DataPath, timeout: String) async throws {
+        let server = try TestServer(handler: TestServer.writeForever)
+        defer { server.stop() }
+        let option = timeout == "idle" ? ["--idle-timeout", "1"] : ["--drain-timeout", "1"]
+        let proxy = try await ProxyProcess.forward(to: server.port, option + path.arguments)
+        defer { proxy.kill() }
+
+        // The client reads nothing: the proxy's buffer and both sockets' queues fill, and traffic stops.
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        #expect(await server.waitForAccepted(1, timeout: 5))
+        await delay(seconds: 0.5)
+        if timeout == "drain" { proxy.terminate() }
+        let closed = try #require(await proxy.waitForLine(containing: "bridge closed", timeout: 6))
+        #expect(logValue("close.reason", in: closed) == "\(timeout)Timeout", "\(closed)")
+        let received = try await onThread { try client.drainToEnd(timeout: 10) }
+        #expect(received.count > 0)
+        #expect(received.end == .reset, "the cut shows as a reset after \(received.count) bytes, got \(received.end)")
+    }
 }

@@ -53,6 +53,37 @@ struct VisibilityTests {
         #expect(dump.output.contains("[S]"), "the synthesized handshake")
     }
 
+    @Test("--capture records how an idle timeout ended bridges: a FIN each way for a quiet one, a reset for one cut short")
+    func captureTimeoutEnds() async throws {
+        let tcpdump = "/usr/bin/tcpdump"
+        try #require(FileManager.default.isExecutableFile(atPath: tcpdump), "tcpdump is not installed (.ci/run installs it)")
+        let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // Connection 0 echoes, then both ends fall quiet; connection 1 writes to a client that never reads.
+        let server = try TestServer { socket, index, server in
+            if index == 0 { TestServer.echo(socket, index, server) } else { TestServer.writeForever(socket, index, server) }
+        }
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path, "--idle-timeout", "1"])
+        defer { proxy.kill() }
+        let quiet = try TestSocket.connect(port: proxy.port)
+        defer { quiet.close() }
+        try quiet.send("QUIET")
+        #expect(try quiet.recvExactly(5, timeout: 5) == bytes("QUIET"))
+        let flooded = try TestSocket.connect(port: proxy.port)
+        defer { flooded.close() }
+        #expect(await proxy.waitForLines(containing: "bridge closed", count: 2, timeout: 8) != nil)
+        #expect(await quiet.waitForEnd(timeout: 5).end == .eof)
+        await delay(seconds: 1.2)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 10) == 0)
+
+        let dump = try self.run(tcpdump, ["-nn", "-r", path])
+        #expect(dump.status == 0, "tcpdump could not read the file")
+        #expect(dump.output.components(separatedBy: "[F.]").count - 1 == 2, "the quiet bridge's FIN each way:\n\(dump.output.suffix(2000))")
+        #expect(dump.output.components(separatedBy: "[R.]").count - 1 == 1, "the cut bridge's reset:\n\(dump.output.suffix(2000))")
+    }
+
     @Test("--capture to a file that cannot be written exits 1 with one line")
     func captureUnwritable() async throws {
         let result = try await ProxyProcess.runToExit([

@@ -363,11 +363,19 @@ final class Bridge {
 
         case .close(let reason):
             self.cancelTimers()
+            // Asked before anything held is dropped, and before either socket closes.
+            let resets = (client: self.resetsOnClose(.client, reason), server: self.resetsOnClose(.server, reason))
             self.earlyData.removeAll()
             self.shaping?.removeAll()
             switch reason {
             case .clientReset: self.conversation?.recordReset(.upstream)
             case .serverReset, .stallTimeout: self.conversation?.recordReset(.downstream)
+            case _ where reason.resetsCutStreams:
+                // What each peer is about to see: a FIN (a stream ended) first, then any reset.
+                if !resets.client { self.conversation?.recordEnd(.downstream) }
+                if !resets.server { self.conversation?.recordEnd(.upstream) }
+                if resets.client { self.conversation?.recordReset(.downstream) }
+                if resets.server { self.conversation?.recordReset(.upstream) }
             default: break
             }
             // While connecting, the attempts are closed: that abandons the connect at once instead of holding
@@ -377,14 +385,34 @@ final class Bridge {
             if reason.dropsClientInput, let client = self.clientHandler.context?.channel {
                 self.bytesUpstream &+= UInt64(LinuxSocketOptions.discardInput(client))
             }
-            for channel in [self.clientHandler.context?.channel, self.serverChannel].compactMap({ $0 }) {
-                if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
+            for (channel, reset) in [(self.clientHandler.context?.channel, resets.client), (self.serverChannel, resets.server)] {
+                guard let channel else { continue }
+                if reset { LinuxSocketOptions.setResetOnClose(channel) }
                 channel.close(promise: nil)
             }
 
         case .report(let reason):
             self.reportEnd(reason)
         }
+    }
+
+    /// Whether `side`'s socket closes with a reset: always for an abortive reason, and at an idle or drain
+    /// timeout when that cuts the stream into it short (bytes for it held by NIO or `--latency`, or unread
+    /// at its partner).
+    private func resetsOnClose(_ side: Side, _ reason: CloseReason) -> Bool {
+        if reason.isAbortive { return true }
+        guard reason.resetsCutStreams, let sink = self.channel(side).flatMap(ChannelDescriptor.descriptor(of:)) else {
+            return false
+        }
+        let source = self.channel(side.partner).flatMap(ChannelDescriptor.descriptor(of:)) ?? -1
+        let toward = side.partner.readDirection
+        let held = (self.handler(side).holdsNothing ? 0 : 1) + (self.shaping?.delayedBytes(toward) ?? 0)
+            + (side == .server ? self.earlyDataBytes : 0)
+        return LinuxSocketOptions.closingCutsStream(sink: sink, source: source, held: held)
+    }
+
+    private func channel(_ side: Side) -> Channel? {
+        side == .client ? self.clientHandler.context?.channel : self.serverChannel
     }
 
     /// Both sockets are closed (by NIO, or by the splice engine): log the end, report it, and let go.

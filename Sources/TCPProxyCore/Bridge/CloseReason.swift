@@ -41,6 +41,11 @@ public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// Timeouts that end a bridge its peers did not end (idle, drain): a peer whose stream they cut while
+    /// bytes for it are still pending gets a reset, one with nothing pending a FIN
+    /// (``LinuxSocketOptions/closingCutsStream(sink:source:held:)``).
+    var resetsCutStreams: Bool { self == .idleTimeout || self == .drainTimeout }
+
     /// Whether the server connection never came: what the client sent went nowhere, so its socket's unread
     /// bytes are read and dropped before it closes (``LinuxSocketOptions/discardInput(descriptor:limit:)``),
     /// and the client sees a FIN rather than the reset close(2) sends over unread bytes.

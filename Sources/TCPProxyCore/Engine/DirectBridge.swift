@@ -425,6 +425,15 @@ final class DirectBridge {
     /// The server connection failed, so what the client sent while it was pending goes nowhere: it is read
     /// and dropped (counted as upstream bytes, at most 64 KiB), so that closing the client's socket sends a
     /// FIN rather than the reset close(2) sends over unread bytes.
+    /// Whether `side`'s socket closes with a reset: always for an abortive reason, and at an idle or drain
+    /// timeout when that cuts the stream into it short.
+    private func resetsOnClose(_ side: Side, _ reason: CloseReason) -> Bool {
+        if reason.isAbortive { return true }
+        guard reason.resetsCutStreams, self.descriptor(side) >= 0 else { return false }
+        let held = side == .client ? self.state.downstream.held : self.state.upstream.held
+        return LinuxSocketOptions.closingCutsStream(sink: self.descriptor(side), source: self.descriptor(side.partner), held: held)
+    }
+
     private func discardClientInput() {
         guard self.client >= 0 else { return }
         self.baseUpstream &+= UInt64(LinuxSocketOptions.discardInput(descriptor: self.client))
@@ -446,8 +455,12 @@ final class DirectBridge {
     /// abortive, SPEC §2 rule 6b), reports the last bytes, and tells whoever started the bridge.
     func end(_ reason: CloseReason) {
         if reason.dropsClientInput { self.discardClientInput() }
+        // Asked of both sockets before either closes (a close drops the other's source).
+        let resets = (client: self.resetsOnClose(.client, reason), server: self.resetsOnClose(.server, reason))
         for side in [Side.client, .server] where self.descriptor(side) >= 0 {
-            if reason.isAbortive { LinuxSocketOptions.setResetOnClose(descriptor: self.descriptor(side)) }
+            if side == .client ? resets.client : resets.server {
+                LinuxSocketOptions.setResetOnClose(descriptor: self.descriptor(side))
+            }
             self.closeSocket(side)
         }
         switch self.transport {

@@ -55,6 +55,40 @@ enum LinuxSocketOptions {
         #endif
     }
 
+    /// Whether this TCP socket's output is still open: no FIN sent yet (state `ESTABLISHED` or
+    /// `CLOSE_WAIT`, the first byte of `struct tcp_info`). `false` where the kernel cannot tell.
+    static func outputOpen(descriptor: CInt) -> Bool {
+        #if os(Linux)
+        var info = TCPInfoPrefix()
+        var length = socklen_t(MemoryLayout<TCPInfoPrefix>.size)
+        guard descriptor >= 0, getsockopt(descriptor, CInt(IPPROTO_TCP), CInt(TCP_INFO), &info, &length) == 0 else {
+            return false
+        }
+        let state = withUnsafeBytes(of: info) { $0[0] }
+        return state == 1 || state == 8  // TCP_ESTABLISHED, TCP_CLOSE_WAIT
+        #else
+        return false
+        #endif
+    }
+
+    /// Bytes waiting unread in a socket's receive queue (`FIONREAD`); 0 where unknown.
+    static func unreadBytes(descriptor: CInt) -> Int {
+        var count: CInt = 0
+        guard descriptor >= 0, ioctl(descriptor, UInt(FIONREAD), &count) == 0 else { return 0 }
+        return Int(count)
+    }
+
+    /// Whether closing `sink` now, at a timeout the peers did not ask for (``CloseReason/resetsCutStreams``),
+    /// cuts a stream short: the one into it (no FIN was sent to it yet, and bytes for it are still held by
+    /// the proxy, `held`, or wait unread in `source`), or the one from it (its own bytes wait unread, which
+    /// close(2) answers with a reset anyway). Such a peer gets a reset, so it cannot take the cut for the
+    /// stream's end; one with nothing pending gets a FIN.
+    static func closingCutsStream(sink: CInt, source: CInt, held: Int) -> Bool {
+        if self.unreadBytes(descriptor: sink) > 0 { return true }
+        guard self.outputOpen(descriptor: sink) else { return false }
+        return held > 0 || self.unreadBytes(descriptor: source) > 0
+    }
+
     /// Makes the next close of a raw socket send a reset instead of a FIN (`SO_LINGER` with a zero timeout).
     static func setResetOnClose(descriptor: CInt) {
         var value = linger(l_onoff: 1, l_linger: 0)
