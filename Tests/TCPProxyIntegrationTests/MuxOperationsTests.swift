@@ -195,9 +195,26 @@ struct MuxOperationsTests {
         #expect(status == 0, "exit status \(String(describing: status)); stderr:\n\(tunnel.mux.stderr)")
         #expect((0.8...4).contains(elapsed), "exited after \(elapsed) s")
         let end = await client.waitForEnd(timeout: 2)
-        #expect(end.end.isClosed, "the client's connection was closed: \(end.end)")
+        #expect(end.end == .eof, "the quiet client's connection was closed with a FIN: \(end.end)")
         let closed = tunnel.mux.closedLines
         #expect(closed.first.flatMap { logValue("close.reason", in: $0) } == "drainTimeout", "\(closed)")
+    }
+
+    @Test("SIGTERM on the mux with --drain-timeout 1 cutting a download short: the client gets a reset, not an EOF")
+    func muxDrainTimeoutCutsDownload() async throws {
+        let server = try TestServer(handler: TestServer.writeForever)
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, muxExtra: ["--drain-timeout", "1"])
+        defer { tunnel.kill() }
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        #expect(await server.waitForAccepted(1, timeout: 5))
+        await delay(seconds: 0.5)
+        tunnel.mux.terminate()
+        #expect(await tunnel.mux.waitForExit(timeout: 6) == 0)
+        let received = try await onThread { try client.drainToEnd(timeout: 10) }
+        #expect(received.count > 0)
+        #expect(received.end == .reset, "the cut shows as a reset after \(received.count) bytes, got \(received.end)")
     }
 
     @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")

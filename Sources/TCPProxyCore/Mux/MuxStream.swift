@@ -478,7 +478,12 @@ final class MuxStream {
             self.connectAttempts?.cancel()
             return
         }
-        if reason.isAbortive { LinuxSocketOptions.setResetOnClose(channel) }
+        // An idle or drain timeout that cuts the stream into the local socket short resets it, as a bridge does.
+        let cut = reason.resetsCutStreams
+            && ChannelDescriptor.descriptor(of: channel).map {
+                LinuxSocketOptions.closingCutsStream(sink: $0, source: -1, held: self.unwrittenLocal + self.unflushed)
+            } == true
+        if reason.isAbortive || cut { LinuxSocketOptions.setResetOnClose(channel) }
         // A stream the far end refused or could not connect: the client's unread bytes are dropped (and
         // counted), so it sees a FIN rather than the reset close(2) sends over them.
         if reason.dropsClientInput { self.bytesFromLocal &+= UInt64(LinuxSocketOptions.discardInput(channel)) }
