@@ -43,6 +43,30 @@ struct ShapingTests {
         #expect(abs(Double(received) - expected) / expected < 0.10, "received \(received) of \(Int(expected))")
     }
 
+    @Test("--downstream-rate 1K moves in small steps: within 15% over 3 s, and never so bursty that a 0.5 s --idle-timeout fires")
+    func lowRateIsSmooth() async throws {
+        let server = try TestServer(handler: TestServer.writeForever)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--downstream-rate", "1K", "--idle-timeout", "0.5"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        let received = try await onThread { () -> (total: Int, end: StreamEnd?) in
+            let started = now()
+            var total = 0
+            while now() - started < 3 {
+                switch try client.recv(max: 1 << 20, timeout: max(0.01, 3 - (now() - started))) {
+                case .data(let bytes): total += bytes.count
+                case .end(.timeout): continue
+                case .end(let end): return (total, end)
+                }
+            }
+            return (total, nil)
+        }
+        #expect(received.end == nil, "the bridge stayed open: \(proxy.closedLines)")
+        #expect(abs(Double(received.total) - 3072) / 3072 < 0.15, "received \(received.total) of 3072")
+    }
+
     @Test("--upstream-rate holds the client-to-server flow within 10% over 3 s", arguments: ["64K", "2M"])
     func upstreamRate(rate: String) async throws {
         let server = try TestServer(handler: TestServer.discard)

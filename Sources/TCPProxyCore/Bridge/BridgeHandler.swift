@@ -229,7 +229,8 @@ enum BridgeChannelOptions {
         }
         let maximumRead = min(high, rateLimit ?? Int.max, Self.defaultHighWaterMark)
         if maximumRead < Self.defaultHighWaterMark {
-            let size = max(1024, maximumRead)
+            // Reads of at least 1 KiB, except under a rate whose burst is smaller (down to 64 bytes).
+            let size = (rateLimit ?? Int.max) < 1024 ? maximumRead : max(1024, maximumRead)
             try options.setOption(
                 .recvAllocator,
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(512, size), maximum: size)

@@ -26,10 +26,14 @@ struct TokenBucket {
         self.last = now
     }
 
-    /// The burst for a rate: 1/16 of a second's worth, at least 1 KiB.
+    /// The burst for a rate: 1/16 of a second's worth, at least 64 bytes (so a rate below 16 KiB/s still
+    /// moves in small steps several times a second, not a kilobyte and then a pause of seconds).
     static func burst(forRate rate: Int) -> Int {
-        max(1024, rate / 16)
+        max(Self.smallestRead, rate / 16)
     }
+
+    /// The smallest read a rate limit makes.
+    static let smallestRead = 64
 
     /// The largest read worth making under a rate: one burst, at most 64 KiB.
     static func readLimit(forRate rate: Int) -> Int {

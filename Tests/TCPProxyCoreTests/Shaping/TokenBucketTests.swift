@@ -7,12 +7,14 @@ import Testing
 struct TokenBucketTests {
     private let start = NIODeadline.uptimeNanoseconds(5_000_000_000)
 
-    @Test("the burst is 1/16 s of the rate, at least 1 KiB; reads are at most one burst and 64 KiB")
+    @Test("the burst is 1/16 s of the rate, at least 64 bytes; reads are at most one burst and 64 KiB")
     func burst() {
         #expect(TokenBucket.burst(forRate: 16 * 1024) == 1024)
         #expect(TokenBucket.burst(forRate: 1 << 20) == 65536)
         #expect(TokenBucket.burst(forRate: 100 << 20) == 100 << 16)
-        #expect(TokenBucket.burst(forRate: 100) == 1024)
+        #expect(TokenBucket.burst(forRate: 100) == 64)
+        #expect(TokenBucket.burst(forRate: 512) == 64)
+        #expect(TokenBucket.burst(forRate: 4096) == 256)
         #expect(TokenBucket.readLimit(forRate: 100 << 20) == 65536)
         #expect(TokenBucket.readLimit(forRate: 512 * 1024) == 32768)
     }
@@ -34,7 +36,7 @@ struct TokenBucketTests {
 
     @Test(
         "over three simulated seconds the delivered bytes match the rate within 10%",
-        arguments: [16 * 1024, 512 * 1024, 10 << 20, 100 << 20]
+        arguments: [512, 4096, 16 * 1024, 512 * 1024, 10 << 20, 100 << 20]
     )
     func accuracy(rate: Int) {
         var bucket = TokenBucket(rate: rate, now: self.start)
