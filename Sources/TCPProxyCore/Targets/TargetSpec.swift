@@ -10,12 +10,13 @@ public struct TargetSpec: Hashable, Sendable, CustomStringConvertible {
         self.weight = weight
     }
 
-    /// Parses `HOST:PORT` or `HOST:PORT,weight=N` (N from 1 to 1000).
+    /// Parses `HOST:PORT` or `HOST:PORT,weight=N` (N from 1 to 1000, given once).
     public init(parsing text: String) throws {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+        guard parts.count <= 2 else { throw TargetSpecError(text: text) }
         self.endpoint = try Endpoint(parsingDestination: String(parts[0]))
         self.weight = 1
-        for option in parts.dropFirst() {
+        if let option = parts.dropFirst().first {
             guard option.hasPrefix("weight="), let weight = Int(option.dropFirst("weight=".count)),
                 (1...1000).contains(weight)
             else { throw TargetSpecError(text: text) }
@@ -32,6 +33,6 @@ public struct TargetSpec: Hashable, Sendable, CustomStringConvertible {
 public struct TargetSpecError: Error, Hashable, CustomStringConvertible {
     public var text: String
     public var description: String {
-        "invalid target '\(self.text)' (use HOST:PORT or HOST:PORT,weight=N with N from 1 to 1000)"
+        "invalid target '\(self.text)' (use HOST:PORT or HOST:PORT,weight=N with N from 1 to 1000, once)"
     }
 }

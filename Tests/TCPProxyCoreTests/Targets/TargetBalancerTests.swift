@@ -87,7 +87,7 @@ struct TargetBalancerTests {
         #expect(try TargetSpec(parsing: text).weight == weight)
     }
 
-    @Test("bad targets are refused", arguments: ["h:1,weight=0", "h:1,weight=1001", "h:1,w=2", "h:1,weight=", "h"])
+    @Test("bad targets are refused", arguments: ["h:1,weight=0", "h:1,weight=1001", "h:1,w=2", "h:1,weight=", "h", "h:1,weight=2,weight=3", "h:1,weight=2,"])
     func badSpec(text: String) {
         #expect(throws: (any Error).self) { try TargetSpec(parsing: text) }
     }
