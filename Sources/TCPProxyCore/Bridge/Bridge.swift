@@ -185,7 +185,14 @@ final class Bridge {
                 self.shape(buffer, from: side, countingRate: true)
             }
             if self.timer == nil { self.startTimer() }
-        } else if !self.machine.isClosing, side == .client {
+        } else if self.machine.isClosing {
+            // Read as the bridge closes (NIO finishes a read burst it began): dropped, but counted as read,
+            // as the direct engine counts what it drops.
+            switch side {
+            case .client: self.bytesUpstream &+= count
+            case .server: self.bytesDownstream &+= count
+            }
+        } else if side == .client {
             self.bytesUpstream &+= count
             self.earlyDataBytes += buffer.readableBytes
             self.earlyData.append(buffer)
