@@ -142,11 +142,14 @@ final class DirectAcceptor: Sendable {
             CTCPProxyLinux_connect(address, UInt32(size), &connected)
         }
         guard server >= 0 else {
-            // Refused at once (no route, descriptors exhausted): the client is closed as on any failed connect.
+            // Refused at once (no route, descriptors exhausted, a loopback refusal seen within connect(2)): the
+            // client is closed as on any failed connect, its bytes read, dropped and counted, so it sees a FIN.
             let error = errno
             self.logConnectFailure(id: id, errno: error)
+            let dropped = UInt64(LinuxSocketOptions.discardInput(descriptor: client))
+            if dropped > 0 { self.metrics?.addBytes(upstream: dropped, downstream: 0) }
             closeDescriptor(client)
-            self.finish(id: id, reason: .connectFailed, bytes: (0, 0), duration: .zero)
+            self.finish(id: id, reason: .connectFailed, bytes: (dropped, 0), duration: .zero)
             return .handled
         }
         return .bridge(
