@@ -202,4 +202,27 @@ struct TimeoutTests {
         #expect(received.count > 0)
         #expect(received.end == .reset, "the cut shows as a reset after \(received.count) bytes, got \(received.end)")
     }
+
+    @Test(
+        "--idle-timeout cutting an upload short (the server reads nothing, the client sent its FIN): the client gets a reset, not a FIN",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func cutUploadResets(path: DataPath) async throws {
+        let server = try TestServer(handler: TestServer.sinkNeverReads)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--idle-timeout", "1", "--stall-timeout", "0"] + path.arguments)
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        #expect(await server.waitForAccepted(1, timeout: 5))
+        // More than the server's socket, the proxy and the client's socket hold: the client cannot send it all.
+        let written = await client.writeAsMuchAsPossibleAsync(for: 1)
+        #expect(written.written > 0)
+        client.shutdownWrite()
+        let closed = try #require(await proxy.waitForLine(containing: "bridge closed", timeout: 6))
+        #expect(logValue("close.reason", in: closed) == "idleTimeout", "\(closed)")
+        let end = await client.waitForEnd(timeout: 5)
+        #expect(end.end == .reset, "the cut upload shows as a reset, got \(end.end)")
+    }
 }

@@ -404,18 +404,26 @@ final class Bridge {
     }
 
     /// Whether `side`'s socket closes with a reset: always for an abortive reason, and at an idle or drain
-    /// timeout when that cuts the stream into it short (bytes for it held by NIO or `--latency`, or unread
-    /// at its partner).
+    /// timeout when bytes to or from it are pending (held by NIO, `--latency` or the early-data buffer, or
+    /// unread in a socket; ``LinuxSocketOptions/closingCutsStream(peer:partner:heldFor:heldFrom:)``).
     private func resetsOnClose(_ side: Side, _ reason: CloseReason) -> Bool {
         if reason.isAbortive { return true }
-        guard reason.resetsCutStreams, let sink = self.channel(side).flatMap(ChannelDescriptor.descriptor(of:)) else {
+        guard reason.resetsCutStreams, let peer = self.channel(side).flatMap(ChannelDescriptor.descriptor(of:)) else {
             return false
         }
-        let source = self.channel(side.partner).flatMap(ChannelDescriptor.descriptor(of:)) ?? -1
-        let toward = side.partner.readDirection
-        let held = (self.handler(side).holdsNothing ? 0 : 1) + (self.shaping?.delayedBytes(toward) ?? 0)
+        let partner = self.channel(side.partner).flatMap(ChannelDescriptor.descriptor(of:)) ?? -1
+        return LinuxSocketOptions.closingCutsStream(
+            peer: peer,
+            partner: partner,
+            heldFor: self.heldBytes(toward: side),
+            heldFrom: self.heldBytes(toward: side.partner)
+        )
+    }
+
+    /// Bytes the proxy holds for `side` (1 standing for "some" in NIO's write buffer, which is all that is asked).
+    private func heldBytes(toward side: Side) -> Int {
+        (self.handler(side).holdsNothing ? 0 : 1) + (self.shaping?.delayedBytes(side.partner.readDirection) ?? 0)
             + (side == .server ? self.earlyDataBytes : 0)
-        return LinuxSocketOptions.closingCutsStream(sink: sink, source: source, held: held)
     }
 
     private func channel(_ side: Side) -> Channel? {

@@ -41,9 +41,9 @@ public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// Timeouts that end a bridge its peers did not end (idle, drain): a peer whose stream they cut while
-    /// bytes for it are still pending gets a reset, one with nothing pending a FIN
-    /// (``LinuxSocketOptions/closingCutsStream(sink:source:held:)``).
+    /// Timeouts that end a bridge its peers did not end (idle, drain): a peer with bytes to or from it
+    /// pending at that moment gets a reset, one with nothing pending a FIN
+    /// (``LinuxSocketOptions/closingCutsStream(peer:partner:heldFor:heldFrom:)``).
     var resetsCutStreams: Bool { self == .idleTimeout || self == .drainTimeout }
 
     /// Whether the server connection never came: what the client sent went nowhere, so its socket's unread

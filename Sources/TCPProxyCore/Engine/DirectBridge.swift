@@ -422,18 +422,24 @@ final class DirectBridge {
         return side == .client ? .clientReset : .serverReset
     }
 
-    /// The server connection failed, so what the client sent while it was pending goes nowhere: it is read
-    /// and dropped (counted as upstream bytes, at most 64 KiB), so that closing the client's socket sends a
-    /// FIN rather than the reset close(2) sends over unread bytes.
     /// Whether `side`'s socket closes with a reset: always for an abortive reason, and at an idle or drain
-    /// timeout when that cuts the stream into it short.
+    /// timeout when bytes to or from it are pending (``LinuxSocketOptions/closingCutsStream(peer:partner:heldFor:heldFrom:)``).
     private func resetsOnClose(_ side: Side, _ reason: CloseReason) -> Bool {
         if reason.isAbortive { return true }
         guard reason.resetsCutStreams, self.descriptor(side) >= 0 else { return false }
-        let held = side == .client ? self.state.downstream.held : self.state.upstream.held
-        return LinuxSocketOptions.closingCutsStream(sink: self.descriptor(side), source: self.descriptor(side.partner), held: held)
+        let toward = side == .client ? self.state.downstream : self.state.upstream
+        let from = side == .client ? self.state.upstream : self.state.downstream
+        return LinuxSocketOptions.closingCutsStream(
+            peer: self.descriptor(side),
+            partner: self.descriptor(side.partner),
+            heldFor: toward.held,
+            heldFrom: from.held
+        )
     }
 
+    /// The server connection failed, so what the client sent while it was pending goes nowhere: it is read
+    /// and dropped (counted as upstream bytes, at most 64 KiB), so that closing the client's socket sends a
+    /// FIN rather than the reset close(2) sends over unread bytes.
     private func discardClientInput() {
         guard self.client >= 0 else { return }
         self.baseUpstream &+= UInt64(LinuxSocketOptions.discardInput(descriptor: self.client))

@@ -78,15 +78,16 @@ enum LinuxSocketOptions {
         return Int(count)
     }
 
-    /// Whether closing `sink` now, at a timeout the peers did not ask for (``CloseReason/resetsCutStreams``),
-    /// cuts a stream short: the one into it (no FIN was sent to it yet, and bytes for it are still held by
-    /// the proxy, `held`, or wait unread in `source`), or the one from it (its own bytes wait unread, which
-    /// close(2) answers with a reset anyway). Such a peer gets a reset, so it cannot take the cut for the
-    /// stream's end; one with nothing pending gets a FIN.
-    static func closingCutsStream(sink: CInt, source: CInt, held: Int) -> Bool {
-        if self.unreadBytes(descriptor: sink) > 0 { return true }
-        guard self.outputOpen(descriptor: sink) else { return false }
-        return held > 0 || self.unreadBytes(descriptor: source) > 0
+    /// Whether closing `peer` now, at a timeout the peers did not ask for (``CloseReason/resetsCutStreams``),
+    /// drops bytes pending at that moment: bytes from it (held by the proxy for its partner, `heldFrom`, or
+    /// unread in its own socket, which close(2) answers with a reset anyway), or bytes for it while no FIN
+    /// was sent to it yet (held by the proxy, `heldFor`, or unread in `partner`). Such a peer gets a reset,
+    /// so it cannot take the cut for the stream's end; one with nothing pending gets a FIN. Bytes still on
+    /// their way (in a peer's send queue, or in the network) are not seen.
+    static func closingCutsStream(peer: CInt, partner: CInt, heldFor: Int, heldFrom: Int) -> Bool {
+        if heldFrom > 0 || self.unreadBytes(descriptor: peer) > 0 { return true }
+        guard self.outputOpen(descriptor: peer) else { return false }
+        return heldFor > 0 || self.unreadBytes(descriptor: partner) > 0
     }
 
     /// Makes the next close of a raw socket send a reset instead of a FIN (`SO_LINGER` with a zero timeout).

@@ -481,7 +481,9 @@ final class MuxStream {
         // An idle or drain timeout that cuts the stream into the local socket short resets it, as a bridge does.
         let cut = reason.resetsCutStreams
             && ChannelDescriptor.descriptor(of: channel).map {
-                LinuxSocketOptions.closingCutsStream(sink: $0, source: -1, held: self.unwrittenLocal + self.unflushed)
+                LinuxSocketOptions.closingCutsStream(
+                    peer: $0, partner: -1, heldFor: self.unwrittenLocal + self.unflushed, heldFrom: self.pendingOutBytes
+                )
             } == true
         if reason.isAbortive || cut { LinuxSocketOptions.setResetOnClose(channel) }
         // A stream the far end refused or could not connect: the client's unread bytes are dropped (and

@@ -15,8 +15,8 @@ import ServiceLifecycle
 public final class MetricsEndpoint: Service, Sendable {
     /// How long shutdown waits for a scrape in progress before returning anyway.
     static let shutdownGrace: TimeAmount = .seconds(2)
-    /// How long a connection may send nothing (a request cut off halfway, or a kept-alive connection
-    /// between scrapes) before it is closed, so stalled clients cannot hold descriptors for ever.
+    /// How long a connection may go without reads or writes (a request cut off halfway, or a kept-alive
+    /// connection between scrapes) before it is closed, so stalled clients cannot hold descriptors for ever.
     public static let idleTimeout: TimeAmount = .seconds(30)
 
     private let endpoint: Endpoint
@@ -92,7 +92,7 @@ public final class MetricsEndpoint: Service, Sendable {
                     // Without NIO's error handler: it answers a request cut off by a quiescing close with a
                     // 400 on the closed channel, which NIO's pipelining handler asserts against. The
                     // handler below answers malformed requests itself.
-                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: false)
                     try channel.pipeline.syncOperations.addHandler(MetricsHTTPHandler(registry: registry))
                 }
@@ -131,9 +131,9 @@ final class MetricsHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// A connection that sent nothing for the idle timeout (``IdleStateHandler``) is closed.
+    /// A connection with neither reads nor writes for the idle timeout (``IdleStateHandler``) is closed.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all {
             context.close(promise: nil)
         } else {
             context.fireUserInboundEventTriggered(event)

@@ -13,7 +13,7 @@ import Darwin
 public enum LogFormat: String, Sendable, CaseIterable {
     /// `2026-11-21T23:59:00.123Z info bridge closed bridge.id=7 close.reason=completed …`
     case text
-    /// `{"time":"…","level":"info","message":"bridge closed","bridge.id":"7",…}`
+    /// `{"time":"…","level":"info","message":"bridge closed","bridge.id":7,…}`
     case json
 }
 
