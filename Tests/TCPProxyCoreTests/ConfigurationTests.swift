@@ -76,6 +76,8 @@ struct ConfigurationTests {
         #expect(Endpoint(host: "127.1", port: 8080).loops(into: loopback))
         #expect(Endpoint(host: "::ffff:127.0.0.1", port: 8080).loops(into: Endpoint(host: "::", port: 8080)))
         #expect(!Endpoint(host: "::1", port: 8080).loops(into: any), "0.0.0.0 takes no IPv6")
+        #expect(Endpoint(host: "0.0.0.0", port: 8080).loops(into: loopback), "a connect to 0.0.0.0 reaches loopback")
+        #expect(!Endpoint(host: "0.0.0.0", port: 8080).loops(into: Endpoint(host: "192.0.2.1", port: 8080)))
     }
 
     @Test("names are resolved only when the ports match; a name that resolves to the listener is a loop, one that does not resolve is not")

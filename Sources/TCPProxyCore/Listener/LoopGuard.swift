@@ -26,7 +26,10 @@ struct LoopGuard: Sendable {
     ///     wildcard listener.
     func isLoop(_ destination: IPEndpoint, isLocalAddress: (IPEndpoint) -> Bool) -> Bool {
         guard destination.port == self.listener.port else { return false }
-        guard self.listener.isUnspecified else { return destination.address == self.listener.address }
+        guard self.listener.isUnspecified else {
+            // A connect to `0.0.0.0` or `::` reaches this host's loopback address.
+            return destination.address == self.listener.address || (destination.isUnspecified && self.listener.isLoopback)
+        }
         // A `0.0.0.0` listener takes IPv4 only; `::` is dual-stack on Linux by default.
         if self.listener.isIPv4 && !destination.isIPv4 { return false }
         return destination.isUnspecified || destination.isLoopback || isLocalAddress(destination)
