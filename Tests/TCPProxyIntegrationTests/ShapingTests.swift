@@ -63,6 +63,30 @@ struct ShapingTests {
         )
     }
 
+    @Test("--downstream-rate 1K pacing out what came with the server's FIN is traffic: a 1 s --idle-timeout does not cut it")
+    func pacedAfterFINIsNotIdle() async throws {
+        let server = try TestServer(handler: TestServer.sendThenClose(pattern(count: 24 * 1024, seed: 3)))
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--downstream-rate", "1K", "--idle-timeout", "1"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        let received = try await onThread { () -> (total: Int, end: StreamEnd?) in
+            let started = now()
+            var total = 0
+            while now() - started < 3 {
+                switch try client.recv(max: 1 << 20, timeout: max(0.01, 3 - (now() - started))) {
+                case .data(let bytes): total += bytes.count
+                case .end(.timeout): continue
+                case .end(let end): return (total, end)
+                }
+            }
+            return (total, nil)
+        }
+        #expect(received.end == nil, "still flowing at 3 s, not closed: \(proxy.closedLines)")
+        #expect(received.total > 2 * 1024 && received.total < 5 * 1024, "about 1 KiB/s: \(received.total) bytes")
+    }
+
     @Test("--upstream-rate holds the client-to-server flow within 10% over 3 s", arguments: ["64K", "2M"])
     func upstreamRate(rate: String) async throws {
         let server = try TestServer(handler: TestServer.discard)

@@ -72,6 +72,7 @@ extension Bridge {
         let source = direction == .upstream ? self.clientHandler : self.serverHandler
         let now = self.eventLoop.now
         while let buffer = self.shaping!.popDue(direction, now: now) {
+            self.delayedBytesWritten &+= UInt64(buffer.readableBytes)
             sink.forward(buffer)
         }
         sink.flushIfNeeded()

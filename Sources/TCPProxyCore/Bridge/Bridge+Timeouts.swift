@@ -22,7 +22,9 @@ extension Bridge {
         guard self.machine.isForwarding else { return }
         let decision = self.timeouts.tick(
             now: self.eventLoop.now,
-            trafficBytes: self.bytesUpstream &+ self.bytesDownstream,
+            // Delayed chunks written count as traffic: a rate pacing out what came with a FIN, or
+            // `--latency`, moves bytes while nothing is read.
+            trafficBytes: self.bytesUpstream &+ self.bytesDownstream &+ self.delayedBytesWritten,
             upstream: self.serverHandler.sample(),
             downstream: self.clientHandler.sample(),
             heldElsewhere: self.shaping?.hasDelayedBytes == true

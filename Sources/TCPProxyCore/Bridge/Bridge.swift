@@ -75,6 +75,9 @@ final class Bridge {
     /// Per direction: the timer that resumes a rate-limited read, and the one that delivers delayed chunks.
     var rateTimers: [Scheduled<Void>?] = [nil, nil]
     var delayTimers: [Scheduled<Void>?] = [nil, nil]
+    /// Bytes of delayed chunks (`--latency`, or a rate pacing what came with a FIN) written so far: traffic
+    /// for the idle timeout, though nothing is read meanwhile.
+    var delayedBytesWritten: UInt64 = 0
 
     /// What the client sent before the server connection was up (SPEC §2 rule 2), at most about one
     /// high-water mark: reading pauses once it is full.
