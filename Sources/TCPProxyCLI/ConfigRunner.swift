@@ -47,6 +47,8 @@ enum ConfigRunner {
         var entries: [Planned] = []
         // Which entry listens where: two on the same address could not both start (port 0 excepted).
         var listening: [Endpoint: String] = [:]
+        // Each entry's listener and where it connects, for the loop check across entries below.
+        var routes: [(name: String, listen: Endpoint, destinations: [Endpoint])] = []
         for entry in file.entries {
             func failure(_ message: String) -> ModePlanError {
                 ModePlanError(message: "\(path): listener `\(entry.name)`: \(message)")
@@ -68,13 +70,47 @@ enum ConfigRunner {
                 let plan = try command.plan(name: entry.name)
                 try ProxyRunner.checkEngines(plan, options: process)
                 entries.append(Planned(entry: entry, plan: plan))
+                routes.append((entry.name, command.listen, command.destinations))
             } catch let error as ModePlanError {
                 throw failure(error.message)
             } catch {
                 throw failure(mode.message(for: error))
             }
         }
+        if let cycle = Self.loop(through: routes) {
+            throw ModePlanError(
+                message: "\(path): listeners \(cycle.map { "`\($0)`" }.joined(separator: " → ")) send clients round in a loop: "
+                    + "every client would come back in until descriptors run out"
+            )
+        }
         return Loaded(settings: settings, file: file, entries: entries)
+    }
+
+    /// Listeners that connect to one another in a circle (`a` targets `b`'s address, `b` targets `a`'s), as
+    /// their names from the first back to it; `nil` when there is none. A listener reaching itself is
+    /// already refused by its own mode's check.
+    static func loop(through routes: [(name: String, listen: Endpoint, destinations: [Endpoint])]) -> [String]? {
+        let edges = routes.map { from in
+            routes.indices.filter { to in from.destinations.contains { $0.loops(into: routes[to].listen) } }
+        }
+        // Depth-first search; a node on the current path seen again closes a circle.
+        var state = [UInt8](repeating: 0, count: routes.count)  // 0 new, 1 on the path, 2 done
+        var path: [Int] = []
+        func visit(_ node: Int) -> [Int]? {
+            state[node] = 1
+            path.append(node)
+            for next in edges[node] {
+                if state[next] == 1, let start = path.firstIndex(of: next) { return Array(path[start...]) + [next] }
+                if state[next] == 0, let found = visit(next) { return found }
+            }
+            path.removeLast()
+            state[node] = 2
+            return nil
+        }
+        for node in routes.indices where state[node] == 0 {
+            if let circle = visit(node) { return circle.map { routes[$0].name } }
+        }
+        return nil
     }
 
     /// What the runner's loop hears of.

@@ -33,6 +33,8 @@ struct DemuxCommand: ModeCommand {
 
     @OptionGroup var options: CommonOptions
 
+    var destinations: [Endpoint] { [self.target] }
+
     func validate() throws {
         try self.options.refuseDirectEngine()
         try refuseLoop(target: self.target, listen: self.listen)

@@ -33,6 +33,8 @@ struct ForwardCommand: ModeCommand {
     @Option(parsing: .unconditional, help: "Check each target with a TCP connect every this many seconds (2 up, 3 down in a row).")
     var healthInterval: Double?
 
+    var destinations: [Endpoint] { self.target.map(\.endpoint) }
+
     func validate() throws {
         if self.target.isEmpty {
             throw ValidationError("missing --target (give at least one)")

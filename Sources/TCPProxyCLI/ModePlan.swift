@@ -30,6 +30,9 @@ protocol ModeCommand: AsyncParsableCommand {
     var options: CommonOptions { get }
     /// `--listen`.
     var listen: Endpoint { get }
+    /// Where its listener connects to, fixed by its options (forward's targets, mux's tunnel, demux's
+    /// target): the edges `run` follows to find listeners that send clients round in a loop.
+    var destinations: [Endpoint] { get }
 
     /// The mode's plan, its listener named `name` in logs and metrics.
     /// - Throws: ``ModePlanError`` when something the options point at cannot be used (a users file).
@@ -37,6 +40,9 @@ protocol ModeCommand: AsyncParsableCommand {
 }
 
 extension ModeCommand {
+    /// None: SOCKS and transparent mode take their destinations from each client.
+    var destinations: [Endpoint] { [] }
+
     /// Runs the plan until a signal; a plan that cannot be made exits 1 with its one-line reason.
     func runPlan(name: String) async throws {
         let plan: ModePlan

@@ -41,6 +41,8 @@ struct MuxCommand: ModeCommand {
 
     @OptionGroup var options: CommonOptions
 
+    var destinations: [Endpoint] { [self.tunnel] }
+
     func validate() throws {
         try self.options.refuseDirectEngine()
         try refuseLoop(target: self.tunnel, listen: self.listen, what: "--tunnel")

@@ -292,6 +292,18 @@ struct RunFileTests {
         ("listeners:\n  - {mode: tunnel, listen: \"127.0.0.1:0\"}\n", "unknown mode `tunnel`"),
         ("listeners: [\n", "not valid YAML"),
         ("listeners:\n  - {mode: transparent, listen: \"127.0.0.1:0\", interception: sideways}\n", "sideways"),
+        // Listeners that send clients to one another in a circle, directly or through a mux and a demux.
+        (
+            "listeners:\n  - {name: a, mode: forward, listen: \"127.0.0.1:20351\", target: \"127.0.0.1:20352\"}\n"
+                + "  - {name: b, mode: forward, listen: \"127.0.0.1:20352\", target: \"localhost:20351\"}\n",
+            "listeners `a` → `b` → `a` send clients round in a loop"
+        ),
+        (
+            "listeners:\n  - {name: m, mode: mux, listen: \"127.0.0.1:20353\", tunnel: \"127.0.0.1:20354\"}\n"
+                + "  - {name: d, mode: demux, listen: \"127.0.0.1:20354\", target: \"127.0.0.1:20355\"}\n"
+                + "  - {name: f, mode: forward, listen: \"127.0.0.1:20355\", target: [\"127.0.0.1:9\", \"127.0.0.1:20353\"]}\n",
+            "listeners `m` → `d` → `f` → `m` send clients round in a loop"
+        ),
     ]
 
     @Test("A file that cannot be used exits 64 with one line naming the problem, before listening", arguments: badFiles)
@@ -354,6 +366,18 @@ struct RunFileTests {
         let bad = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
         #expect(bad.status == 64)
         #expect(bad.stderr.contains("listener `web`: Missing expected argument '--target"), "stderr:\n\(bad.stderr)")
+
+        // A chain that ends at a server is no loop.
+        try file.write(
+            """
+            listeners:
+              - {name: a, mode: forward, listen: "127.0.0.1:20356", target: "127.0.0.1:20357"}
+              - {name: b, mode: forward, listen: "127.0.0.1:20357", target: "127.0.0.1:9"}
+
+            """
+        )
+        let chain = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
+        #expect(chain.status == 0, "stderr:\n\(chain.stderr)")
 
         // Two entries on one address could not both bind: the check says so (two on port 0 are fine).
         try file.write(
