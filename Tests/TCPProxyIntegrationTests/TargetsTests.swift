@@ -213,6 +213,29 @@ struct TargetsTests {
         #expect(await proxy.waitForLine(containing: "client.address=192.0.2.9:4242", timeout: 5) != nil)
     }
 
+    @Test("SIGTERM while a client is still sending its PROXY header: it is closed at once and the process exits within the drain")
+    func drainDuringHeader() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--accept-proxy-protocol", "--drain-timeout", "2"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        try client.send("PROXY")
+        await delay(seconds: 0.3)
+        let started = now()
+        proxy.terminate()
+        let end = await client.waitForEnd(timeout: 5)
+        #expect(end.end.isClosed, "closed: \(end.end)")
+        // The rest of the header after the signal would otherwise have made a bridge the drain never ends.
+        _ = client.trySend(Array(" TCP4 192.0.2.9 192.0.2.1 4242 80\r\nhello".utf8))
+        #expect(await proxy.waitForExit(timeout: 6) == 0)
+        #expect(now() - started < 2.5, "exited within the drain timeout, after \(now() - started) s")
+        let line = try #require(proxy.lines(containing: "connection rejected").first)
+        #expect(logValue("close.reason", in: line) == "drainTimeout", "\(line)")
+        #expect(proxy.lines(containing: "bridge accepted").isEmpty)
+    }
+
     @Test("--trusted-proxy: a peer outside it cannot claim an allowed address in a forged header")
     func trustedProxy() async throws {
         let server = try TestServer(handler: TestServer.echo)

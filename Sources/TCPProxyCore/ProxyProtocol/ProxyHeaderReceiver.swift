@@ -81,6 +81,13 @@ final class ProxyHeaderReceiver: ChannelInboundHandler, RemovableChannelHandler 
             self.fail(context, reason: "connection closed before the PROXY header")
             return
         }
+        if event is ChannelShouldQuiesceEvent, !self.finished {
+            // The listener drains: this client is no bridge yet, and none is opened now (a SOCKS request
+            // that completes during a drain is refused too), so it goes at once rather than at the end of
+            // its header time.
+            self.fail(context, reason: "the proxy is shutting down", closeReason: "\(CloseReason.drainTimeout)")
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -97,14 +104,14 @@ final class ProxyHeaderReceiver: ChannelInboundHandler, RemovableChannelHandler 
         self.fail(context, reason: "\(error)")
     }
 
-    private func fail(_ context: ChannelHandlerContext, reason: String) {
+    private func fail(_ context: ChannelHandlerContext, reason: String, closeReason: String = "badProxyHeader") {
         guard !self.finished else { return }
         self.finished = true
         self.timer?.cancel()
         self.logger.info(
             "connection rejected",
             metadata: [
-                "client.address": "\(context.channel.remoteAddress.logDescription)", "close.reason": "badProxyHeader",
+                "client.address": "\(context.channel.remoteAddress.logDescription)", "close.reason": "\(closeReason)",
                 "error": "\(reason)",
             ]
         )
