@@ -131,6 +131,12 @@ struct ConfigurationTests {
         #expect(try CIDR(parsing: "10.1.2.3/8").description == "10.0.0.0/8")
         #expect(try CIDR(parsing: "10.0.0.0/12").contains(try SocketAddress(ipAddress: "10.15.255.255", port: 1)))
         #expect(!(try CIDR(parsing: "10.0.0.0/12").contains(try SocketAddress(ipAddress: "10.16.0.0", port: 1))))
+        // The IPv4-mapped form of a network covers the IPv4 addresses it maps, as HAProxy matches them.
+        let mapped = try CIDR(parsing: "::ffff:10.0.0.0/104")
+        #expect(mapped.contains(try SocketAddress(ipAddress: "10.1.2.3", port: 1)))
+        #expect(!mapped.contains(try SocketAddress(ipAddress: "11.1.2.3", port: 1)))
+        #expect(try CIDR(parsing: "::/0").contains(try SocketAddress(ipAddress: "192.0.2.1", port: 1)))
+        #expect(!v6.contains(try SocketAddress(ipAddress: "10.1.2.3", port: 1)), "fd00::/8 holds no IPv4 address")
     }
 
     @Test("bad networks are refused", arguments: ["10.0.0.0/33", "::/129", "example.com/8", "10.0.0.0/", "10.0.0.0/x", ""])

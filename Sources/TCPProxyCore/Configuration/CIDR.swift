@@ -25,14 +25,18 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         self.network = CIDR.masked(bytes, prefix: prefix)
     }
 
-    /// Whether `address` lies inside this network. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is
-    /// matched as the IPv4 address it carries, so a dual-stack listener applies IPv4 rules as written.
+    /// Whether `address` lies inside this network. IPv4 and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`)
+    /// are one address, both ways: a dual-stack listener applies IPv4 rules as written, and an IPv6
+    /// network that covers `::ffff:0:0/96` (`::/0`, `::ffff:10.0.0.0/104`) covers those IPv4 addresses, as
+    /// HAProxy matches them.
     public func contains(_ address: SocketAddress) -> Bool {
         guard var bytes = CIDR.bytes(of: address) else { return false }
         if bytes.count == 16, self.network.count == 4, bytes[0..<10].allSatisfy({ $0 == 0 }),
             bytes[10] == 0xff, bytes[11] == 0xff
         {
             bytes = Array(bytes[12..<16])
+        } else if bytes.count == 4, self.network.count == 16 {
+            bytes = [UInt8](repeating: 0, count: 10) + [0xff, 0xff] + bytes
         }
         guard bytes.count == self.network.count else { return false }
         return CIDR.masked(bytes, prefix: self.prefixLength) == self.network
