@@ -198,13 +198,18 @@ struct TargetsTests {
     func missingHeader() async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--accept-proxy-protocol", "--max-connections", "1"])
+        let proxy = try await ProxyProcess.forward(
+            to: server.port,
+            ["--accept-proxy-protocol", "--max-connections", "1", "--metrics", "127.0.0.1:0"]
+        )
         defer { proxy.kill() }
         let bad = try TestSocket.connect(port: proxy.port)
         try bad.send("GET / HTTP/1.1\r\n\r\n")
         #expect(try bad.readToEnd(timeout: 5).bytes.isEmpty)
         bad.close()
         #expect(await proxy.waitForLine(containing: "badProxyHeader", timeout: 5) != nil)
+        let text = try await PrometheusText.scrape(proxy)
+        #expect(PrometheusText.value(text, "tcpproxy_connections_rejected_total", "reason=\"badProxyHeader\"") == 1, "\(text)")
         // The slot came back: a good client (with a header) is served.
         let good = try TestSocket.connect(port: proxy.port)
         defer { good.close() }

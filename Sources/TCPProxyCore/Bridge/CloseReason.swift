@@ -29,6 +29,8 @@ public enum CloseReason: String, Sendable, Hashable, CustomStringConvertible {
     /// Transparent mode: the client's original destination could not be read (`redirect`: conntrack
     /// has no entry, so nothing redirected it).
     case noOriginalDestination
+    /// `--accept-proxy-protocol`: the client sent no valid PROXY header in time.
+    case badProxyHeader
 
     public var description: String { self.rawValue }
 

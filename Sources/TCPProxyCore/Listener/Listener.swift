@@ -200,6 +200,7 @@ extension Listener {
         return ProxyHeaderReceiver(
             timeout: .seconds(10),
             logger: logger,
+            metrics: metrics,
             outcome: .init(
                 received: { header, channel in
                     let client = header.source ?? channel.remoteAddress

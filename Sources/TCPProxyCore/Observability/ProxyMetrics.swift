@@ -188,7 +188,7 @@ public final class ProxyMetrics: Sendable {
 
     // MARK: Label values, in index order
 
-    static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed, .loopRefused, .noOriginalDestination]
+    static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed, .loopRefused, .noOriginalDestination, .badProxyHeader]
     static let timeoutKinds: [(reason: CloseReason, kind: String)] = [
         (.connectTimeout, "connect"), (.stallTimeout, "stall"), (.idleTimeout, "idle"), (.drainTimeout, "drain"),
         (.handshakeTimeout, "handshake"),
@@ -202,6 +202,7 @@ public final class ProxyMetrics: Sendable {
     static let closeReasons: [CloseReason] = [
         .completed, .clientReset, .serverReset, .connectFailed, .connectTimeout, .stallTimeout, .idleTimeout,
         .drainTimeout, .limitReached, .notAllowed, .loopRefused, .noOriginalDestination, .handshakeFailed, .handshakeTimeout,
+        .badProxyHeader,
     ]
 
     // MARK: The metric objects
@@ -276,7 +277,7 @@ public final class ProxyMetrics: Sendable {
         self.acceptedCounter.increment()
     }
 
-    /// A client was closed at accept: `.limitReached` or `.notAllowed` (other reasons are ignored).
+    /// A client was closed at accept (`rejectReasons`; other reasons are ignored).
     func rejected(_ reason: CloseReason) {
         guard let index = Self.rejectIndex(reason) else { return }
         self.rejectedCounters[index].increment()
@@ -396,6 +397,7 @@ public final class ProxyMetrics: Sendable {
         case .notAllowed: 1
         case .loopRefused: 2
         case .noOriginalDestination: 3
+        case .badProxyHeader: 4
         default: nil
         }
     }
@@ -427,6 +429,7 @@ public final class ProxyMetrics: Sendable {
         case .noOriginalDestination: 11
         case .handshakeFailed: 12
         case .handshakeTimeout: 13
+        case .badProxyHeader: 14
         }
     }
 }

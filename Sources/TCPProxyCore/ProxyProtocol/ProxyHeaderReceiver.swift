@@ -20,14 +20,16 @@ final class ProxyHeaderReceiver: ChannelInboundHandler, RemovableChannelHandler 
 
     private let timeout: TimeAmount
     private let logger: Logger
+    private let metrics: ProxyMetrics?
     private let outcome: Outcome
     private var buffered: ByteBuffer?
     private var timer: Scheduled<Void>?
     private var finished = false
 
-    init(timeout: TimeAmount, logger: Logger, outcome: Outcome) {
+    init(timeout: TimeAmount, logger: Logger, metrics: ProxyMetrics?, outcome: Outcome) {
         self.timeout = timeout
         self.logger = logger
+        self.metrics = metrics
         self.outcome = outcome
     }
 
@@ -85,7 +87,7 @@ final class ProxyHeaderReceiver: ChannelInboundHandler, RemovableChannelHandler 
             // The listener drains: this client is no bridge yet, and none is opened now (a SOCKS request
             // that completes during a drain is refused too), so it goes at once rather than at the end of
             // its header time.
-            self.fail(context, reason: "the proxy is shutting down", closeReason: "\(CloseReason.drainTimeout)")
+            self.fail(context, reason: "the proxy is shutting down", closeReason: .drainTimeout)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -104,10 +106,11 @@ final class ProxyHeaderReceiver: ChannelInboundHandler, RemovableChannelHandler 
         self.fail(context, reason: "\(error)")
     }
 
-    private func fail(_ context: ChannelHandlerContext, reason: String, closeReason: String = "badProxyHeader") {
+    private func fail(_ context: ChannelHandlerContext, reason: String, closeReason: CloseReason = .badProxyHeader) {
         guard !self.finished else { return }
         self.finished = true
         self.timer?.cancel()
+        self.metrics?.rejected(closeReason)
         self.logger.info(
             "connection rejected",
             metadata: [
