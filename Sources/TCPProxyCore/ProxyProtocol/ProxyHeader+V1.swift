@@ -73,7 +73,9 @@ extension ProxyHeader {
                 return value
             }
             func address(_ text: Substring, port: Int) throws -> SocketAddress {
-                guard isV4 ? !text.contains(":") : text.contains(":"),
+                // Plain inet_pton text, as the protocol's spec says: no IPv6 zone (`%eth0`), which would
+                // name an interface of this host rather than describe the client.
+                guard isV4 ? !text.contains(":") : text.contains(":"), !text.contains("%"),
                     let address = try? SocketAddress(ipAddress: String(text), port: port)
                 else { throw ProxyHeaderError.malformedV1("bad address '\(text)'") }
                 return address

@@ -99,6 +99,8 @@ struct ProxyHeaderTests {
         ("missing field", Array("PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n".utf8)),
         ("IPv6 under TCP4", Array("PROXY TCP4 ::1 ::1 1 2\r\n".utf8)),
         ("IPv4 under TCP6", Array("PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n".utf8)),
+        ("IPv6 zone (this host's interface)", Array("PROXY TCP6 fe80::1%lo ::1 1 2\r\n".utf8)),
+        ("IPv6 zone by number", Array("PROXY TCP6 ::1 fe80::1%1 1 2\r\n".utf8)),
         ("port too big", Array("PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n".utf8)),
         ("leading zero port", Array("PROXY TCP4 1.2.3.4 5.6.7.8 080 2\r\n".utf8)),
         ("double space", Array("PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n".utf8)),
