@@ -41,7 +41,9 @@ extension ByteBuffer {
     }
 
     /// Reads a PROXY v2 header. Returns `nil` until it has fully arrived; throws as soon as it can never
-    /// be valid. TLVs are skipped. The reader index moves only when a header is returned.
+    /// be valid. TLVs after TCP addresses are checked for their bounds (each a type, a 2-byte length and
+    /// that many bytes inside the header, as HAProxy checks them) and skipped. The reader index moves only
+    /// when a header is returned.
     mutating func readProxyHeaderV2() throws -> ProxyHeader? {
         guard self.readableBytes >= 16 else {
             let present = self.readableBytesView.prefix(12)
@@ -76,6 +78,7 @@ extension ByteBuffer {
                     packedIPAddress: self.getSlice(at: payload + 4, length: 4)!,
                     port: Int(self.getInteger(at: payload + 10, as: UInt16.self)!)
                 )
+                try self.checkTLVs(from: payload + 12, to: payload + length)
                 header = ProxyHeader(addresses: .tcp(source: source, destination: destination))
             case 0x21:  // TCP over IPv6
                 guard length >= 36 else { throw ProxyHeaderError.malformedV2("IPv6 addresses need 36 bytes, got \(length)") }
@@ -87,6 +90,7 @@ extension ByteBuffer {
                     packedIPAddress: self.getSlice(at: payload + 16, length: 16)!,
                     port: Int(self.getInteger(at: payload + 34, as: UInt16.self)!)
                 )
+                try self.checkTLVs(from: payload + 36, to: payload + length)
                 header = ProxyHeader(addresses: .tcp(source: source, destination: destination))
             case 0x00, 0x12, 0x22, 0x31, 0x32:
                 // UNSPEC, UDP or UNIX: nothing we forward by; use the connection's own addresses.
@@ -97,6 +101,17 @@ extension ByteBuffer {
         }
         self.moveReaderIndex(forwardBy: 16 + length)
         return header
+    }
+
+    /// Throws unless the bytes from `start` to `end` are whole TLVs.
+    private func checkTLVs(from start: Int, to end: Int) throws {
+        var index = start
+        while index < end {
+            guard end - index >= 3, let valueLength = self.getInteger(at: index + 1, as: UInt16.self),
+                index + 3 + Int(valueLength) <= end
+            else { throw ProxyHeaderError.malformedV2("a TLV runs past the header's end") }
+            index += 3 + Int(valueLength)
+        }
     }
 
     /// Reads a PROXY header of either version, telling them apart by their first byte.
