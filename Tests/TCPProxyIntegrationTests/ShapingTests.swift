@@ -9,6 +9,22 @@ import Glibc
 @Suite("Shaping and faults", .ownThread)
 struct ShapingTests {
     /// Bytes per second of a size text such as `16K`.
+    /// Everything that arrives within `seconds`, and how the stream ended if it did.
+    private static func receive(from client: TestSocket, for seconds: Double) async throws -> (total: Int, end: StreamEnd?) {
+        try await onThread {
+            let started = now()
+            var total = 0
+            while now() - started < seconds {
+                switch try client.recv(max: 1 << 20, timeout: max(0.01, seconds - (now() - started))) {
+                case .data(let bytes): total += bytes.count
+                case .end(.timeout): continue
+                case .end(let end): return (total, end)
+                }
+            }
+            return (total, nil)
+        }
+    }
+
     private static func rate(_ text: String) -> Double {
         let units: [Character: Double] = ["K": 1024, "M": 1024 * 1024]
         guard let last = text.last, let unit = units[last] else { return Double(text)! }
@@ -43,18 +59,7 @@ struct ShapingTests {
         defer { client.close() }
         // Everything that arrives within 3 s of connecting: the token bucket bounds it by rate × 3 s plus
         // one burst (1/16 s), whatever the kernel buffers hold, because nothing passes unmetered.
-        let received = try await onThread { () -> (total: Int, end: StreamEnd?) in
-            let started = now()
-            var total = 0
-            while now() - started < 3 {
-                switch try client.recv(max: 1 << 20, timeout: max(0.01, 3 - (now() - started))) {
-                case .data(let bytes): total += bytes.count
-                case .end(.timeout): continue
-                case .end(let end): return (total, end)
-                }
-            }
-            return (total, nil)
-        }
+        let received = try await Self.receive(from: client, for: 3)
         #expect(received.end == nil, "the bridge stayed open: \(proxy.closedLines)")
         let expected = Self.rate(rateCase.rate) * 3
         #expect(
@@ -71,18 +76,7 @@ struct ShapingTests {
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }
-        let received = try await onThread { () -> (total: Int, end: StreamEnd?) in
-            let started = now()
-            var total = 0
-            while now() - started < 3 {
-                switch try client.recv(max: 1 << 20, timeout: max(0.01, 3 - (now() - started))) {
-                case .data(let bytes): total += bytes.count
-                case .end(.timeout): continue
-                case .end(let end): return (total, end)
-                }
-            }
-            return (total, nil)
-        }
+        let received = try await Self.receive(from: client, for: 3)
         #expect(received.end == nil, "still flowing at 3 s, not closed: \(proxy.closedLines)")
         #expect(received.total > 2 * 1024 && received.total < 5 * 1024, "about 1 KiB/s: \(received.total) bytes")
     }
