@@ -22,6 +22,13 @@ enum ProxyRunner {
         try Self.checkEngines(plan, options: options)
         let process = try ProcessContext(options: options, threads: plan.sharedThreads)
         defer { process.close() }
+        // The metrics socket first: an address in use ends the process before any listener says it is ready.
+        do {
+            try await process.endpoint?.bind()
+        } catch {
+            printError("\(error)")
+            throw ExitCode(1)
+        }
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = process.endpoint.map { [.init(service: $0)] } ?? []
         let planned = process.services(for: plan)
         services += planned.map { .init(service: $0) }

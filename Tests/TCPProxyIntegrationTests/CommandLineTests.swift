@@ -59,7 +59,7 @@ struct CommandLineTests {
         #expect(!result.stderr.contains("listening on"))
     }
 
-    @Test("--metrics on an address in use: exit 1, and the line says it was the metrics address")
+    @Test("--metrics on an address in use: exit 1 before any listener says it is ready, and the line says it was the metrics address")
     func metricsAddressInUse() async throws {
         let occupier = try TestServer()
         defer { occupier.stop() }
@@ -67,6 +67,7 @@ struct CommandLineTests {
             ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--metrics", "127.0.0.1:\(occupier.port)"], timeout: 10)
         #expect(result.status == 1, "status \(String(describing: result.status)); stderr:\n\(result.stderr)")
         #expect(result.stderr.contains("cannot listen on 127.0.0.1:\(occupier.port) (--metrics): address already in use"), "\(result.stderr)")
+        #expect(!result.stderr.contains("listening on"), "no listener said it was ready: \(result.stderr)")
     }
 
     @Test("Listen address in use: exit 1 and stderr says address already in use, naming the address")

@@ -25,6 +25,8 @@ public final class MetricsEndpoint: Service, Sendable {
     private let logger: Logger
     private let idleTimeout: TimeAmount
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
+    /// The socket ``bind()`` made ahead of ``run()``, and its quiescing helper.
+    private let bound = NIOLockedValueBox<(channel: Channel, quiescing: ServerQuiescingHelper)?>(nil)
 
     /// - Parameters:
     ///   - endpoint: where to listen (port 0 for an ephemeral port).
@@ -49,11 +51,20 @@ public final class MetricsEndpoint: Service, Sendable {
     /// The address the socket is bound to, once it is (with the real port when port 0 was asked for).
     public var localAddress: SocketAddress? { self.boundAddress.withLockedValue { $0 } }
 
-    /// Binds, serves until graceful shutdown or cancellation, then closes.
+    /// Binds the socket now, before the listeners start, so that a metrics address in use stops the
+    /// process before any `listening on` line says it is ready. ``run()`` then serves on it.
     /// - Throws: ``ListenerError`` when the address cannot be bound.
-    public func run() async throws {
+    public func bind() async throws {
         let quiescing = ServerQuiescingHelper(group: self.group)
         let channel = try await self.bind(quiescing: quiescing)
+        self.bound.withLockedValue { $0 = (channel, quiescing) }
+    }
+
+    /// Binds (unless ``bind()`` did), serves until graceful shutdown or cancellation, then closes.
+    /// - Throws: ``ListenerError`` when the address cannot be bound.
+    public func run() async throws {
+        if self.bound.withLockedValue({ $0 }) == nil { try await self.bind() }
+        guard let (channel, quiescing) = self.bound.withLockedValue({ $0 }) else { return }
         let address = channel.localAddress
         self.logger.logReady("metrics served at \(address.map(\.logDescription) ?? self.endpoint.description)")
         // Published after the line: whoever sees the address can also find the line.
