@@ -395,9 +395,9 @@ final class Bridge {
             if reason.dropsClientInput, let client = self.clientHandler.context?.channel {
                 self.bytesUpstream &+= UInt64(LinuxSocketOptions.discardInput(client))
             }
-            for (channel, reset) in [(self.clientHandler.context?.channel, resets.client), (self.serverChannel, resets.server)] {
-                guard let channel else { continue }
-                if reset { LinuxSocketOptions.setResetOnClose(channel) }
+            for side in [Side.client, .server] {
+                guard let channel = self.channel(side) else { continue }
+                if side == .client ? resets.client : resets.server { LinuxSocketOptions.setResetOnClose(channel) }
                 channel.close(promise: nil)
             }
 

@@ -55,16 +55,13 @@ public final class MetricsEndpoint: Service, Sendable {
     /// process before any `listening on` line says it is ready. ``run()`` then serves on it.
     /// - Throws: ``ListenerError`` when the address cannot be bound.
     public func bind() async throws {
-        let quiescing = ServerQuiescingHelper(group: self.group)
-        let channel = try await self.bind(quiescing: quiescing)
-        self.bound.withLockedValue { $0 = (channel, quiescing) }
+        _ = try await self.boundSocket()
     }
 
     /// Binds (unless ``bind()`` did), serves until graceful shutdown or cancellation, then closes.
     /// - Throws: ``ListenerError`` when the address cannot be bound.
     public func run() async throws {
-        if self.bound.withLockedValue({ $0 }) == nil { try await self.bind() }
-        guard let (channel, quiescing) = self.bound.withLockedValue({ $0 }) else { return }
+        let (channel, quiescing) = try await self.boundSocket()
         let address = channel.localAddress
         self.logger.logReady("metrics served at \(address.map(\.logDescription) ?? self.endpoint.description)")
         // Published after the line: whoever sees the address can also find the line.
@@ -83,6 +80,15 @@ public final class MetricsEndpoint: Service, Sendable {
         try? await closed.futureResult.get()
         deadline.cancel()
         self.logger.debug("metrics endpoint stopped")
+    }
+
+    /// The listening socket, bound on the first call.
+    private func boundSocket() async throws -> (channel: Channel, quiescing: ServerQuiescingHelper) {
+        if let bound = self.bound.withLockedValue({ $0 }) { return bound }
+        let quiescing = ServerQuiescingHelper(group: self.group)
+        let channel = try await self.bind(quiescing: quiescing)
+        self.bound.withLockedValue { $0 = (channel, quiescing) }
+        return (channel, quiescing)
     }
 
     private func bind(quiescing: ServerQuiescingHelper) async throws -> Channel {

@@ -78,14 +78,14 @@ struct TransparentStarter: BridgeStarter {
             // is IPv4, and `SOL_IP` works on that IPv6 socket.
             let bytes = try LinuxSocketOptions.originalDestination(client, ipv6: !local.isIPv4)
             guard let destination = IPEndpoint(sockaddr: bytes) else { throw ChannelError.operationUnsupported }
-            // The kernel names the interface of a link-local destination when the client came from a
-            // link-local address too; the accepted socket's addresses are the fallback.
             let remote = client.remoteAddress.flatMap(IPEndpoint.init)
             // When the client's packets were not tracked (a NOTRACK rule), the proxy's own packets to the
             // client may start an entry, and what it gives as the original destination is the client itself.
             if let remote, remote.address == destination.address, remote.port == destination.port {
                 throw OriginalDestinationError.reflected
             }
+            // The kernel names the interface of a link-local destination when the client came from a
+            // link-local address too; the accepted socket's addresses are the fallback.
             return destination.scoped(like: remote).scoped(like: local)
         }
     }
