@@ -97,60 +97,17 @@ struct IPEndpoint: Hashable, Sendable, CustomStringConvertible {
         return IPEndpoint(address: self.address, port: self.port, scopeID: other.scopeID)
     }
 
-    /// The NIO address, for connecting and binding.
+    /// The NIO address, for connecting and binding; NIO writes its text form (inet_ntop), and only an
+    /// IPv6 scope is set by hand.
     var socketAddress: SocketAddress {
-        let host = self.hostDescription
-        if self.isIPv4 {
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = self.port.bigEndian
-            withUnsafeMutableBytes(of: &address.sin_addr) { $0.copyBytes(from: self.address) }
-            return SocketAddress(address, host: host)
-        }
-        var address = sockaddr_in6()
-        address.sin6_family = sa_family_t(AF_INET6)
-        address.sin6_port = self.port.bigEndian
-        withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: self.address) }
+        // Cannot throw: the address has 4 or 16 bytes (checked at init).
+        let plain = try! SocketAddress(packedIPAddress: ByteBuffer(bytes: self.address), port: Int(self.port))
+        guard self.scopeID != 0, case .v6(let v6) = plain else { return plain }
+        var address = v6.address
         address.sin6_scope_id = self.scopeID
-        return SocketAddress(address, host: host)
+        return SocketAddress(address, host: plain.ipAddress ?? "")
     }
 
-    /// `10.0.0.1:80`, `[fd00::1]:80`, `[fe80::1%eth0]:80` (the interface's name, or its index if it has none).
-    var description: String {
-        guard !self.isIPv4 else { return "\(self.hostDescription):\(self.port)" }
-        guard self.scopeID != 0 else { return "[\(self.hostDescription)]:\(self.port)" }
-        return "[\(self.hostDescription)%\(interfaceName(index: self.scopeID))]:\(self.port)"
-    }
-
-    /// The address alone: `10.0.0.1`, `fd00::1`.
-    var hostDescription: String {
-        if self.isIPv4 {
-            return self.address.map(String.init).joined(separator: ".")
-        }
-        var groups: [String] = []
-        for index in stride(from: 0, to: 16, by: 2) {
-            groups.append(String(UInt16(self.address[index]) << 8 | UInt16(self.address[index + 1]), radix: 16))
-        }
-        return Self.compress(groups)
-    }
-
-    /// RFC 5952 text: the longest run (two or more) of zero groups becomes `::`.
-    private static func compress(_ groups: [String]) -> String {
-        var best = (start: -1, length: 0)
-        var index = 0
-        while index < groups.count {
-            guard groups[index] == "0" else {
-                index += 1
-                continue
-            }
-            var end = index
-            while end < groups.count, groups[end] == "0" { end += 1 }
-            if end - index > best.length { best = (index, end - index) }
-            index = end
-        }
-        guard best.length >= 2 else { return groups.joined(separator: ":") }
-        let head = groups[..<best.start].joined(separator: ":")
-        let tail = groups[(best.start + best.length)...].joined(separator: ":")
-        return "\(head)::\(tail)"
-    }
+    /// `10.0.0.1:80`, `[fd00::1]:80`, `[fe80::1%eth0]:80`: as logs write any address.
+    var description: String { self.socketAddress.logDescription }
 }
