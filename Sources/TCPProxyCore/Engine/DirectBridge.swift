@@ -264,25 +264,30 @@ final class DirectBridge {
     var batchesAlone: Bool { self.batchMode == .always }
 
     /// Moves what can move in `direction`, then closes sockets that are done.
-    /// - Parameter batched: the ``IOBatch`` slot that already made this direction's first read and write.
-    func pump(_ direction: Direction, scratch: CopyScratch, batched: BatchSlot? = nil) -> PumpResult {
+    /// - Parameters:
+    ///   - rounds: read-and-write rounds before the pump yields.
+    ///   - batched: the ``IOBatch`` slot that already made this direction's first read and write.
+    func pump(_ direction: Direction, rounds: Int, scratch: CopyScratch, batched: BatchSlot? = nil) -> PumpResult {
         guard self.phase == .forwarding else { return .blocked }
         let outcome: DirectFlow.Outcome
         switch (self.transport, direction) {
         case (.splice(let upstream, _), .upstream):
             outcome = self.state.upstream.pump(
                 SpliceDirectionIO(source: self.client, pipe: upstream, sink: self.server),
+                rounds: rounds,
                 closesSinkAtEnd: self.state.downstream.isFinished
             )
         case (.splice(_, let downstream), .downstream):
             outcome = self.state.downstream.pump(
                 SpliceDirectionIO(source: self.server, pipe: downstream, sink: self.client),
+                rounds: rounds,
                 closesSinkAtEnd: self.state.upstream.isFinished
             )
         case (.copy(let upstream, _), .upstream):
             let before = self.state.upstream.moved
             outcome = self.state.upstream.pump(
                 CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch, batched: batched),
+                rounds: rounds,
                 stopAtShortRead: self.clientPeer == .open,
                 endAtShortRead: self.clientPeer == .finished,
                 closesSinkAtEnd: self.state.downstream.isFinished
@@ -293,6 +298,7 @@ final class DirectBridge {
             let before = self.state.downstream.moved
             outcome = self.state.downstream.pump(
                 CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch, batched: batched),
+                rounds: rounds,
                 stopAtShortRead: self.serverPeer == .open,
                 endAtShortRead: self.serverPeer == .finished,
                 closesSinkAtEnd: self.state.upstream.isFinished

@@ -23,6 +23,9 @@ struct DirectEngineLoop {
     private var queued: [DirectBridge] = []
     /// The batch being pumped again (kept to reuse its storage).
     private var requeued: [DirectBridge] = []
+    /// Read-and-write rounds a pump may run in this pass before the bridge yields: many while one bridge
+    /// has the engine to itself, one when several have work (``DirectEngineLoop/rounds(events:queued:)``).
+    private var rounds = DirectEngineLoop.soloRounds
     /// The earliest timer or drain deadline of any bridge.
     private var nextWake: NIODeadline?
     /// Where copying bridges read to.
@@ -69,6 +72,7 @@ struct DirectEngineLoop {
                 usleep(10_000)
                 continue
             }
+            self.rounds = Self.rounds(events: Int(count), queued: self.queued.count)
             if let batch = self.batch, count > 0 {
                 self.pumpBatched(UnsafeMutableBufferPointer(rebasing: events[0..<Int(count)]), batch)
             }
@@ -347,7 +351,7 @@ struct DirectEngineLoop {
         batched: BatchSlot? = nil
     ) -> Bool {
         let before = bridge.trafficBytes
-        let result = bridge.pump(direction, scratch: self.scratch, batched: batched)
+        let result = bridge.pump(direction, rounds: self.rounds, scratch: self.scratch, batched: batched)
         if bridge.timerIsStopped, bridge.trafficBytes != before {
             self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
         }
@@ -393,6 +397,22 @@ struct DirectEngineLoop {
             let token = self.token(bridge.slot, .server)
             _ = CTCPProxyLinux_epollModify(self.epoll, bridge.descriptor(.server), server, token)
         }
+    }
+
+    /// Rounds per pump when a single bridge has work.
+    static let soloRounds = 16
+
+    /// How many read-and-write rounds each pump of a pass runs: ``soloRounds`` when the poll woke for one
+    /// socket and nothing waits for another turn, else one, so bridges take turns a chunk at a time.
+    ///
+    /// A bulk sender's TCP waits for the proxy's reads to send its ACKs: the receive queue is full, so the
+    /// kernel defers them (`tcp_cleanup_rbuf` sends them at the next read). While one bridge runs 16 rounds
+    /// (a megabyte at the default mark) the others' senders hear nothing for milliseconds, past their
+    /// tail-loss-probe timeout (two round trips), and retransmit a segment the proxy already has. With
+    /// eight streams that was 200–430 spurious retransmissions per 3.7 GB against 15–33 for one round
+    /// each (docs/BENCHMARKS.md). A lone bridge keeps its 16: a turn each would add a poll per round.
+    static func rounds(events: Int, queued: Int) -> Int {
+        events + queued > 1 ? 1 : Self.soloRounds
     }
 
     /// Gives the bridges that hit the round limit another turn, after everyone else had one.

@@ -105,6 +105,30 @@ struct DirectFlowTests {
         #expect(flow.moved == 4096)
     }
 
+    @Test(
+        "a pass runs many rounds per pump only while one bridge has work, one round each when several do",
+        arguments: [
+            (events: 1, queued: 0, rounds: DirectEngineLoop.soloRounds),
+            (events: 0, queued: 1, rounds: DirectEngineLoop.soloRounds),
+            (events: 0, queued: 0, rounds: DirectEngineLoop.soloRounds),
+            (events: 2, queued: 0, rounds: 1),
+            (events: 1, queued: 1, rounds: 1),
+            (events: 8, queued: 8, rounds: 1),
+        ]
+    )
+    func roundsPerPass(_ pass: (events: Int, queued: Int, rounds: Int)) {
+        #expect(DirectEngineLoop.rounds(events: pass.events, queued: pass.queued) == pass.rounds)
+    }
+
+    @Test("one round per pump reads a chunk, writes it and yields while the source has more")
+    func oneRound() {
+        var flow = DirectFlow(capacity: 1024)
+        let io = ScriptedFlowIO(fills: [.moved(1024), .moved(1024)], drains: [.moved(1024), .moved(1024)])
+        #expect(flow.pump(io, rounds: 1) == .yielded)
+        #expect(io.calls == ["fill 1024", "drain 1024"])
+        #expect(flow.held == 0)
+    }
+
     @Test("a direction that ended on NIO starts finished and makes no calls")
     func startsEnded() {
         var flow = DirectFlow(capacity: 65536, ended: true)
