@@ -99,8 +99,11 @@ final class DirectBridge {
     /// The epoll events each socket is registered for now.
     var clientEvents: UInt32 = 0
     var serverEvents: UInt32 = 0
+    /// Directions that stopped at the round limit and wait in the engine's list to be pumped again.
+    var queuedUpstream = false
+    var queuedDownstream = false
     /// Whether it waits in the engine's list of bridges to pump again.
-    var isQueued = false
+    var isQueued: Bool { self.queuedUpstream || self.queuedDownstream }
     /// Directions whose batched read the bridge has not taken over yet (it must not move to pipes meanwhile).
     var pendingBatchReads = 0
     /// Whether its reads and writes may be batched, and even alone (`--io-uring`).

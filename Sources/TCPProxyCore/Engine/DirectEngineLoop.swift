@@ -72,7 +72,7 @@ struct DirectEngineLoop {
                 usleep(10_000)
                 continue
             }
-            self.rounds = Self.rounds(events: Int(count), queued: self.queued.count)
+            self.rounds = self.passRounds(UnsafeMutableBufferPointer(rebasing: events[0..<Int(count)]))
             if let batch = self.batch, count > 0 {
                 self.pumpBatched(UnsafeMutableBufferPointer(rebasing: events[0..<Int(count)]), batch)
             }
@@ -361,9 +361,10 @@ struct DirectEngineLoop {
             return true
         case .yielded:
             self.updateInterest(bridge, dropping: unused, on: side)
-            if !bridge.isQueued {
-                bridge.isQueued = true
-                self.queued.append(bridge)
+            if !bridge.isQueued { self.queued.append(bridge) }
+            switch direction {
+            case .upstream: bridge.queuedUpstream = true
+            case .downstream: bridge.queuedDownstream = true
             }
             return true
         case .end(let reason):
@@ -402,27 +403,40 @@ struct DirectEngineLoop {
     /// Rounds per pump when a single bridge has work.
     static let soloRounds = 16
 
-    /// How many read-and-write rounds each pump of a pass runs: ``soloRounds`` when the poll woke for one
-    /// socket and nothing waits for another turn, else one, so bridges take turns a chunk at a time.
+    /// How many read-and-write rounds each pump of a pass runs: ``soloRounds`` when the poll's events and
+    /// the bridges waiting for another turn all concern one bridge, else one, so bridges take turns a chunk
+    /// at a time.
     ///
     /// A bulk sender's TCP waits for the proxy's reads to send its ACKs: the receive queue is full, so the
     /// kernel defers them (`tcp_cleanup_rbuf` sends them at the next read). While one bridge runs 16 rounds
     /// (a megabyte at the default mark) the others' senders hear nothing for milliseconds, past their
     /// tail-loss-probe timeout (two round trips), and retransmit a segment the proxy already has. With
-    /// eight streams that was 200–430 spurious retransmissions per 3.7 GB against 15–33 for one round
+    /// eight streams that was 200–680 spurious retransmissions per 3.7 GB against 10–35 with one round
     /// each (docs/BENCHMARKS.md). A lone bridge keeps its 16: a turn each would add a poll per round.
-    static func rounds(events: Int, queued: Int) -> Int {
-        events + queued > 1 ? 1 : Self.soloRounds
+    private func passRounds(_ events: UnsafeMutableBufferPointer<CTCPProxyLinux_Event>) -> Int {
+        var work = PassWork()
+        for event in events where event.token & DirectEngine.listenerTokenBit == 0 {
+            work.add(bridge: event.token >> 1)
+        }
+        for bridge in self.queued where bridge.slot >= 0 {
+            work.add(bridge: self.token(bridge.slot, .client) >> 1)
+        }
+        return work.rounds
     }
 
-    /// Gives the bridges that hit the round limit another turn, after everyone else had one.
+    /// Gives the directions that hit the round limit another turn, after everyone else had one. Only
+    /// those: the other direction re-armed its edge when it last blocked, so reading it again would only
+    /// return `EAGAIN` (an upload's idle download was 40% of the splices with eight streams).
     private mutating func pumpQueued() {
         guard !self.queued.isEmpty else { return }
         swap(&self.queued, &self.requeued)
         for bridge in self.requeued {
-            bridge.isQueued = false
-            guard bridge.slot >= 0, self.pump(bridge, .upstream) else { continue }
-            _ = self.pump(bridge, .downstream)
+            let upstream = bridge.queuedUpstream
+            let downstream = bridge.queuedDownstream
+            bridge.queuedUpstream = false
+            bridge.queuedDownstream = false
+            guard bridge.slot >= 0, !upstream || self.pump(bridge, .upstream) else { continue }
+            if downstream { _ = self.pump(bridge, .downstream) }
         }
         self.requeued.removeAll(keepingCapacity: true)
     }
@@ -499,4 +513,22 @@ private enum BatchSlotState {
         if case .readDone = self { return true }
         return false
     }
+}
+
+/// Which bridges one pass of the engine has work for, told one event or queued bridge at a time (by the
+/// slot and generation of their tokens), and so how many rounds each pump of the pass may run.
+struct PassWork {
+    private var only: UInt64?
+    /// More than one bridge has work.
+    private(set) var isShared = false
+
+    mutating func add(bridge identity: UInt64) {
+        guard let only else {
+            self.only = identity
+            return
+        }
+        if only != identity { self.isShared = true }
+    }
+
+    var rounds: Int { self.isShared ? 1 : DirectEngineLoop.soloRounds }
 }

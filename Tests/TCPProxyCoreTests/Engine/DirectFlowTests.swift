@@ -106,18 +106,20 @@ struct DirectFlowTests {
     }
 
     @Test(
-        "a pass runs many rounds per pump only while one bridge has work, one round each when several do",
+        "a pass runs many rounds per pump only while its work is for one bridge, one round each when for several",
         arguments: [
-            (events: 1, queued: 0, rounds: DirectEngineLoop.soloRounds),
-            (events: 0, queued: 1, rounds: DirectEngineLoop.soloRounds),
-            (events: 0, queued: 0, rounds: DirectEngineLoop.soloRounds),
-            (events: 2, queued: 0, rounds: 1),
-            (events: 1, queued: 1, rounds: 1),
-            (events: 8, queued: 8, rounds: 1),
+            (bridges: [UInt64](), rounds: DirectEngineLoop.soloRounds),
+            (bridges: [7], rounds: DirectEngineLoop.soloRounds),
+            // One bridge's new bytes and its own turn waiting from the last pass.
+            (bridges: [7, 7, 7], rounds: DirectEngineLoop.soloRounds),
+            (bridges: [7, 9], rounds: 1),
+            (bridges: [7, 7, 9, 7], rounds: 1),
         ]
     )
-    func roundsPerPass(_ pass: (events: Int, queued: Int, rounds: Int)) {
-        #expect(DirectEngineLoop.rounds(events: pass.events, queued: pass.queued) == pass.rounds)
+    func roundsPerPass(_ pass: (bridges: [UInt64], rounds: Int)) {
+        var work = PassWork()
+        for bridge in pass.bridges { work.add(bridge: bridge) }
+        #expect(work.rounds == pass.rounds)
     }
 
     @Test("one round per pump reads a chunk, writes it and yields while the source has more")
