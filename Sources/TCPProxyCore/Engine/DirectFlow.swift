@@ -93,8 +93,8 @@ struct DirectFlow: Equatable {
     /// Moves bytes until nothing more can move, or until `rounds` read-and-write rounds have run.
     ///
     /// Each round reads what the pipe has room for, then writes what the pipe holds. Edge-triggered
-    /// readiness is only re-armed by `EAGAIN`, so a pump that stops for any other reason reports
-    /// ``Outcome/yielded`` and must be run again.
+    /// readiness is only re-armed by `EAGAIN` (or a short read, with `stopAtShortRead`), so a pump that
+    /// stops at the round limit with more to do reports ``Outcome/yielded`` and must be run again.
     ///
     /// With `stopAtShortRead`, a read that returns less than it asked for ends reading for this pump: the
     /// socket's receive queue was empty at that moment, so any later byte raises a new edge. (Not for
@@ -158,6 +158,9 @@ struct DirectFlow: Equatable {
             }
             if !progress { return .blocked }
         }
+        // The last round emptied the source for now and wrote all it read: another round would only make
+        // the read that returns `EAGAIN`, and the next byte raises an edge of its own.
+        if self.held == 0 && (self.sourceEnded || sourceDrained) { return .blocked }
         return .yielded
     }
 }

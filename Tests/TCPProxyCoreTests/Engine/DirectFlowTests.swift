@@ -131,6 +131,22 @@ struct DirectFlowTests {
         #expect(flow.held == 0)
     }
 
+    @Test("a last round whose short read emptied the source and whose write took everything does not yield")
+    func lastRoundDrained() {
+        var flow = DirectFlow(capacity: 1024)
+        let io = ScriptedFlowIO(fills: [.moved(100)], drains: [.moved(100)])
+        #expect(flow.pump(io, rounds: 1, stopAtShortRead: true) == .blocked)
+        #expect(io.calls == ["fill 1024", "drain 100"])
+    }
+
+    @Test("a last round whose write left bytes behind yields, so they are written on the next turn")
+    func lastRoundHolding() {
+        var flow = DirectFlow(capacity: 1024)
+        let io = ScriptedFlowIO(fills: [.moved(100)], drains: [.moved(60)])
+        #expect(flow.pump(io, rounds: 1, stopAtShortRead: true) == .yielded)
+        #expect(flow.held == 40)
+    }
+
     @Test("a direction that ended on NIO starts finished and makes no calls")
     func startsEnded() {
         var flow = DirectFlow(capacity: 65536, ended: true)
