@@ -24,9 +24,20 @@ const uint32_t CTCPProxyLinux_EPOLLOUT = EPOLLOUT;
 const uint32_t CTCPProxyLinux_EPOLLRDHUP = EPOLLRDHUP;
 const uint32_t CTCPProxyLinux_EPOLLERR = EPOLLERR;
 const uint32_t CTCPProxyLinux_EPOLLHUP = EPOLLHUP;
+const uint32_t CTCPProxyLinux_EPOLLPRI = EPOLLPRI;
 
 ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more) {
     return splice(from, NULL, to, NULL, length, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | (more ? SPLICE_F_MORE : 0));
+}
+
+ssize_t CTCPProxyLinux_readPastMark(int socket, int pipeInput, size_t length) {
+    char bytes[4096];
+    ssize_t count = read(socket, bytes, length < sizeof(bytes) ? length : sizeof(bytes));
+    if (count <= 0) {
+        return count;
+    }
+    // The pipe is empty, and a page always fits into an empty pipe: this write cannot come back short.
+    return write(pipeInput, bytes, (size_t)count) == count ? count : -1;
 }
 
 int CTCPProxyLinux_pipe(int fds[2], int size) {
@@ -214,8 +225,10 @@ const uint32_t CTCPProxyLinux_EPOLLOUT = 0x004;
 const uint32_t CTCPProxyLinux_EPOLLRDHUP = 0x2000;
 const uint32_t CTCPProxyLinux_EPOLLERR = 0x008;
 const uint32_t CTCPProxyLinux_EPOLLHUP = 0x010;
+const uint32_t CTCPProxyLinux_EPOLLPRI = 0x002;
 
 ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more) { errno = ENOSYS; return -1; }
+ssize_t CTCPProxyLinux_readPastMark(int socket, int pipeInput, size_t length) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort) {
     errno = ENOSYS;

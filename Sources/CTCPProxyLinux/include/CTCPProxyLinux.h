@@ -15,6 +15,7 @@ extern const uint32_t CTCPProxyLinux_EPOLLOUT;
 extern const uint32_t CTCPProxyLinux_EPOLLRDHUP;
 extern const uint32_t CTCPProxyLinux_EPOLLERR;
 extern const uint32_t CTCPProxyLinux_EPOLLHUP;
+extern const uint32_t CTCPProxyLinux_EPOLLPRI;
 
 /// One readiness report: which events, for which registration token. (struct epoll_event is packed on
 /// x86_64, which Swift imports poorly; this one is not.)
@@ -27,6 +28,11 @@ typedef struct {
 /// `from` to `to`, one of which must be a pipe. With `more`, also SPLICE_F_MORE (more follows: into a
 /// socket, a last part smaller than a segment waits for it, as with MSG_MORE).
 ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more);
+
+/// Reads past a TCP urgent mark, which splice(2) never does (it stops there with EAGAIN for good): up to
+/// `length` bytes (at most a page) with read(2), which skips the urgent byte as the socket API does without
+/// SO_OOBINLINE, written into the empty pipe `pipeInput`. Returns the count moved, 0 at EOF, or -1.
+ssize_t CTCPProxyLinux_readPastMark(int socket, int pipeInput, size_t length);
 
 /// A non-blocking, close-on-exec pipe whose capacity is set to at least `size` bytes if the system
 /// allows (F_SETPIPE_SZ). Returns the capacity it has (F_GETPIPE_SZ), or -1.

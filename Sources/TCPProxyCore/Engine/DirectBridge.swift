@@ -88,6 +88,11 @@ final class DirectBridge {
     /// What events have said of each side's peer.
     private var clientPeer = PeerEnd.open
     private var serverPeer = PeerEnd.open
+    /// The side has sent TCP urgent data (`EPOLLPRI`). Reads stop short at an urgent mark, so from then on a
+    /// short read of that side is neither "emptied" nor, after its FIN, "the end", and splice reads past
+    /// the mark with one read(2) (the urgent byte itself is dropped, as NIO and the socket API do).
+    private var clientUrgent = false
+    private var serverUrgent = false
 
     /// When the timeouts are sampled next; `nil` while the timer is stopped (no timeout on, or nothing
     /// held and nothing moving).
@@ -212,6 +217,11 @@ final class DirectBridge {
         if side == .client { self.clientPeer = now } else { self.serverPeer = now }
     }
 
+    /// An event reported urgent data (`EPOLLPRI`) on `side`.
+    func sawUrgentData(on side: Side) {
+        if side == .client { self.clientUrgent = true } else { self.serverUrgent = true }
+    }
+
     /// Bytes held for `side`'s socket, not yet written to it.
     func heldFor(_ side: Side) -> Int {
         side == .client ? self.state.downstream.held : self.state.upstream.held
@@ -254,10 +264,11 @@ final class DirectBridge {
             return nil
         }
         let peer = side == .client ? self.clientPeer : self.serverPeer
+        let urgent = side == .client ? self.clientUrgent : self.serverUrgent
         let flow = side == .client ? self.state.upstream : self.state.downstream
         let source = self.descriptor(side)
         let sink = self.descriptor(side == .client ? .server : .client)
-        guard peer == .open, flow.held == 0, !flow.sourceEnded, !flow.sinkShut, source >= 0, sink >= 0 else {
+        guard peer == .open, !urgent, flow.held == 0, !flow.sourceEnded, !flow.sinkShut, source >= 0, sink >= 0 else {
             return nil
         }
         return (source, sink, flow.capacity)
@@ -275,14 +286,22 @@ final class DirectBridge {
         let outcome: DirectFlow.Outcome
         switch (self.transport, direction) {
         case (.splice(let upstream, _), .upstream):
+            let emptyRoom = self.state.upstream.capacity
             outcome = self.state.upstream.pump(
-                SpliceDirectionIO(source: self.client, pipe: upstream, sink: self.server),
+                SpliceDirectionIO(
+                    source: self.client, pipe: upstream, sink: self.server,
+                    urgent: self.clientUrgent, emptyRoom: emptyRoom
+                ),
                 rounds: rounds,
                 closesSinkAtEnd: self.state.downstream.isFinished
             )
         case (.splice(_, let downstream), .downstream):
+            let emptyRoom = self.state.downstream.capacity
             outcome = self.state.downstream.pump(
-                SpliceDirectionIO(source: self.server, pipe: downstream, sink: self.client),
+                SpliceDirectionIO(
+                    source: self.server, pipe: downstream, sink: self.client,
+                    urgent: self.serverUrgent, emptyRoom: emptyRoom
+                ),
                 rounds: rounds,
                 closesSinkAtEnd: self.state.upstream.isFinished
             )
@@ -291,8 +310,8 @@ final class DirectBridge {
             outcome = self.state.upstream.pump(
                 CopyDirectionIO(source: self.client, buffer: upstream, sink: self.server, scratch: scratch, batched: batched),
                 rounds: rounds,
-                stopAtShortRead: self.clientPeer == .open,
-                endAtShortRead: self.clientPeer == .finished,
+                stopAtShortRead: self.clientPeer == .open && !self.clientUrgent,
+                endAtShortRead: self.clientPeer == .finished && !self.clientUrgent,
                 closesSinkAtEnd: self.state.downstream.isFinished
             )
             self.lastUpstreamPump = Int(truncatingIfNeeded: self.state.upstream.moved &- before)
@@ -302,8 +321,8 @@ final class DirectBridge {
             outcome = self.state.downstream.pump(
                 CopyDirectionIO(source: self.server, buffer: downstream, sink: self.client, scratch: scratch, batched: batched),
                 rounds: rounds,
-                stopAtShortRead: self.serverPeer == .open,
-                endAtShortRead: self.serverPeer == .finished,
+                stopAtShortRead: self.serverPeer == .open && !self.serverUrgent,
+                endAtShortRead: self.serverPeer == .finished && !self.serverUrgent,
                 closesSinkAtEnd: self.state.upstream.isFinished
             )
             self.lastDownstreamPump = Int(truncatingIfNeeded: self.state.downstream.moved &- before)

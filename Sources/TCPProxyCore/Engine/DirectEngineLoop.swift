@@ -24,7 +24,7 @@ struct DirectEngineLoop {
     /// The batch being pumped again (kept to reuse its storage).
     private var requeued: [DirectBridge] = []
     /// Read-and-write rounds a pump may run in this pass before the bridge yields: many while one bridge
-    /// has the engine to itself, one when several have work (``DirectEngineLoop/rounds(events:queued:)``).
+    /// has the engine to itself, one when several have work (``passRounds(_:)``).
     private var rounds = DirectEngineLoop.soloRounds
     /// The earliest timer or drain deadline of any bridge.
     private var nextWake: NIODeadline?
@@ -234,8 +234,7 @@ struct DirectEngineLoop {
                 return
             }
             if case .accepted(let acceptor) = bridge.origin { acceptor.connected(bridge) }
-            let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP
-            self.startForwarding(bridge, serverMayHaveBytes: events & readable != 0)
+            self.startForwarding(bridge, serverMayHaveBytes: events & Self.readEvents != 0)
         }
     }
 
@@ -256,12 +255,12 @@ struct DirectEngineLoop {
         return (bridge, side)
     }
 
-    /// The first read of every socket that only became readable (no end, no error: those take the plain
-    /// path), and the write of what it read, in two io_uring submissions for the whole poll; then each of
+    /// The first read of every socket that only became readable (no end, no error, no urgent data: those take
+    /// the plain path), and the write of what it read, in two io_uring submissions for the whole poll; then each of
     /// those directions is pumped with its results (``CopyDirectionIO`` replays them), in event order.
     /// Marks in `batchSlots` the events whose read is done.
     private mutating func pumpBatched(_ events: UnsafeMutableBufferPointer<CTCPProxyLinux_Event>, _ batch: IOBatch) {
-        let ends = CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP | CTCPProxyLinux_EPOLLERR
+        let ends = CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLHUP | CTCPProxyLinux_EPOLLERR | CTCPProxyLinux_EPOLLPRI
         var candidates = 0
         var alone = false
         for index in events.indices {
@@ -311,6 +310,9 @@ struct DirectEngineLoop {
             let fin = event.events & CTCPProxyLinux_EPOLLRDHUP != 0 && event.events & CTCPProxyLinux_EPOLLERR == 0
             bridge.peerClosed(side, cleanly: fin)
         }
+        if event.events & CTCPProxyLinux_EPOLLPRI != 0 {
+            bridge.sawUrgentData(on: side)
+        }
         if bridge.phase == .connecting {
             self.handleConnecting(bridge, side, event.events)
             return
@@ -319,7 +321,7 @@ struct DirectEngineLoop {
             self.end(bridge, reason)
             return
         }
-        let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | failure
+        let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLPRI | failure
         let writable = CTCPProxyLinux_EPOLLOUT | failure
         // Readiness a spliced bridge's socket is registered for but has no use for now woke the engine for
         // nothing: it is dropped (interest is added as soon as it is needed, and dropped only this way, so a
@@ -327,7 +329,7 @@ struct DirectEngineLoop {
         var unused: UInt32 = 0
         if !bridge.isCopying {
             let interest = bridge.interest(side)
-            if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP }
+            if !interest.readable { unused |= CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLPRI }
             if !interest.writable { unused |= CTCPProxyLinux_EPOLLOUT }
         }
         let from = DirectLinkState.direction(from: side)
@@ -373,10 +375,11 @@ struct DirectEngineLoop {
         }
     }
 
-    private static let allEvents = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLOUT
+    private static let readEvents = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLPRI
+    private static let allEvents = Self.readEvents | CTCPProxyLinux_EPOLLOUT
 
     private static func events(_ interest: (readable: Bool, writable: Bool)) -> UInt32 {
-        (interest.readable ? CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP : 0)
+        (interest.readable ? Self.readEvents : 0)
             | (interest.writable ? CTCPProxyLinux_EPOLLOUT : 0)
     }
 

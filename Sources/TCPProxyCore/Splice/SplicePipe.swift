@@ -47,9 +47,19 @@ struct SpliceDirectionIO: FlowIO {
     let source: CInt
     let pipe: SplicePipe
     let sink: CInt
+    /// The source has sent urgent data (`EPOLLPRI`). splice(2) stops at the urgent mark for good: it returns
+    /// `EAGAIN` there, or 0 once the peer's FIN has come, bytes after the mark or not. From such a source
+    /// either answer, with the pipe empty, reads past the mark with one read(2), which returns 0 only at
+    /// the real end; with bytes in the pipe, the pipe is written first.
+    var urgent = false
+    /// The room a fill is offered when the pipe is empty (the flow's capacity).
+    var emptyRoom = 0
 
     func fill(max count: Int) -> FlowStep {
-        Self.step(CTCPProxyLinux_splice(self.source, self.pipe.input, count, 0))
+        let result = CTCPProxyLinux_splice(self.source, self.pipe.input, count, 0)
+        guard self.urgent, result == 0 || (result < 0 && errno == EAGAIN) else { return Self.step(result) }
+        guard count == self.emptyRoom else { return .wouldBlock }
+        return Self.step(CTCPProxyLinux_readPastMark(self.source, self.pipe.input, count))
     }
 
     func drain(max count: Int, finishing: Bool) -> FlowStep {

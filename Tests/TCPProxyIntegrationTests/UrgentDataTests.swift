@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// TCP urgent data (`send(MSG_OOB)`, as telnet's interrupt and FTP's abort send it): reads stop short at the
+/// urgent mark and splice(2) stops there for good. The bytes around the mark must still pass, in order and
+/// without waiting for more; the urgent byte itself is not part of the stream and is dropped, as a plain
+/// read(2) drops it (and as NIO, nginx and socat do).
+@Suite("Urgent data", .ownThread)
+struct UrgentDataTests {
+    @Test(
+        "bytes before and after an urgent byte all pass at once, in order, with or without a FIN right after",
+        .serialized,
+        arguments: DataPath.allCases, [false, true]
+    )
+    func aroundTheMark(path: DataPath, thenFIN: Bool) async throws {
+        let pair = try await EndOfStreamTests.Pair.open(path.arguments)
+        defer { pair.close() }
+        let before = [UInt8](repeating: UInt8(ascii: "A"), count: 1000)
+        let after = [UInt8](repeating: UInt8(ascii: "B"), count: 1000)
+
+        for (direction, sender, receiver) in [("upstream", pair.client, pair.upstream), ("downstream", pair.upstream, pair.client)] {
+            // Corked, so that the bytes before the mark, the urgent byte and the bytes after it arrive in one
+            // segment and the proxy's read meets the mark with bytes ahead of it.
+            var on: Int32 = 1
+            var off: Int32 = 0
+            setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size))
+            try sender.send(before)
+            var urgent = UInt8(ascii: "X")
+            #expect(Glibc.send(sender.fd, &urgent, 1, Int32(MSG_OOB)) == 1)
+            try sender.send(after)
+            setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &off, socklen_t(MemoryLayout<Int32>.size))
+            if thenFIN { sender.shutdownWrite() }
+
+            let received = try await onThread { try receiver.recvExactly(2000, timeout: 5) }
+            #expect(received == before + after, "\(direction)")
+        }
+        if thenFIN {
+            let rest = try await onThread { try pair.client.readToEnd(timeout: 5) }
+            #expect(rest.bytes.isEmpty && rest.end == .eof, "the FIN passed after the bytes")
+            let closed = try #require(await pair.proxy.waitForLine(containing: "bridge closed", timeout: 5))
+            #expect(logValue("close.reason", in: closed) == "completed")
+            #expect(logValue("bytes.upstream", in: closed) == "2000")
+            #expect(logValue("bytes.downstream", in: closed) == "2000")
+        }
+    }
+}
