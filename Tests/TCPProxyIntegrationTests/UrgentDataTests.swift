@@ -8,7 +8,7 @@ import Glibc
 /// TCP urgent data (`send(MSG_OOB)`, as telnet's interrupt and FTP's abort send it): reads stop short at the
 /// urgent mark and splice(2) stops there for good. The bytes around the mark must still pass, in order and
 /// without waiting for more; the urgent byte itself is not part of the stream and is dropped, as a plain
-/// read(2) drops it (and as NIO, nginx and socat do).
+/// read(2) without `SO_OOBINLINE` drops it (and as NIO's bridge does).
 @Suite("Urgent data", .ownThread)
 struct UrgentDataTests {
     @Test(
