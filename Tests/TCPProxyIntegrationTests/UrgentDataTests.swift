@@ -11,28 +11,43 @@ import Glibc
 /// read(2) without `SO_OOBINLINE` drops it (and as NIO's bridge does).
 @Suite("Urgent data", .ownThread)
 struct UrgentDataTests {
+    /// How the sender sends the bytes, the urgent byte and the rest.
+    enum Burst: String, CaseIterable, CustomTestStringConvertible {
+        /// All in one segment (corked), the stream left open: the proxy's read meets the mark with bytes
+        /// ahead of it.
+        case corked
+        /// The same, then the FIN.
+        case corkedThenFIN
+        /// Three writes and the FIN as they come: the FIN can arrive before the proxy's event for the urgent
+        /// data is handled, and splice(2) then returns 0 at the mark.
+        case writesThenFIN
+
+        var testDescription: String { self.rawValue }
+        var corked: Bool { self != .writesThenFIN }
+        var thenFIN: Bool { self != .corked }
+    }
+
     @Test(
         "bytes before and after an urgent byte all pass at once, in order, with or without a FIN right after",
         .serialized,
-        arguments: DataPath.allCases, [false, true]
+        arguments: DataPath.allCases, Burst.allCases
     )
-    func aroundTheMark(path: DataPath, thenFIN: Bool) async throws {
+    func aroundTheMark(path: DataPath, burst: Burst) async throws {
+        let thenFIN = burst.thenFIN
         let pair = try await EndOfStreamTests.Pair.open(path.arguments)
         defer { pair.close() }
         let before = [UInt8](repeating: UInt8(ascii: "A"), count: 1000)
         let after = [UInt8](repeating: UInt8(ascii: "B"), count: 1000)
 
         for (direction, sender, receiver) in [("upstream", pair.client, pair.upstream), ("downstream", pair.upstream, pair.client)] {
-            // Corked, so that the bytes before the mark, the urgent byte and the bytes after it arrive in one
-            // segment and the proxy's read meets the mark with bytes ahead of it.
             var on: Int32 = 1
             var off: Int32 = 0
-            setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size))
+            if burst.corked { setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &on, socklen_t(MemoryLayout<Int32>.size)) }
             try sender.send(before)
             var urgent = UInt8(ascii: "X")
             #expect(Glibc.send(sender.fd, &urgent, 1, Int32(MSG_OOB)) == 1)
             try sender.send(after)
-            setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &off, socklen_t(MemoryLayout<Int32>.size))
+            if burst.corked { setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &off, socklen_t(MemoryLayout<Int32>.size)) }
             if thenFIN { sender.shutdownWrite() }
 
             let received = try await onThread { try receiver.recvExactly(2000, timeout: 5) }

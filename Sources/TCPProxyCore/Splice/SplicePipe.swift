@@ -47,17 +47,20 @@ struct SpliceDirectionIO: FlowIO {
     let source: CInt
     let pipe: SplicePipe
     let sink: CInt
-    /// The source has sent urgent data (`EPOLLPRI`). splice(2) stops at the urgent mark for good: it returns
-    /// `EAGAIN` there, or 0 once the peer's FIN has come, bytes after the mark or not. From such a source
-    /// either answer, with the pipe empty, reads past the mark with one read(2), which returns 0 only at
-    /// the real end; with bytes in the pipe, the pipe is written first.
+    /// The source has sent urgent data (`EPOLLPRI`).
     var urgent = false
     /// The room a fill is offered when the pipe is empty (the flow's capacity).
     var emptyRoom = 0
 
+    /// splice(2) stops at a TCP urgent mark for good: it returns `EAGAIN` there, or 0 once the peer's FIN has
+    /// come, bytes after the mark or not (and the 0 can come before the event that reports the urgent data).
+    /// So a 0 is believed only from read(2): with the pipe empty, one read(2), which skips the urgent byte,
+    /// moves what follows the mark into the pipe or returns 0 at the real end; with bytes in the pipe, they
+    /// are written first. An `EAGAIN`, the usual answer of a drained socket, takes the same read only from
+    /// a source known to send urgent data.
     func fill(max count: Int) -> FlowStep {
         let result = CTCPProxyLinux_splice(self.source, self.pipe.input, count, 0)
-        guard self.urgent, result == 0 || (result < 0 && errno == EAGAIN) else { return Self.step(result) }
+        guard result == 0 || (self.urgent && result < 0 && errno == EAGAIN) else { return Self.step(result) }
         guard count == self.emptyRoom else { return .wouldBlock }
         return Self.step(CTCPProxyLinux_readPastMark(self.source, self.pipe.input, count))
     }
