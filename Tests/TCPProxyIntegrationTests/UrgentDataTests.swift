@@ -33,7 +33,6 @@ struct UrgentDataTests {
         arguments: DataPath.allCases, Burst.allCases
     )
     func aroundTheMark(path: DataPath, burst: Burst) async throws {
-        let thenFIN = burst.thenFIN
         let pair = try await EndOfStreamTests.Pair.open(path.arguments)
         defer { pair.close() }
         let before = [UInt8](repeating: UInt8(ascii: "A"), count: 1000)
@@ -48,14 +47,17 @@ struct UrgentDataTests {
             #expect(Glibc.send(sender.fd, &urgent, 1, Int32(MSG_OOB)) == 1)
             try sender.send(after)
             if burst.corked { setsockopt(sender.fd, Int32(IPPROTO_TCP), TCP_CORK, &off, socklen_t(MemoryLayout<Int32>.size)) }
-            if thenFIN { sender.shutdownWrite() }
+            if burst.thenFIN { sender.shutdownWrite() }
 
             let received = try await onThread { try receiver.recvExactly(2000, timeout: 5) }
             #expect(received == before + after, "\(direction)")
         }
-        if thenFIN {
-            let rest = try await onThread { try pair.client.readToEnd(timeout: 5) }
-            #expect(rest.bytes.isEmpty && rest.end == .eof, "the FIN passed after the bytes")
+        if burst.thenFIN {
+            // A FIN each way, not a reset: no urgent byte was left unread in a socket the proxy closed.
+            for (direction, receiver) in [("upstream", pair.upstream), ("downstream", pair.client)] {
+                let rest = try await onThread { try receiver.readToEnd(timeout: 5) }
+                #expect(rest.bytes.isEmpty && rest.end == .eof, "\(direction): the FIN passed after the bytes")
+            }
             let closed = try #require(await pair.proxy.waitForLine(containing: "bridge closed", timeout: 5))
             #expect(logValue("close.reason", in: closed) == "completed")
             #expect(logValue("bytes.upstream", in: closed) == "2000")
