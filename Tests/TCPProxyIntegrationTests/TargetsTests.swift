@@ -241,6 +241,33 @@ struct TargetsTests {
         #expect(proxy.lines(containing: "bridge accepted").isEmpty)
     }
 
+    @Test("A client closed mid-PROXY-header by the drain counts as rejected (drainTimeout) while a bridge keeps the drain going")
+    func drainDuringHeaderCounted() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(
+            to: server.port,
+            ["--accept-proxy-protocol", "--drain-timeout", "5", "--metrics", "127.0.0.1:0"]
+        )
+        defer { proxy.kill() }
+        let bridged = try TestSocket.connect(port: proxy.port)
+        defer { bridged.close() }
+        try bridged.send("PROXY TCP4 192.0.2.9 192.0.2.1 4242 80\r\nping")
+        #expect(try bridged.recvExactly(4, timeout: 5) == Array("ping".utf8))
+        let halfway = try TestSocket.connect(port: proxy.port)
+        defer { halfway.close() }
+        try halfway.send("PROXY")
+        await delay(seconds: 0.3)
+        proxy.terminate()
+        #expect(await halfway.waitForEnd(timeout: 5).end.isClosed)
+        #expect(await proxy.waitForLine(containing: "drainTimeout", timeout: 3) != nil)
+        let text = try await PrometheusText.scrape(proxy)
+        #expect(PrometheusText.value(text, "tcpproxy_connections_rejected_total", "reason=\"drainTimeout\"") == 1, "\(text)")
+        #expect(PrometheusText.value(text, "tcpproxy_bridges_active") == 1, "the bridge is still served: \(text)")
+        bridged.shutdownWrite()
+        #expect(await proxy.waitForExit(timeout: 6) == 0)
+    }
+
     @Test("--trusted-proxy: a peer outside it cannot claim an allowed address in a forged header")
     func trustedProxy() async throws {
         let server = try TestServer(handler: TestServer.echo)

@@ -188,7 +188,9 @@ public final class ProxyMetrics: Sendable {
 
     // MARK: Label values, in index order
 
-    static let rejectReasons: [CloseReason] = [.limitReached, .notAllowed, .loopRefused, .noOriginalDestination, .badProxyHeader]
+    static let rejectReasons: [CloseReason] = [
+        .limitReached, .notAllowed, .loopRefused, .noOriginalDestination, .badProxyHeader, .drainTimeout,
+    ]
     static let timeoutKinds: [(reason: CloseReason, kind: String)] = [
         (.connectTimeout, "connect"), (.stallTimeout, "stall"), (.idleTimeout, "idle"), (.drainTimeout, "drain"),
         (.handshakeTimeout, "handshake"),
@@ -398,6 +400,7 @@ public final class ProxyMetrics: Sendable {
         case .loopRefused: 2
         case .noOriginalDestination: 3
         case .badProxyHeader: 4
+        case .drainTimeout: 5
         default: nil
         }
     }
