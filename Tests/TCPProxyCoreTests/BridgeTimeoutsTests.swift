@@ -98,6 +98,27 @@ struct BridgeTimeoutsTests {
         )
     }
 
+    @Test("a peer taking bytes from the kernel's send queue is traffic for the idle timeout, with nothing held and no stall timeout")
+    func idleCountsDelivery() {
+        var timeouts = BridgeTimeouts(stallTimeout: nil, idleTimeout: .seconds(1), now: self.start)
+        // Nothing is read after the start; the server acknowledges 32 KiB every tick for 3 s.
+        var time = 0.125
+        while time < 3 {
+            let draining = BridgeTimeouts.Sample(held: 0, delivered: UInt64(time * 8) * 32768)
+            #expect(
+                timeouts.tick(now: self.at(time), trafficBytes: 400_000, upstream: draining, downstream: self.nothing)
+                    == .sampleAgain(in: .milliseconds(125)),
+                "at \(time) s"
+            )
+            time += 0.125
+        }
+        // Then the send queue is empty: idle from the last delivery on.
+        let done = BridgeTimeouts.Sample(held: 0, delivered: UInt64(3 * 8) * 32768)
+        #expect(timeouts.tick(now: self.at(3), trafficBytes: 400_000, upstream: done, downstream: self.nothing) == .sampleAgain(in: .milliseconds(125)))
+        #expect(timeouts.tick(now: self.at(3.5), trafficBytes: 400_000, upstream: done, downstream: self.nothing) == .sampleAgain(in: .milliseconds(125)))
+        #expect(timeouts.tick(now: self.at(4), trafficBytes: 400_000, upstream: done, downstream: self.nothing) == .expire(.idleTimeout))
+    }
+
     @Test("bytes held outside the write buffers (delayed by --latency) keep the timer running")
     func heldElsewhere() {
         var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)

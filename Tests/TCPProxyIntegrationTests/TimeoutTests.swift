@@ -179,6 +179,49 @@ struct TimeoutTests {
     }
 
     @Test(
+        "--idle-timeout 1: an upload the proxy read in full but the kernel still sends to a slow server is traffic; the answer arrives",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func idleTimeoutCountsDrainingSendQueue(path: DataPath) async throws {
+        let total = 400_000
+        let payload = pattern(count: total, seed: 72)
+        let received = Shared<[UInt8]>([])
+        // Reads 32 KiB every 0.1 s through a 16 KiB socket (~1.3 s for the upload), then answers.
+        let server = try TestServer(receiveBufferSize: 16 * 1024) { socket, _, server in
+            let end = server.readLoop(socket, max: 32 * 1024) { data in
+                received.update { $0 += data }
+                usleep(100_000)
+                return true
+            }
+            server.recordEnd(end)
+            if end == .eof {
+                try? socket.send("RESPONSE")
+                socket.shutdownWrite()
+            }
+        }
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(
+            to: server.port,
+            ["--idle-timeout", "1", "--stall-timeout", "0"] + path.arguments
+        )
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        try await onThread {
+            try client.send(payload, timeout: 20)
+            client.shutdownWrite()
+        }
+        let answer = try await onThread { try client.readToEnd(timeout: 20) }
+        #expect(answer.end == .eof && answer.bytes == Array("RESPONSE".utf8), "the answer arrives: \(answer)")
+        let intact = sameBytes(received.value, payload)
+        #expect(intact, "the server got \(received.value.count) of \(total) bytes, intact: \(intact)")
+        let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 3)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
+    }
+
+    @Test(
         "--idle-timeout and --drain-timeout cutting a download short: the client gets a reset, not an EOF that would pass for the end",
         .serialized,
         arguments: DataPath.allCases, ["idle", "drain"]

@@ -41,15 +41,16 @@ struct BridgeTimeouts {
         var lastProgress: NIODeadline? = nil
 
         /// Takes a sample.
-        /// - Returns: whether a backlog moved (a draining backlog is traffic too), and, while the direction
-        ///   holds bytes, since when it has made no progress.
-        mutating func observe(_ sample: Sample, now: NIODeadline) -> (backlogMoved: Bool, stalledSince: NIODeadline?) {
+        /// - Returns: whether the peer took bytes since the last sample (traffic, whether the proxy still
+        ///   holds some or they all wait in the kernel's send queue), and, while the direction holds bytes,
+        ///   since when it has made no progress.
+        mutating func observe(_ sample: Sample, now: NIODeadline) -> (delivered: Bool, stalledSince: NIODeadline?) {
             let moved = sample.delivered != self.lastDelivered
+            self.lastDelivered = sample.delivered
             if sample.held == 0 || moved || self.lastProgress == nil {
                 self.lastProgress = now
-                self.lastDelivered = sample.delivered
             }
-            return (sample.held > 0 && moved, sample.held > 0 ? self.lastProgress : nil)
+            return (moved, sample.held > 0 ? self.lastProgress : nil)
         }
     }
 
@@ -104,11 +105,13 @@ struct BridgeTimeouts {
             self.lastTrafficBytes = trafficBytes
             self.lastTraffic = now
         }
+        let up = self.upstreamProgress.observe(upstream, now: now)
+        let down = self.downstreamProgress.observe(downstream, now: now)
+        // A peer taking bytes is traffic: an upload the proxy has read in full but the kernel still sends
+        // to a slow server is not idle, or its answer would be cut off.
+        if up.delivered || down.delivered { self.lastTraffic = now }
         var nextDeadline: NIODeadline? = nil
         if let stallTimeout {
-            let up = self.upstreamProgress.observe(upstream, now: now)
-            let down = self.downstreamProgress.observe(downstream, now: now)
-            if up.backlogMoved || down.backlogMoved { self.lastTraffic = now }
             for stalledSince in [up.stalledSince, down.stalledSince] {
                 guard let stalledSince else { continue }
                 if now - stalledSince >= stallTimeout {
