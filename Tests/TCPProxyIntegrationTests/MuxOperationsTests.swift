@@ -217,6 +217,18 @@ struct MuxOperationsTests {
         #expect(received.end == .reset, "the cut shows as a reset after \(received.count) bytes, got \(received.end)")
     }
 
+    @Test("demux --idle-timeout 1: an upload the kernel still sends to a slow server is traffic; the answer comes back")
+    func demuxIdleCountsDrainingSendQueue() async throws {
+        let upload = SlowAnsweredUpload()
+        let server = try upload.server()
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, demuxExtra: ["--idle-timeout", "1", "--stall-timeout", "0"])
+        defer { tunnel.kill() }
+        try await upload.run(through: tunnel.mux.port)
+        let closed = await tunnel.demux.waitForLine(containing: "bridge closed", timeout: 3)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
+    }
+
     @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")
     func demuxDrains() async throws {
         let server = try TestServer(handler: TestServer.echo)

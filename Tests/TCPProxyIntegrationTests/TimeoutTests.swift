@@ -184,39 +184,15 @@ struct TimeoutTests {
         arguments: DataPath.allCases
     )
     func idleTimeoutCountsDrainingSendQueue(path: DataPath) async throws {
-        let total = 400_000
-        let payload = pattern(count: total, seed: 72)
-        let received = Shared<[UInt8]>([])
-        // Reads 32 KiB every 0.1 s through a 16 KiB socket (~1.3 s for the upload), then answers.
-        let server = try TestServer(receiveBufferSize: 16 * 1024) { socket, _, server in
-            let end = server.readLoop(socket, max: 32 * 1024) { data in
-                received.update { $0 += data }
-                usleep(100_000)
-                return true
-            }
-            server.recordEnd(end)
-            if end == .eof {
-                try? socket.send("RESPONSE")
-                socket.shutdownWrite()
-            }
-        }
+        let upload = SlowAnsweredUpload()
+        let server = try upload.server()
         defer { server.stop() }
         let proxy = try await ProxyProcess.forward(
             to: server.port,
             ["--idle-timeout", "1", "--stall-timeout", "0"] + path.arguments
         )
         defer { proxy.kill() }
-
-        let client = try TestSocket.connect(port: proxy.port)
-        defer { client.close() }
-        try await onThread {
-            try client.send(payload, timeout: 20)
-            client.shutdownWrite()
-        }
-        let answer = try await onThread { try client.readToEnd(timeout: 20) }
-        #expect(answer.end == .eof && answer.bytes == Array("RESPONSE".utf8), "the answer arrives: \(answer)")
-        let intact = sameBytes(received.value, payload)
-        #expect(intact, "the server got \(received.value.count) of \(total) bytes, intact: \(intact)")
+        try await upload.run(through: proxy.port)
         let closed = await proxy.waitForLine(containing: "bridge closed", timeout: 3)
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
     }
@@ -267,5 +243,45 @@ struct TimeoutTests {
         #expect(logValue("close.reason", in: closed) == "idleTimeout", "\(closed)")
         let end = await client.waitForEnd(timeout: 5)
         #expect(end.end == .reset, "the cut upload shows as a reset, got \(end.end)")
+    }
+}
+
+/// An upload of 400 KB and a FIN to a server that reads 32 KiB every 0.1 s through a 16 KiB socket (~1.3 s),
+/// then answers `RESPONSE`: for an idle timeout of 1 s, the upload the proxy has read in full is still
+/// draining from the kernel's send queue when a second passes.
+struct SlowAnsweredUpload {
+    let total = 400_000
+    let payload = pattern(count: 400_000, seed: 72)
+    let received = Shared<[UInt8]>([])
+
+    func server() throws -> TestServer {
+        let received = self.received
+        return try TestServer(receiveBufferSize: 16 * 1024) { socket, _, server in
+            let end = server.readLoop(socket, max: 32 * 1024) { data in
+                received.update { $0 += data }
+                usleep(100_000)
+                return true
+            }
+            server.recordEnd(end)
+            if end == .eof {
+                try? socket.send("RESPONSE")
+                socket.shutdownWrite()
+            }
+        }
+    }
+
+    /// Uploads through `port` and expects the answer and every byte at the server.
+    func run(through port: Int) async throws {
+        let client = try TestSocket.connect(port: port)
+        defer { client.close() }
+        let payload = self.payload
+        try await onThread {
+            try client.send(payload, timeout: 20)
+            client.shutdownWrite()
+        }
+        let answer = try await onThread { try client.readToEnd(timeout: 20) }
+        #expect(answer.end == .eof && answer.bytes == Array("RESPONSE".utf8), "the answer arrives: \(answer)")
+        let intact = sameBytes(self.received.value, payload)
+        #expect(intact, "the server got \(self.received.value.count) of \(self.total) bytes, intact: \(intact)")
     }
 }

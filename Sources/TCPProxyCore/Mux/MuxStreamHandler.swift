@@ -104,8 +104,10 @@ final class MuxStreamHandler: ChannelDuplexHandler {
     /// What this socket holds unwritten, and what its peer has acknowledged (for the stall timeout).
     func sample() -> BridgeTimeouts.Sample {
         guard let channel = self.context?.channel,
-            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes), held > 0
+            let held = try? channel.syncOptions?.getOption(.bufferedWritableBytes)
         else { return .init(held: 0, delivered: 0) }
+        // Asked even when nothing is held: bytes the peer takes from the kernel's send queue are traffic
+        // for the idle timeout.
         return .init(held: held, delivered: LinuxSocketOptions.bytesAcknowledged(channel) ?? 0)
     }
 }
