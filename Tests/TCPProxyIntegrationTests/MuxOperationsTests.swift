@@ -229,6 +229,46 @@ struct MuxOperationsTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
     }
 
+    @Test("Clients that reset mid-download end their demux streams at once, also streams whose last bytes wait for credit")
+    func resetsEndFinishingStreams() async throws {
+        // Downloads of 3 to 6.5 MB (around what the mux side can buffer), each server closing once it has sent: a stream whose server is done and
+        // whose rest waits for credit when its client resets must end then, not at the drain timeout.
+        let sizes = (0..<24).map { 3_000_000 + $0 * 150_000 }
+        let payload = pattern(count: sizes.last!, seed: 73)
+        let server = try TestServer { socket, index, _ in
+            try? socket.send(Array(payload[0..<sizes[index % sizes.count]]), timeout: 30)
+        }
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(
+            to: server.port,
+            demuxExtra: ["--stall-timeout", "0", "--drain-timeout", "10", "--metrics", "127.0.0.1:0"],
+            muxExtra: ["--stall-timeout", "0"]
+        )
+        defer { tunnel.kill() }
+        // One at a time, so that the server's accept order matches `sizes`.
+        var clients: [TestSocket] = []
+        for _ in sizes {
+            let client = try TestSocket.connect(port: tunnel.mux.port)
+            client.shutdownWrite()
+            #expect(await server.waitForAccepted(clients.count + 1, timeout: 5))
+            _ = try client.recvExactly(65536, timeout: 5)
+            clients.append(client)
+        }
+        await delay(seconds: 0.5)
+        for client in clients { client.resetClose() }
+        let resetAt = now()
+        var active: Double? = nil
+        while now() - resetAt < 3 {
+            await delay(seconds: 0.25)
+            let text = try await PrometheusText.scrape(tunnel.demux)
+            active = PrometheusText.value(text, "tcpproxy_streams_active")
+            if active == 0 { break }
+        }
+        #expect(active == 0, "demux streams still open 3 s after their clients reset: \(active.map { "\($0)" } ?? "?")")
+        let reasons = tunnel.demux.closedLines.compactMap { logValue("close.reason", in: $0) }
+        #expect(!reasons.contains("stallTimeout") && !reasons.contains("drainTimeout"), "\(reasons)")
+    }
+
     @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")
     func demuxDrains() async throws {
         let server = try TestServer(handler: TestServer.echo)

@@ -285,6 +285,12 @@ final class MuxStream {
 
     func remoteReset(_ code: MuxErrorCode) {
         self.logger.debug("bridge reset by peer", metadata: ["code": "\(code)"])
+        if self.finishingReason != nil {
+            // The local side is done and its last bytes wait for credit, which the far end will not give now:
+            // the stream ends here rather than at the finish timer.
+            self.finish(self.machine.closeReason(forReset: code), lastFrame: .none)
+            return
+        }
         self.perform(self.machine.remoteReset(code))
     }
 

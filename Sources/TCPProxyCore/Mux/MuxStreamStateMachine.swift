@@ -80,6 +80,18 @@ struct MuxStreamStateMachine {
     /// The reason for a reset from the tunnel peer, or the tunnel dropping.
     private var remoteReset: CloseReason { self.role == .mux ? .serverReset : .clientReset }
 
+    /// What a RESET with `code` from the far end ends this stream as.
+    func closeReason(forReset code: MuxErrorCode) -> CloseReason {
+        switch code {
+        case .connectFailed, .targetNotAllowed, .refusedStream: .connectFailed
+        case .connectTimeout: .connectTimeout
+        case .stallTimeout: .stallTimeout
+        case .idleTimeout: .idleTimeout
+        case .drainTimeout: .drainTimeout
+        default: self.remoteReset
+        }
+    }
+
     var isOpen: Bool {
         if case .open = self.state { return true }
         return false
@@ -205,15 +217,7 @@ struct MuxStreamStateMachine {
     mutating func remoteReset(_ code: MuxErrorCode) -> Action {
         switch self.state {
         case .connecting, .open:
-            let reason: CloseReason =
-                switch code {
-                case .connectFailed, .targetNotAllowed, .refusedStream: .connectFailed
-                case .connectTimeout: .connectTimeout
-                case .stallTimeout: .stallTimeout
-                case .idleTimeout: .idleTimeout
-                case .drainTimeout: .drainTimeout
-                default: self.remoteReset
-                }
+            let reason = self.closeReason(forReset: code)
             self.state = .closing(reason)
             return .abortLocal(reason)
         case .closing, .done:
