@@ -119,6 +119,28 @@ struct BridgeTimeoutsTests {
         #expect(timeouts.tick(now: self.at(4), trafficBytes: 400_000, upstream: done, downstream: self.nothing) == .expire(.idleTimeout))
     }
 
+    @Test("the first sample is the baseline: a count that starts at 1 (a connecting socket's) is no traffic")
+    func firstSampleIsBaseline() {
+        var timeouts = BridgeTimeouts(stallTimeout: nil, idleTimeout: .seconds(1), now: self.start)
+        let handshake = BridgeTimeouts.Sample(held: 0, delivered: 1)
+        var time = 0.0
+        var decision = BridgeTimeouts.Decision.sampleAgain(in: .milliseconds(125))
+        while case .sampleAgain(let delay) = decision, time < 5 {
+            time += Double(delay.nanoseconds) / 1e9
+            decision = timeouts.tick(now: self.at(time), trafficBytes: 0, upstream: handshake, downstream: handshake)
+        }
+        #expect(decision == .expire(.idleTimeout))
+        #expect(abs(time - 1) < 0.001, "expired at \(time) s")
+    }
+
+    @Test("with only a stall timeout, a peer taking bytes while nothing is held does not keep the timer running")
+    func deliveryWithoutIdleTimeout() {
+        var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)
+        _ = timeouts.tick(now: self.at(0.125), trafficBytes: 10, upstream: self.nothing, downstream: self.nothing)
+        let draining = BridgeTimeouts.Sample(held: 0, delivered: 5000)
+        #expect(timeouts.tick(now: self.at(0.25), trafficBytes: 10, upstream: draining, downstream: self.nothing) == .stop)
+    }
+
     @Test("bytes held outside the write buffers (delayed by --latency) keep the timer running")
     func heldElsewhere() {
         var timeouts = BridgeTimeouts(stallTimeout: .seconds(1), idleTimeout: nil, now: self.start)

@@ -235,13 +235,16 @@ struct MuxOperationsTests {
         // whose rest waits for credit when its client resets must end then, not at the drain timeout.
         let sizes = (0..<24).map { 3_000_000 + $0 * 150_000 }
         let payload = pattern(count: sizes.last!, seed: 73)
+        let sent = Shared<Int>(0)
         let server = try TestServer { socket, index, _ in
-            try? socket.send(Array(payload[0..<sizes[index % sizes.count]]), timeout: 30)
+            if (try? socket.send(Array(payload[0..<sizes[index % sizes.count]]), timeout: 30)) != nil {
+                sent.update { $0 += 1 }
+            }
         }
         defer { server.stop() }
         let tunnel = try await Tunnel.start(
             to: server.port,
-            demuxExtra: ["--stall-timeout", "0", "--drain-timeout", "10", "--metrics", "127.0.0.1:0"],
+            demuxExtra: ["--stall-timeout", "0", "--metrics", "127.0.0.1:0"],
             muxExtra: ["--stall-timeout", "0"]
         )
         defer { tunnel.kill() }
@@ -255,6 +258,9 @@ struct MuxOperationsTests {
             clients.append(client)
         }
         await delay(seconds: 0.5)
+        // Servers done but streams not: those are finishing (the path under test), or it was not reached.
+        let finishing = sent.value - tunnel.demux.closedLines.count
+        #expect(finishing > 0, "\(sent.value) servers done, \(tunnel.demux.closedLines.count) streams closed")
         for client in clients { client.resetClose() }
         let resetAt = now()
         var active: Double? = nil
@@ -267,6 +273,58 @@ struct MuxOperationsTests {
         #expect(active == 0, "demux streams still open 3 s after their clients reset: \(active.map { "\($0)" } ?? "?")")
         let reasons = tunnel.demux.closedLines.compactMap { logValue("close.reason", in: $0) }
         #expect(!reasons.contains("stallTimeout") && !reasons.contains("drainTimeout"), "\(reasons)")
+    }
+
+    @Test("demux --stall-timeout 0 --drain-timeout 0: a download whose server closed at once arrives whole (the finish waits for credit)")
+    func finishWithoutStallTimeout() async throws {
+        let size = 8 * megabyte
+        let server = try TestServer(handler: TestServer.sendThenClose(pattern(count: size, seed: 74)))
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, demuxExtra: ["--stall-timeout", "0", "--drain-timeout", "0"])
+        defer { tunnel.kill() }
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        client.shutdownWrite()
+        let received = try await onThread { try client.drainToEnd(timeout: 30) }
+        #expect(received.count == size && received.end == .eof, "got \(received.count) of \(size) bytes, then \(received.end)")
+        let closed = await tunnel.demux.waitForLine(containing: "bridge closed", timeout: 3)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
+    }
+
+    @Test("SIGTERM on the mux with --stall-timeout 0: streams whose client is gone but whose upload waits for credit end at the drain timeout")
+    func muxDrainEndsFinishingStreams() async throws {
+        // The server sends its FIN at once and reads nothing; uploads of 3 to 6.5 MB with a FIN: some fit into
+        // the buffers on the way but for the mux's last read, so the mux has both EOFs, has closed the client
+        // socket, and has bytes still waiting for credit.
+        let server = try TestServer { socket, _, server in
+            socket.shutdownWrite()
+            server.hold(socket)
+        }
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(
+            to: server.port,
+            demuxExtra: ["--stall-timeout", "0"],
+            muxExtra: ["--stall-timeout", "0", "--drain-timeout", "1"]
+        )
+        defer { tunnel.kill() }
+        let sizes = (0..<12).map { 3_000_000 + $0 * 300_000 }
+        var clients: [TestSocket] = []
+        for size in sizes {
+            let client = try TestSocket.connect(port: tunnel.mux.port)
+            clients.append(client)
+            Thread {
+                // An upload that does not fit stays blocked until the timeout; only whole ones get their FIN.
+                if (try? client.send(pattern(count: size, seed: 75), timeout: 4)) != nil { client.shutdownWrite() }
+            }.start()
+        }
+        defer { for client in clients { client.close() } }
+        await delay(seconds: 1.5)
+        let started = now()
+        tunnel.mux.terminate()
+        #expect(await tunnel.mux.waitForExit(timeout: 10) == 0)
+        #expect(now() - started < 3, "the mux exited \(now() - started) s after SIGTERM with --drain-timeout 1")
+        let reasons = tunnel.mux.closedLines.compactMap { logValue("close.reason", in: $0) }
+        #expect(!reasons.contains("stallTimeout") && reasons.contains("drainTimeout"), "\(reasons)")
     }
 
     @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")

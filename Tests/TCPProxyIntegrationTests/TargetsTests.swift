@@ -257,7 +257,13 @@ struct TargetsTests {
         let halfway = try TestSocket.connect(port: proxy.port)
         defer { halfway.close() }
         try halfway.send("PROXY")
-        await delay(seconds: 0.3)
+        // Accepted by the proxy before the signal (on a loaded machine the connect may still sit in the backlog).
+        var accepted: Double? = nil
+        for _ in 0..<50 where accepted != 2 {
+            accepted = PrometheusText.value(try await PrometheusText.scrape(proxy), "tcpproxy_connections_accepted_total")
+            if accepted != 2 { await delay(seconds: 0.1) }
+        }
+        #expect(accepted == 2)
         proxy.terminate()
         #expect(await halfway.waitForEnd(timeout: 5).end.isClosed)
         #expect(await proxy.waitForLine(containing: "drainTimeout", timeout: 3) != nil)

@@ -36,7 +36,8 @@ struct BridgeTimeouts {
     private var downstreamProgress = DirectionProgress()
 
     private struct DirectionProgress {
-        var lastDelivered: UInt64 = 0
+        /// `nil` until the first sample, which is the baseline (a connecting socket's count starts at 1).
+        var lastDelivered: UInt64? = nil
         /// When this direction was last seen holding nothing or delivering something.
         var lastProgress: NIODeadline? = nil
 
@@ -45,7 +46,7 @@ struct BridgeTimeouts {
         ///   holds some or they all wait in the kernel's send queue), and, while the direction holds bytes,
         ///   since when it has made no progress.
         mutating func observe(_ sample: Sample, now: NIODeadline) -> (delivered: Bool, stalledSince: NIODeadline?) {
-            let moved = sample.delivered != self.lastDelivered
+            let moved = self.lastDelivered.map { sample.delivered != $0 } ?? false
             self.lastDelivered = sample.delivered
             if sample.held == 0 || moved || self.lastProgress == nil {
                 self.lastProgress = now
@@ -107,9 +108,10 @@ struct BridgeTimeouts {
         }
         let up = self.upstreamProgress.observe(upstream, now: now)
         let down = self.downstreamProgress.observe(downstream, now: now)
-        // A peer taking bytes is traffic: an upload the proxy has read in full but the kernel still sends
-        // to a slow server is not idle, or its answer would be cut off.
-        if up.delivered || down.delivered { self.lastTraffic = now }
+        // A peer taking bytes is traffic for the idle timeout: an upload the proxy has read in full but the
+        // kernel still sends to a slow server is not idle, or its answer would be cut off. (Without an idle
+        // timeout it is no reason to keep sampling: with nothing held, nothing can stall.)
+        if self.idleTimeout != nil && (up.delivered || down.delivered) { self.lastTraffic = now }
         var nextDeadline: NIODeadline? = nil
         if let stallTimeout {
             for stalledSince in [up.stalledSince, down.stalledSince] {

@@ -80,7 +80,8 @@ public final class MuxService: Service, Sendable {
             group: self.group,
             bridge: self.configuration.bridge,
             logger: self.logger,
-            active: { self.activeStreamCount }
+            active: { self.activeStreamCount },
+            beforeQuiescing: { for connection in self.connections { connection.quiesceStreams() } }
         )
     }
 

@@ -118,8 +118,13 @@ final class MuxSession {
         self.isDraining = true
         self.send(MuxFrame(streamID: 0, payload: .goAway(.noError)))
         self.flushIfNeeded()
-        for stream in self.streams.values { stream.quiesceRequested() }
+        self.quiesceStreams()
         if self.streams.isEmpty { self.closeChannel(.shutdown) }
+    }
+
+    /// Gives every open stream the drain timeout.
+    func quiesceStreams() {
+        for stream in self.streams.values { stream.quiesceRequested() }
     }
 
     // MARK: Streams

@@ -235,7 +235,13 @@ final class MuxStream {
     func quiesceRequested() {
         guard let drainTimeout = self.configuration.drainTimeout, self.drainTimer == nil else { return }
         self.drainTimer = self.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) {
-            self.perform(self.machine.abort(.drainTimeout))
+            self.drainTimer = nil
+            if self.finishingReason != nil {
+                // The local socket is gone; its last bytes still wait for credit.
+                self.finish(.drainTimeout, lastFrame: .reset(.drainTimeout))
+            } else {
+                self.perform(self.machine.abort(.drainTimeout))
+            }
         }
     }
 
@@ -420,7 +426,11 @@ final class MuxStream {
             let eofPending = lastFrame == .eof || (self.eofQueued && !self.eofSent)
             if reason == .completed, eofPending, self.pendingOutBytes > 0, let session = self.session, !session.isClosed {
                 // What the local peer sent before its EOF still waits for credit: send it, then EOF, then end.
-                self.cancelTimers()
+                // A drain already under way keeps its timer: it ends the stream too.
+                self.timer?.cancel()
+                self.timer = nil
+                self.waitTimer?.cancel()
+                self.waitTimer = nil
                 self.eofQueued = true
                 self.finishingReason = reason
                 self.armFinishTimer()
@@ -462,11 +472,11 @@ final class MuxStream {
         self.handler.stream = nil
     }
 
-    /// While the last bytes wait for credit: without credit for the stall timeout (or the drain timeout when
-    /// the stall timeout is off), the stream is reset.
+    /// While the last bytes wait for credit: without credit for the stall timeout, the stream is reset. With
+    /// the stall timeout off it waits, as a bridge whose reader takes nothing does, until a drain ends it.
     private func armFinishTimer() {
         self.finishTimer?.cancel()
-        guard let limit = self.configuration.stallTimeout ?? self.configuration.drainTimeout else { return }
+        guard let limit = self.configuration.stallTimeout else { return }
         self.finishTimer = self.eventLoop.assumeIsolated().scheduleTask(in: limit) {
             self.finishTimer = nil
             self.finish(.stallTimeout, lastFrame: .reset(.stallTimeout))

@@ -68,6 +68,12 @@ final class MuxTunnelConnection: @unchecked Sendable {
         }.flatMap { $0 }
     }
 
+    /// The mux drains: every stream on the tunnel gets the drain timeout, also those whose client socket is
+    /// gone (the listener's quiescing reaches only open client sockets) but whose last bytes wait for credit.
+    func quiesceStreams() {
+        self.eventLoop.execute { self.session?.quiesceStreams() }
+    }
+
     /// A new client: open it on the tunnel, or let it wait for one.
     func attach(_ stream: MuxStream) {
         if let session = self.session, session.canOpenStream {
