@@ -327,6 +327,41 @@ struct MuxOperationsTests {
         #expect(!reasons.contains("stallTimeout") && reasons.contains("drainTimeout"), "\(reasons)")
     }
 
+    @Test("A client that resets before the mux could write it everything is a clientReset, not completed, even after both EOFs")
+    func resetWithBytesHeldIsNotCompleted() async throws {
+        // Downloads of 3.9 to 4.6 MB that the server closes at once, to clients that send their FIN and read
+        // nothing: for some, the server's EOF reaches the mux while bytes still wait for the client's socket
+        // (it stays in CLOSE-WAIT: the mux has not shut it down); for others the FIN is queued (LAST-ACK).
+        let sizes = (0..<14).map { 3_900_000 + $0 * 50_000 }
+        let payload = pattern(count: sizes.last!, seed: 76)
+        let server = try TestServer { socket, index, _ in
+            try? socket.send(Array(payload[0..<sizes[index % sizes.count]]), timeout: 30)
+        }
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, demuxExtra: ["--stall-timeout", "0"], muxExtra: ["--stall-timeout", "0"])
+        defer { tunnel.kill() }
+        var clients: [TestSocket] = []
+        for _ in sizes {
+            let client = try TestSocket.connect(port: tunnel.mux.port)
+            client.setReceiveBufferSize(4096)
+            client.shutdownWrite()
+            clients.append(client)
+            #expect(await server.waitForAccepted(clients.count, timeout: 5))
+        }
+        await delay(seconds: 1.5)
+        let held = MuxTests.connections(toPort: tunnel.mux.port, state: "08")
+        let finQueued = MuxTests.connections(toPort: tunnel.mux.port, state: "09")
+        #expect(held > 0, "no client socket is held with bytes to write (\(finQueued) have their FIN queued)")
+        for client in clients { client.resetClose() }
+        var reasons: [String] = []
+        for _ in 0..<40 where reasons.count < sizes.count {
+            await delay(seconds: 0.1)
+            reasons = tunnel.mux.closedLines.compactMap { logValue("close.reason", in: $0) }
+        }
+        #expect(reasons.count == sizes.count)
+        #expect(reasons.filter { $0 == "clientReset" }.count >= held, "\(held) held, \(finQueued) FIN queued: \(reasons)")
+    }
+
     @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")
     func demuxDrains() async throws {
         let server = try TestServer(handler: TestServer.echo)

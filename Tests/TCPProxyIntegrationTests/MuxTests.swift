@@ -41,6 +41,12 @@ struct MuxTests {
     /// Established TCP connections whose local port is `port` (from /proc/net/tcp and tcp6): on loopback,
     /// the accepted ends of connections to a listener on `port`.
     static func establishedConnections(toPort port: Int) -> Int {
+        self.connections(toPort: port, state: "01")
+    }
+
+    /// Connections whose local port is `port` in a TCP state (the hex code of /proc/net/tcp: `01`
+    /// established, `08` close-wait, `09` last-ack).
+    static func connections(toPort port: Int, state: String) -> Int {
         var count = 0
         for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
             // procfs files report size 0, so read them to the end rather than by their size.
@@ -49,7 +55,7 @@ struct MuxTests {
             let text = String(decoding: data, as: UTF8.self)
             for line in text.split(separator: "\n").dropFirst() {
                 let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-                guard fields.count > 3, fields[3] == "01" else { continue }
+                guard fields.count > 3, fields[3] == state else { continue }
                 if let local = fields[1].split(separator: ":").last, Int(local, radix: 16) == port { count += 1 }
             }
         }

@@ -43,6 +43,8 @@ final class MuxStream {
     private var pendingIn = CircularBuffer<ByteBuffer>(initialCapacity: 1)
     /// Bytes written to the local socket since its last flush.
     private var unflushed = 0
+    /// A write to the local socket failed (it closed or reset with bytes still to write).
+    private var localWriteFailed = false
     /// Bytes flushed to the local socket that it has not taken yet (``MuxSession/shouldCopy(pieceOf:readCapacity:localBacklog:)``).
     private(set) var unwrittenLocal = 0
     private var connectedLogged = false
@@ -183,6 +185,9 @@ final class MuxStream {
 
     private func watchClose(of channel: Channel) {
         channel.closeFuture.assumeIsolated().whenComplete { _ in
+            // Bytes for the local peer that never reached its socket (its reset failed them) cut the stream, even
+            // after both EOFs: as on a bridge, a write that fails while bytes are held is a reset, not completed.
+            if self.localWriteFailed { self.perform(self.machine.localError()) }
             self.perform(self.machine.localClosed())
         }
     }
@@ -277,6 +282,7 @@ final class MuxStream {
         self.unwrittenLocal += count
         self.handler.flush { [self] written in
             self.unwrittenLocal -= count
+            if !written { self.localWriteFailed = true }
             guard written, !self.machine.isClosing, let session = self.session,
                 let increment = self.window.delivered(count)
             else { return }
