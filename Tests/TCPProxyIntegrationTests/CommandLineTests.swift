@@ -329,6 +329,19 @@ struct CommandLineTests {
         #expect(closed.first.flatMap { logValue("close.reason", in: $0) } == "drainTimeout", "\(closed)")
     }
 
+    @Test("SIGTERM with --metrics after a scrape: exit 0 and nothing on stderr but log lines (no NIO error at shutdown)")
+    func sigtermWithMetricsIsClean() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--metrics", "127.0.0.1:0"])
+        defer { proxy.kill() }
+        _ = try await PrometheusText.scrape(proxy)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 6) == 0)
+        await delay(seconds: 0.1)
+        #expect(proxy.lines(containing: "ERROR").isEmpty, "\(proxy.stderr)")
+    }
+
     @Test("A second SIGTERM exits at once")
     func secondSignalExitsAtOnce() async throws {
         let server = try TestServer(handler: TestServer.echo)

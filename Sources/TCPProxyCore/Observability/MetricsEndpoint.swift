@@ -79,6 +79,9 @@ public final class MetricsEndpoint: Service, Sendable {
         let deadline = loop.scheduleTask(in: Self.shutdownGrace) { closed.succeed() }
         try? await closed.futureResult.get()
         deadline.cancel()
+        // The quiescing helper completes a promise on the event loops when it goes: let it go now, while they
+        // run, rather than with this endpoint after they shut down (NIO reports that as an error).
+        self.bound.withLockedValue { $0 = nil }
         self.logger.debug("metrics endpoint stopped")
     }
 
