@@ -362,6 +362,44 @@ struct MuxOperationsTests {
         #expect(reasons.filter { $0 == "clientReset" }.count >= held, "\(held) held, \(finQueued) FIN queued: \(reasons)")
     }
 
+    @Test("A demux that exits after its side of a download completed: the mux still hands the client all it holds")
+    func tunnelGoneAfterBothEOFs() async throws {
+        // A probe download the client does not read shows how much the mux's client socket takes; the real one
+        // is half a window (of 1 MiB) more, so the mux has it all, EOF included, with part of it still unwritten,
+        // while the demux's stream has completed and the demux, with no stream left, exits at SIGTERM at once.
+        let size = Shared<Int>(8 * megabyte)
+        let payload = pattern(count: 8 * megabyte, seed: 77)
+        let server = try TestServer { socket, _, _ in try? socket.send(Array(payload[0..<size.value]), timeout: 30) }
+        defer { server.stop() }
+        let tunnel = try await Tunnel.start(to: server.port, muxExtra: ["--window", "1M"])
+        defer { tunnel.kill() }
+        let probe = try TestSocket.connect(port: tunnel.mux.port)
+        probe.shutdownWrite()
+        await delay(seconds: 1)
+        let socketTakes = MuxTests.sendQueues(toPort: tunnel.mux.port, state: "08").max() ?? 0
+        #expect(socketTakes > 0)
+        probe.resetClose()
+        #expect(await tunnel.demux.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+        size.update { $0 = socketTakes + 512 * 1024 }
+
+        let client = try TestSocket.connect(port: tunnel.mux.port)
+        defer { client.close() }
+        client.shutdownWrite()
+        var closed: [String] = []
+        for _ in 0..<50 where closed.count < 2 {
+            await delay(seconds: 0.1)
+            closed = tunnel.demux.closedLines
+        }
+        #expect(closed.count == 2 && logValue("close.reason", in: closed[1]) == "completed", "\(closed)")
+        tunnel.demux.terminate()
+        #expect(await tunnel.demux.waitForExit(timeout: 3) == 0)
+        let received = try await onThread { try client.readToEnd(timeout: 10) }
+        let intact = sameBytes(received.bytes, Array(payload[0..<size.value]))
+        #expect(received.end == .eof && intact, "got \(received.bytes.count) of \(size.value) bytes (intact: \(intact)), then \(received.end)")
+        let muxClosed = tunnel.mux.closedLines
+        #expect(muxClosed.count == 2 && logValue("close.reason", in: muxClosed[1]) == "completed", "\(muxClosed)")
+    }
+
     @Test("SIGTERM on the demux: GOAWAY, the open stream finishes, then the demux exits 0")
     func demuxDrains() async throws {
         let server = try TestServer(handler: TestServer.echo)

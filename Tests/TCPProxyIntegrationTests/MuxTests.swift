@@ -47,7 +47,12 @@ struct MuxTests {
     /// Connections whose local port is `port` in a TCP state (the hex code of /proc/net/tcp: `01`
     /// established, `08` close-wait, `09` last-ack).
     static func connections(toPort port: Int, state: String) -> Int {
-        var count = 0
+        self.sendQueues(toPort: port, state: state).count
+    }
+
+    /// The send queues (bytes not yet acknowledged) of the connections whose local port is `port` in `state`.
+    static func sendQueues(toPort port: Int, state: String) -> [Int] {
+        var queues: [Int] = []
         for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
             // procfs files report size 0, so read them to the end rather than by their size.
             guard let handle = FileHandle(forReadingAtPath: file), let data = try? handle.readToEnd() else { continue }
@@ -56,10 +61,12 @@ struct MuxTests {
             for line in text.split(separator: "\n").dropFirst() {
                 let fields = line.split(separator: " ", omittingEmptySubsequences: true)
                 guard fields.count > 3, fields[3] == state else { continue }
-                if let local = fields[1].split(separator: ":").last, Int(local, radix: 16) == port { count += 1 }
+                if let local = fields[1].split(separator: ":").last, Int(local, radix: 16) == port {
+                    queues.append(fields[4].split(separator: ":").first.flatMap { Int($0, radix: 16) } ?? 0)
+                }
             }
         }
-        return count
+        return queues
     }
 
     /// One echo round trip of `size` bytes on a new connection to `port`, then EOF both ways.

@@ -336,6 +336,10 @@ final class MuxStream {
             self.finish(self.role == .mux ? .serverReset : .clientReset, lastFrame: .none)
             return
         }
+        // Everything crossed both ways (the far end's EOF arrived, ours went out with all before it): the stream
+        // needs the tunnel no more, only to hand what it holds to its local socket. The far end may have shut
+        // down gracefully with its side complete; cutting this one would lose bytes already here.
+        if self.machine.hasRemoteEOF && self.eofSent && self.pendingOutBytes == 0 { return }
         self.perform(self.machine.tunnelClosed())
     }
 
