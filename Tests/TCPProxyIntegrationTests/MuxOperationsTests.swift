@@ -291,39 +291,55 @@ struct MuxOperationsTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed", "\(closed ?? "no close line")")
     }
 
-    @Test("SIGTERM on the mux with --stall-timeout 0: streams whose client is gone but whose upload waits for credit end at the drain timeout")
-    func muxDrainEndsFinishingStreams() async throws {
-        // The server sends its FIN at once and reads nothing; uploads of 3 to 6.5 MB with a FIN: some fit into
-        // the buffers on the way but for the mux's last read, so the mux has both EOFs, has closed the client
-        // socket, and has bytes still waiting for credit.
-        let server = try TestServer { socket, _, server in
-            socket.shutdownWrite()
-            server.hold(socket)
+    @Test(
+        "SIGTERM with --stall-timeout 0: streams whose local socket is gone but whose last bytes wait for credit end at the drain timeout",
+        arguments: ["mux", "demux"]
+    )
+    func drainEndsFinishingStreams(draining: String) async throws {
+        // Transfers of 3 to 6.5 MB with a FIN whose receiver reads nothing and has sent its own FIN: some fit into
+        // the buffers on the way but for the sending end's last read, so that end has both EOFs, has closed its
+        // local socket, and has bytes still waiting for credit. Uploads for the mux, downloads for the demux.
+        let sizes = (0..<12).map { 3_000_000 + $0 * 300_000 }
+        let upload = draining == "mux"
+        let server = try TestServer { socket, index, server in
+            if upload {
+                socket.shutdownWrite()
+                server.hold(socket)
+            } else {
+                try? socket.send(pattern(count: sizes[index % sizes.count], seed: 75), timeout: 4)
+            }
         }
         defer { server.stop() }
+        let drainOptions = ["--stall-timeout", "0", "--drain-timeout", "1"]
         let tunnel = try await Tunnel.start(
             to: server.port,
-            demuxExtra: ["--stall-timeout", "0"],
-            muxExtra: ["--stall-timeout", "0", "--drain-timeout", "1"]
+            demuxExtra: upload ? ["--stall-timeout", "0"] : drainOptions,
+            muxExtra: upload ? drainOptions : ["--stall-timeout", "0"]
         )
         defer { tunnel.kill() }
-        let sizes = (0..<12).map { 3_000_000 + $0 * 300_000 }
         var clients: [TestSocket] = []
         for size in sizes {
             let client = try TestSocket.connect(port: tunnel.mux.port)
             clients.append(client)
-            Thread {
-                // An upload that does not fit stays blocked until the timeout; only whole ones get their FIN.
-                if (try? client.send(pattern(count: size, seed: 75), timeout: 4)) != nil { client.shutdownWrite() }
-            }.start()
+            if upload {
+                Thread {
+                    // An upload that does not fit stays blocked until the timeout; only whole ones get their FIN.
+                    if (try? client.send(pattern(count: size, seed: 75), timeout: 4)) != nil { client.shutdownWrite() }
+                }.start()
+            } else {
+                client.shutdownWrite()
+                // One at a time, so that the server's accept order matches `sizes`.
+                #expect(await server.waitForAccepted(clients.count, timeout: 5))
+            }
         }
         defer { for client in clients { client.close() } }
         await delay(seconds: 1.5)
+        let end = upload ? tunnel.mux : tunnel.demux
         let started = now()
-        tunnel.mux.terminate()
-        #expect(await tunnel.mux.waitForExit(timeout: 10) == 0)
-        #expect(now() - started < 3, "the mux exited \(now() - started) s after SIGTERM with --drain-timeout 1")
-        let reasons = tunnel.mux.closedLines.compactMap { logValue("close.reason", in: $0) }
+        end.terminate()
+        #expect(await end.waitForExit(timeout: 10) == 0)
+        #expect(now() - started < 3, "the \(draining) exited \(now() - started) s after SIGTERM with --drain-timeout 1")
+        let reasons = end.closedLines.compactMap { logValue("close.reason", in: $0) }
         #expect(!reasons.contains("stallTimeout") && reasons.contains("drainTimeout"), "\(reasons)")
     }
 
