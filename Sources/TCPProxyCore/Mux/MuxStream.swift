@@ -339,7 +339,8 @@ final class MuxStream {
         // Everything crossed both ways (the far end's EOF arrived, ours went out with all before it): the stream
         // needs the tunnel no more, only to hand what it holds to its local socket. The far end may have shut
         // down gracefully with its side complete; cutting this one would lose bytes already here.
-        if self.machine.hasRemoteEOF && self.eofSent && self.pendingOutBytes == 0 { return }
+        // (Our EOF goes out only once nothing is pending, and nothing is read after it.)
+        if self.machine.hasRemoteEOF && self.eofSent { return }
         self.perform(self.machine.tunnelClosed())
     }
 
@@ -437,10 +438,7 @@ final class MuxStream {
             if reason == .completed, eofPending, self.pendingOutBytes > 0, let session = self.session, !session.isClosed {
                 // What the local peer sent before its EOF still waits for credit: send it, then EOF, then end.
                 // A drain already under way keeps its timer: it ends the stream too.
-                self.timer?.cancel()
-                self.timer = nil
-                self.waitTimer?.cancel()
-                self.waitTimer = nil
+                self.cancelTimers(keepingDrain: true)
                 self.eofQueued = true
                 self.finishingReason = reason
                 self.armFinishTimer()
@@ -563,11 +561,12 @@ final class MuxStream {
         )
     }
 
-    private func cancelTimers() {
+    private func cancelTimers(keepingDrain: Bool = false) {
         self.timer?.cancel()
         self.timer = nil
         self.waitTimer?.cancel()
         self.waitTimer = nil
+        guard !keepingDrain else { return }
         self.drainTimer?.cancel()
         self.drainTimer = nil
     }
