@@ -48,9 +48,7 @@ final class MuxStream {
     /// Bytes flushed to the local socket that it has not taken yet (``MuxSession/shouldCopy(pieceOf:readCapacity:localBacklog:)``).
     private(set) var unwrittenLocal = 0
     private var connectedLogged = false
-    /// The local socket closed after both EOFs, but bytes it sent still wait for credit: the stream ends,
-    /// for this reason, once they and the EOF frame are sent.
-    private var finishingReason: CloseReason?
+    /// Finishing (``MuxStreamStateMachine/isFinishing``): the stall timeout for the last bytes' credit.
     private var finishTimer: Scheduled<Void>?
 
     private(set) var bytesFromLocal: UInt64 = 0
@@ -169,7 +167,7 @@ final class MuxStream {
                     )
                 }
                 self.perform(self.machine.connectFailed(timedOut: isConnectTimeout(error)))
-                self.perform(self.machine.localClosed())
+                self.perform(self.machine.localClosed(holdingBytes: false))
             }
         }
     }
@@ -188,7 +186,7 @@ final class MuxStream {
             // Bytes for the local peer that never reached its socket (its reset failed them) cut the stream, even
             // after both EOFs: as on a bridge, a write that fails while bytes are held is a reset, not completed.
             if self.localWriteFailed { self.perform(self.machine.localError()) }
-            self.perform(self.machine.localClosed())
+            self.perform(self.machine.localClosed(holdingBytes: self.pendingOutBytes > 0))
         }
     }
 
@@ -241,12 +239,7 @@ final class MuxStream {
         guard let drainTimeout = self.configuration.drainTimeout, self.drainTimer == nil else { return }
         self.drainTimer = self.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) {
             self.drainTimer = nil
-            if self.finishingReason != nil {
-                // The local socket is gone; its last bytes still wait for credit.
-                self.finish(.drainTimeout, lastFrame: .reset(.drainTimeout))
-            } else {
-                self.perform(self.machine.abort(.drainTimeout))
-            }
+            self.perform(self.machine.abort(.drainTimeout))
         }
     }
 
@@ -297,12 +290,6 @@ final class MuxStream {
 
     func remoteReset(_ code: MuxErrorCode) {
         self.logger.debug("bridge reset by peer", metadata: ["code": "\(code)"])
-        if self.finishingReason != nil {
-            // The local side is done and its last bytes wait for credit, which the far end will not give now:
-            // the stream ends here rather than at the finish timer.
-            self.finish(self.machine.closeReason(forReset: code), lastFrame: .none)
-            return
-        }
         self.perform(self.machine.remoteReset(code))
     }
 
@@ -317,7 +304,8 @@ final class MuxStream {
     /// - Throws: ``MuxProtocolError`` if it grows the window past 2^31 - 1.
     func windowUpdate(_ increment: UInt32) throws {
         try self.window.granted(increment)
-        if self.finishingReason != nil {
+        if self.machine.isFinishing {
+            // Progress: the stall timeout starts again.
             self.armFinishTimer()
             self.pumpOut()
             return
@@ -332,14 +320,11 @@ final class MuxStream {
     }
 
     func tunnelClosed() {
-        if self.finishingReason != nil {
-            self.finish(self.role == .mux ? .serverReset : .clientReset, lastFrame: .none)
-            return
-        }
         // Everything crossed both ways (the far end's EOF arrived, ours went out with all before it): the stream
         // needs the tunnel no more, only to hand what it holds to its local socket. The far end may have shut
         // down gracefully with its side complete; cutting this one would lose bytes already here.
-        // (Our EOF goes out only once nothing is pending, and nothing is read after it.)
+        // (Our EOF goes out only once nothing is pending, and nothing is read after it. A finishing stream has
+        // not sent it: its held bytes are lost.)
         if self.machine.hasRemoteEOF && self.eofSent { return }
         self.perform(self.machine.tunnelClosed())
     }
@@ -380,9 +365,9 @@ final class MuxStream {
         if self.pendingOutBytes == 0, self.eofQueued, !self.eofSent {
             self.eofSent = true
             session.send(MuxFrame(streamID: self.streamID, payload: .eof))
-            if let reason = self.finishingReason {
+            if self.machine.isFinishing {
                 session.flushIfNeeded()
-                self.finish(reason, lastFrame: .none)
+                self.perform(self.machine.sentLastBytes())
             }
         }
     }
@@ -434,17 +419,18 @@ final class MuxStream {
             self.closeLocal(reason)
 
         case .report(let reason, let lastFrame):
-            let eofPending = lastFrame == .eof || (self.eofQueued && !self.eofSent)
-            if reason == .completed, eofPending, self.pendingOutBytes > 0, let session = self.session, !session.isClosed {
-                // What the local peer sent before its EOF still waits for credit: send it, then EOF, then end.
-                // A drain already under way keeps its timer: it ends the stream too.
-                self.cancelTimers(keepingDrain: true)
-                self.eofQueued = true
-                self.finishingReason = reason
-                self.armFinishTimer()
+            self.finish(reason, lastFrame: lastFrame)
+
+        case .finishSending:
+            // What the local peer sent before its EOF still waits for credit: send it, then EOF, then end.
+            // A drain already under way keeps its timer: it ends the stream too.
+            self.cancelTimers(keepingDrain: true)
+            self.eofQueued = true
+            guard let session = self.session, !session.isClosed else {
+                self.perform(self.machine.tunnelClosed())
                 return
             }
-            self.finish(reason, lastFrame: lastFrame)
+            self.armFinishTimer()
         }
     }
 
@@ -453,7 +439,6 @@ final class MuxStream {
         self.cancelTimers()
         self.finishTimer?.cancel()
         self.finishTimer = nil
-        self.finishingReason = nil
         if let session = self.session {
             switch lastFrame {
             case .none: break
@@ -487,7 +472,7 @@ final class MuxStream {
         guard let limit = self.configuration.stallTimeout else { return }
         self.finishTimer = self.eventLoop.assumeIsolated().scheduleTask(in: limit) {
             self.finishTimer = nil
-            self.finish(.stallTimeout, lastFrame: .reset(.stallTimeout))
+            self.perform(self.machine.abort(.stallTimeout))
         }
     }
 

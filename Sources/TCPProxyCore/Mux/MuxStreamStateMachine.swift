@@ -5,6 +5,10 @@
 /// tunnel peer. EOF travels per direction: local EOF becomes an EOF frame (after the data before it), an
 /// EOF frame becomes a write shutdown of the local socket (after the data before it). A reset on either
 /// end resets the stream. The stream ends when its local socket is closed; the first reason is reported.
+/// One exception: a local socket that closes after both EOFs while bytes it sent still wait for the peer's
+/// credit leaves the stream *finishing*, ended at the local end but not at the tunnel's, until those bytes
+/// and the EOF frame are sent (completed), or the peer resets, the tunnel drops, or a timeout or the drain
+/// gives up on them.
 struct MuxStreamStateMachine {
     /// Which end of the tunnel the stream is at.
     enum Role: Hashable, Sendable {
@@ -44,6 +48,10 @@ struct MuxStreamStateMachine {
         case abortLocal(CloseReason)
         /// The local socket is closed: send the last frame, and report the stream ended for this reason.
         case report(CloseReason, LastFrame)
+        /// The local socket closed after both EOFs, but bytes it sent wait for credit: send them as credit
+        /// comes, then the EOF frame, and report ``sentLastBytes()``. Only the stall timeout and the drain
+        /// still run.
+        case finishSending
     }
 
     private struct Halves {
@@ -64,6 +72,8 @@ struct MuxStreamStateMachine {
         case open(Halves)
         /// Ending for this reason; waiting for the local socket to close.
         case closing(CloseReason)
+        /// The local socket is closed after both EOFs; its last bytes and the EOF frame wait for credit.
+        case finishing
         /// Reported.
         case done
     }
@@ -102,17 +112,25 @@ struct MuxStreamStateMachine {
         return false
     }
 
+    /// Whether the local end is over: ending, finishing, or done.
     var isClosing: Bool {
         switch self.state {
-        case .closing, .done: true
+        case .closing, .finishing, .done: true
         case .connecting, .open: false
         }
+    }
+
+    /// Whether the local socket is gone and the last bytes it sent still wait for credit.
+    var isFinishing: Bool {
+        if case .finishing = self.state { return true }
+        return false
     }
 
     /// Whether an EOF frame arrived on this stream (after which DATA is a protocol violation).
     var hasRemoteEOF: Bool {
         switch self.state {
         case .connecting(let halves), .open(let halves): halves.remoteInputClosed
+        case .finishing: true
         case .closing, .done: false
         }
     }
@@ -121,7 +139,7 @@ struct MuxStreamStateMachine {
     var localInputOpen: Bool {
         switch self.state {
         case .connecting(let halves), .open(let halves): !halves.localInputClosed
-        case .closing, .done: false
+        case .closing, .finishing, .done: false
         }
     }
 
@@ -135,7 +153,7 @@ struct MuxStreamStateMachine {
         case .closing(let reason):
             // Demux: the stream was reset while connecting; the caller closes the new connection.
             return .abortLocal(reason)
-        case .open, .done:
+        case .open, .finishing, .done:
             preconditionFailure("opened in \(self.state)")
         }
     }
@@ -160,7 +178,7 @@ struct MuxStreamStateMachine {
             halves.localInputClosed = true
             self.state = .open(halves)
             return .sendEOF
-        case .closing, .done:
+        case .closing, .finishing, .done:
             return .none
         }
     }
@@ -178,7 +196,7 @@ struct MuxStreamStateMachine {
             halves.localOutputShutdownRequested = true
             self.state = .open(halves)
             return .shutdownLocalOutput
-        case .closing, .done:
+        case .closing, .finishing, .done:
             return .none
         }
     }
@@ -197,7 +215,7 @@ struct MuxStreamStateMachine {
         case .connecting, .open:
             self.state = .closing(self.localReset)
             return .reset(.connectionReset, self.localReset)
-        case .closing, .done:
+        case .closing, .finishing, .done:
             return .none
         }
     }
@@ -208,6 +226,10 @@ struct MuxStreamStateMachine {
         case .connecting, .open:
             self.state = .closing(reason)
             return .reset(MuxErrorCode(reason), reason)
+        case .finishing:
+            // The local socket is gone: only the far end is left to tell.
+            self.state = .done
+            return .report(reason, .reset(MuxErrorCode(reason)))
         case .closing, .done:
             return .none
         }
@@ -220,6 +242,10 @@ struct MuxStreamStateMachine {
             let reason = self.closeReason(forReset: code)
             self.state = .closing(reason)
             return .abortLocal(reason)
+        case .finishing:
+            // The far end will give no more credit: the held bytes are lost.
+            self.state = .done
+            return .report(self.closeReason(forReset: code), .none)
         case .closing, .done:
             return .none
         }
@@ -231,13 +257,25 @@ struct MuxStreamStateMachine {
         case .connecting, .open:
             self.state = .closing(self.remoteReset)
             return .abortLocal(self.remoteReset)
+        case .finishing:
+            self.state = .done
+            return .report(self.remoteReset, .none)
         case .closing, .done:
             return .none
         }
     }
 
+    /// Finishing: the held bytes and the EOF frame after them are sent.
+    mutating func sentLastBytes() -> Action {
+        guard case .finishing = self.state else { return .none }
+        self.state = .done
+        return .report(.completed, .none)
+    }
+
     /// The local socket is closed (or, at the demux, will never exist).
-    mutating func localClosed() -> Action {
+    /// - Parameter holdingBytes: bytes the local socket sent still wait for credit (only the EOF frame, if
+    ///   one is due, can follow them).
+    mutating func localClosed(holdingBytes: Bool) -> Action {
         switch self.state {
         case .connecting:
             // Mux: the client left before the tunnel was up; nothing was sent about it.
@@ -253,6 +291,10 @@ struct MuxStreamStateMachine {
                 sendEOF = true
             }
             if halves.localInputClosed && halves.remoteInputClosed {
+                if holdingBytes {
+                    self.state = .finishing
+                    return .finishSending
+                }
                 return .report(.completed, sendEOF ? .eof : .none)
             }
             // Closed while a direction was still open: the local peer went away.
@@ -260,7 +302,7 @@ struct MuxStreamStateMachine {
         case .closing(let reason):
             self.state = .done
             return .report(reason, .none)
-        case .done:
+        case .finishing, .done:
             return .none
         }
     }

@@ -31,8 +31,8 @@ struct MuxStreamStateMachineTests {
         #expect(machine.remoteInputClosed() == .shutdownLocalOutput)
         #expect(machine.remoteInputClosed() == .none)
         #expect(machine.localOutputClosed() == .closeLocal)
-        #expect(machine.localClosed() == .report(.completed, .none))
-        #expect(machine.localClosed() == .none)
+        #expect(machine.localClosed(holdingBytes: false) == .report(.completed, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .none)
     }
 
     @Test("remote EOF first, then local EOF: the local socket closes after both")
@@ -41,14 +41,14 @@ struct MuxStreamStateMachineTests {
         #expect(machine.remoteInputClosed() == .shutdownLocalOutput)
         #expect(machine.localOutputClosed() == .none)
         #expect(machine.localInputClosed() == .sendEOF)
-        #expect(machine.localClosed() == .report(.completed, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .report(.completed, .none))
     }
 
     @Test("a local close after our write shutdown is the local peer's EOF: EOF frame, completed")
     func closeAfterShutdownIsEOF() {
         var machine = self.open()
         #expect(machine.remoteInputClosed() == .shutdownLocalOutput)
-        #expect(machine.localClosed() == .report(.completed, .eof))
+        #expect(machine.localClosed(holdingBytes: false) == .report(.completed, .eof))
     }
 
     @Test("a local socket that closes with a direction open resets the stream", arguments: [
@@ -56,7 +56,7 @@ struct MuxStreamStateMachineTests {
     ])
     func unexpectedClose(role: MuxStreamStateMachine.Role, reason: CloseReason) {
         var machine = self.open(role)
-        #expect(machine.localClosed() == .report(reason, .reset(.connectionReset)))
+        #expect(machine.localClosed(holdingBytes: false) == .report(reason, .reset(.connectionReset)))
     }
 
     @Test("a local error sends RESET and closes; the close then reports the same reason")
@@ -65,7 +65,7 @@ struct MuxStreamStateMachineTests {
         #expect(machine.localError() == .reset(.connectionReset, .clientReset))
         #expect(machine.localError() == .none)
         #expect(machine.remoteReset(.connectionReset) == .none)
-        #expect(machine.localClosed() == .report(.clientReset, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .report(.clientReset, .none))
     }
 
     @Test("a RESET frame closes the local socket with the peer's reason", arguments: [
@@ -82,7 +82,7 @@ struct MuxStreamStateMachineTests {
         #expect(machine.remoteReset(code) == .abortLocal(reason))
         #expect(machine.isClosing)
         #expect(machine.localInputClosed() == .none)
-        #expect(machine.localClosed() == .report(reason, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .report(reason, .none))
     }
 
     @Test("the tunnel dropping resets every open stream")
@@ -99,8 +99,74 @@ struct MuxStreamStateMachineTests {
             var machine = self.open()
             #expect(machine.abort(reason) == .reset(code, reason))
             #expect(machine.abort(reason) == .none)
-            #expect(machine.localClosed() == .report(reason, .none))
+            #expect(machine.localClosed(holdingBytes: false) == .report(reason, .none))
         }
+    }
+
+    /// Both EOFs seen, then the local socket closes while what it sent still waits for credit.
+    private func finishing(_ role: MuxStreamStateMachine.Role, eofAtClose: Bool) -> MuxStreamStateMachine {
+        var machine = self.open(role)
+        if !eofAtClose { #expect(machine.localInputClosed() == .sendEOF) }
+        #expect(machine.remoteInputClosed() == .shutdownLocalOutput)
+        #expect(machine.localClosed(holdingBytes: true) == .finishSending)
+        #expect(machine.isFinishing)
+        #expect(machine.isClosing)
+        #expect(!machine.localInputOpen)
+        #expect(machine.hasRemoteEOF)
+        return machine
+    }
+
+    @Test("finishing: a local close after both EOFs with bytes held waits for them, then completes", arguments: [false, true])
+    func finishingCompletes(eofAtClose: Bool) {
+        var machine = self.finishing(.mux, eofAtClose: eofAtClose)
+        // The local end's events are over; a second close, EOF or error changes nothing.
+        #expect(machine.localClosed(holdingBytes: true) == .none)
+        #expect(machine.localInputClosed() == .none)
+        #expect(machine.remoteInputClosed() == .none)
+        #expect(machine.localError() == .none)
+        #expect(machine.sentLastBytes() == .report(.completed, .none))
+        #expect(!machine.isFinishing)
+        #expect(machine.sentLastBytes() == .none)
+        #expect(machine.tunnelClosed() == .none)
+    }
+
+    @Test("finishing: a RESET ends it with the peer's reason, nothing more sent", arguments: [
+        (MuxErrorCode.connectionReset, MuxStreamStateMachine.Role.mux, CloseReason.serverReset),
+        (.connectionReset, .demux, .clientReset),
+        (.stallTimeout, .demux, .stallTimeout),
+        (.drainTimeout, .mux, .drainTimeout),
+    ])
+    func finishingReset(code: MuxErrorCode, role: MuxStreamStateMachine.Role, reason: CloseReason) {
+        var machine = self.finishing(role, eofAtClose: false)
+        #expect(machine.remoteReset(code) == .report(reason, .none))
+        #expect(machine.sentLastBytes() == .none)
+    }
+
+    @Test("finishing: the tunnel dropping ends it as the far end's reset", arguments: [
+        (MuxStreamStateMachine.Role.mux, CloseReason.serverReset), (.demux, .clientReset),
+    ])
+    func finishingTunnelClosed(role: MuxStreamStateMachine.Role, reason: CloseReason) {
+        var machine = self.finishing(role, eofAtClose: true)
+        #expect(machine.tunnelClosed() == .report(reason, .none))
+        #expect(machine.remoteReset(.connectionReset) == .none)
+    }
+
+    @Test("finishing: the stall timeout or the drain sends RESET with its code", arguments: [
+        (CloseReason.stallTimeout, MuxErrorCode.stallTimeout), (.drainTimeout, .drainTimeout),
+    ])
+    func finishingAbort(reason: CloseReason, code: MuxErrorCode) {
+        var machine = self.finishing(.demux, eofAtClose: false)
+        #expect(machine.abort(reason) == .report(reason, .reset(code)))
+        #expect(machine.abort(reason) == .none)
+        #expect(machine.sentLastBytes() == .none)
+    }
+
+    @Test("bytes held at a close with a direction open do not make it finishing")
+    func heldBytesWithDirectionOpen() {
+        var machine = self.open(.mux)
+        #expect(machine.localInputClosed() == .sendEOF)
+        #expect(machine.localClosed(holdingBytes: true) == .report(.clientReset, .reset(.connectionReset)))
+        #expect(!machine.isFinishing)
     }
 
     @Test("demux: a failed connect resets with connectFailed or connectTimeout")
@@ -108,7 +174,7 @@ struct MuxStreamStateMachineTests {
         for (timedOut, reason, code) in [(false, CloseReason.connectFailed, MuxErrorCode.connectFailed), (true, .connectTimeout, .connectTimeout)] {
             var machine = MuxStreamStateMachine(role: .demux)
             #expect(machine.connectFailed(timedOut: timedOut) == .reset(code, reason))
-            #expect(machine.localClosed() == .report(reason, .none))
+            #expect(machine.localClosed(holdingBytes: false) == .report(reason, .none))
         }
     }
 
@@ -117,20 +183,20 @@ struct MuxStreamStateMachineTests {
         var machine = MuxStreamStateMachine(role: .demux)
         #expect(machine.remoteReset(.connectionReset) == .abortLocal(.clientReset))
         #expect(machine.opened() == .abortLocal(.clientReset))
-        #expect(machine.localClosed() == .report(.clientReset, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .report(.clientReset, .none))
     }
 
     @Test("mux: a client that leaves while waiting for the tunnel ends with nothing sent")
     func clientLeavesWhileWaiting() {
         var machine = MuxStreamStateMachine(role: .mux)
-        #expect(machine.localClosed() == .report(.clientReset, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .report(.clientReset, .none))
     }
 
     @Test("mux: no tunnel within the connect timeout")
     func waitTimeout() {
         var machine = MuxStreamStateMachine(role: .mux)
         #expect(machine.abort(.connectTimeout) == .reset(.connectTimeout, .connectTimeout))
-        #expect(machine.localClosed() == .report(.connectTimeout, .none))
+        #expect(machine.localClosed(holdingBytes: false) == .report(.connectTimeout, .none))
     }
 }
 
