@@ -53,6 +53,37 @@ struct VisibilityTests {
         #expect(dump.output.contains("[S]"), "the synthesized handshake")
     }
 
+    @Test("--capture behind --accept-proxy-protocol names the client the PROXY header announced, as the logs do")
+    func captureAnnouncedClient() async throws {
+        let tcpdump = "/usr/bin/tcpdump"
+        try #require(FileManager.default.isExecutableFile(atPath: tcpdump), "tcpdump is not installed (.ci/run installs it)")
+        let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path, "--accept-proxy-protocol"])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send("PROXY TCP4 198.51.100.7 203.0.113.9 40123 443\r\nANNOUNCED")
+        _ = try client.recvExactly(9, timeout: 5)
+        client.close()
+        let accepted = try #require(await proxy.waitForLine(containing: "bridge accepted", timeout: 5))
+        #expect(accepted.contains("client.address=198.51.100.7:40123"), "\(accepted)")
+        #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+        await delay(seconds: 1.2)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 10) == 0)
+
+        let dump = try self.run(tcpdump, ["-nn", "-r", path])
+        #expect(dump.status == 0, "tcpdump could not read the file")
+        let lines = dump.output.split(separator: "\n")
+        #expect(!lines.isEmpty)
+        #expect(
+            lines.allSatisfy { $0.contains("198.51.100.7.40123 >") || $0.contains("> 198.51.100.7.40123:") },
+            "every packet is to or from the announced client:\n\(dump.output)"
+        )
+    }
+
     @Test("--capture records how an idle timeout ended bridges: a FIN each way for a quiet one, a reset for one cut short")
     func captureTimeoutEnds() async throws {
         let tcpdump = "/usr/bin/tcpdump"

@@ -336,7 +336,9 @@ final class Bridge {
                 id: self.id,
                 server: self.serverChannel?.remoteAddress?.logDescription ?? self.connector.targetDescription
             )
-            if let capture = self.observers.capture, let client = self.clientHandler.context?.channel.remoteAddress,
+            // The client as the logs name it: a PROXY header's source when one was received.
+            if let capture = self.observers.capture,
+                let client = self.announcedClient?.source ?? self.clientHandler.context?.channel.remoteAddress,
                 let server = self.serverChannel?.remoteAddress
             {
                 self.conversation = capture.conversation(client: client, server: server)
