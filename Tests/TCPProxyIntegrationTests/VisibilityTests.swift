@@ -8,29 +8,13 @@ import Glibc
 /// `--capture` and `--metrics` on the real binary.
 @Suite("Capture and metrics", .ownThread)
 struct VisibilityTests {
-    /// Runs a command, returning its exit status and standard output.
-    private func run(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
     @Test("--capture writes a pcap that tcpdump reads, with the payload both ways and the FINs")
     func capture() async throws {
-        let tcpdump = "/usr/bin/tcpdump"
-        try #require(FileManager.default.isExecutableFile(atPath: tcpdump), "tcpdump is not installed (.ci/run installs it)")
-        let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try CaptureFile()
+        defer { file.remove() }
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", file.path])
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         try client.send("CAPTURE-MARKER-UP")
@@ -40,28 +24,22 @@ struct VisibilityTests {
         #expect(end.end == .eof)
         client.close()
         #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
-        // Past the capture drop reporter's first run (1 s), so that it is scheduled when the loops stop.
-        await delay(seconds: 1.2)
-        proxy.terminate()
-        #expect(await proxy.waitForExit(timeout: 10) == 0)
+        await file.stop(proxy)
         #expect(!proxy.stderr.contains("ERROR"), "a clean shutdown, no NIO complaint; stderr:\n\(proxy.stderr)")
 
-        let dump = try self.run(tcpdump, ["-nn", "-A", "-r", path])
-        #expect(dump.status == 0, "tcpdump could not read the file")
-        #expect(dump.output.components(separatedBy: "CAPTURE-MARKER-UP").count - 1 == 2, "payload up and echoed down:\n\(dump.output)")
-        #expect(dump.output.components(separatedBy: "[F.]").count - 1 == 2, "a FIN each way:\n\(dump.output)")
-        #expect(dump.output.contains("[S]"), "the synthesized handshake")
+        let dump = try file.read(["-nn", "-A"])
+        #expect(dump.components(separatedBy: "CAPTURE-MARKER-UP").count - 1 == 2, "payload up and echoed down:\n\(dump)")
+        #expect(dump.components(separatedBy: "[F.]").count - 1 == 2, "a FIN each way:\n\(dump)")
+        #expect(dump.contains("[S]"), "the synthesized handshake")
     }
 
     @Test("--capture behind --accept-proxy-protocol names the client the PROXY header announced, as the logs do")
     func captureAnnouncedClient() async throws {
-        let tcpdump = "/usr/bin/tcpdump"
-        try #require(FileManager.default.isExecutableFile(atPath: tcpdump), "tcpdump is not installed (.ci/run installs it)")
-        let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try CaptureFile()
+        defer { file.remove() }
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path, "--accept-proxy-protocol"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", file.path, "--accept-proxy-protocol"])
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         try client.send("PROXY TCP4 198.51.100.7 203.0.113.9 40123 443\r\nANNOUNCED")
@@ -70,32 +48,27 @@ struct VisibilityTests {
         let accepted = try #require(await proxy.waitForLine(containing: "bridge accepted", timeout: 5))
         #expect(accepted.contains("client.address=198.51.100.7:40123"), "\(accepted)")
         #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
-        await delay(seconds: 1.2)
-        proxy.terminate()
-        #expect(await proxy.waitForExit(timeout: 10) == 0)
+        await file.stop(proxy)
 
-        let dump = try self.run(tcpdump, ["-nn", "-r", path])
-        #expect(dump.status == 0, "tcpdump could not read the file")
-        let lines = dump.output.split(separator: "\n")
+        let dump = try file.read(["-nn"])
+        let lines = dump.split(separator: "\n")
         #expect(!lines.isEmpty)
         #expect(
             lines.allSatisfy { $0.contains("198.51.100.7.40123 >") || $0.contains("> 198.51.100.7.40123:") },
-            "every packet is to or from the announced client:\n\(dump.output)"
+            "every packet is to or from the announced client:\n\(dump)"
         )
     }
 
     @Test("--capture records how an idle timeout ended bridges: a FIN each way for a quiet one, a reset for one cut short")
     func captureTimeoutEnds() async throws {
-        let tcpdump = "/usr/bin/tcpdump"
-        try #require(FileManager.default.isExecutableFile(atPath: tcpdump), "tcpdump is not installed (.ci/run installs it)")
-        let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
-        defer { try? FileManager.default.removeItem(atPath: path) }
+        let file = try CaptureFile()
+        defer { file.remove() }
         // Connection 0 echoes, then both ends fall quiet; connection 1 writes to a client that never reads.
         let server = try TestServer { socket, index, server in
             if index == 0 { TestServer.echo(socket, index, server) } else { TestServer.writeForever(socket, index, server) }
         }
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path, "--idle-timeout", "1"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", file.path, "--idle-timeout", "1"])
         defer { proxy.kill() }
         let quiet = try TestSocket.connect(port: proxy.port)
         defer { quiet.close() }
@@ -105,14 +78,11 @@ struct VisibilityTests {
         defer { flooded.close() }
         #expect(await proxy.waitForLines(containing: "bridge closed", count: 2, timeout: 8) != nil)
         #expect(await quiet.waitForEnd(timeout: 5).end == .eof)
-        await delay(seconds: 1.2)
-        proxy.terminate()
-        #expect(await proxy.waitForExit(timeout: 10) == 0)
+        await file.stop(proxy)
 
-        let dump = try self.run(tcpdump, ["-nn", "-r", path])
-        #expect(dump.status == 0, "tcpdump could not read the file")
-        #expect(dump.output.components(separatedBy: "[F.]").count - 1 == 2, "the quiet bridge's FIN each way:\n\(dump.output.suffix(2000))")
-        #expect(dump.output.components(separatedBy: "[R.]").count - 1 == 1, "the cut bridge's reset:\n\(dump.output.suffix(2000))")
+        let dump = try file.read(["-nn"])
+        #expect(dump.components(separatedBy: "[F.]").count - 1 == 2, "the quiet bridge's FIN each way:\n\(dump.suffix(2000))")
+        #expect(dump.components(separatedBy: "[R.]").count - 1 == 1, "the cut bridge's reset:\n\(dump.suffix(2000))")
     }
 
     @Test("--capture to a file that cannot be written exits 1 with one line")
@@ -149,7 +119,7 @@ struct VisibilityTests {
         client.close()
         #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
 
-        let text = try self.run(curl, ["-sS", "\(url)/metrics"]).output
+        let text = try runTool(curl, ["-sS", "\(url)/metrics"]).output
         func value(_ name: String, _ label: String? = nil) -> Double? {
             text.split(separator: "\n").first { line in
                 line.hasPrefix(name) && (label.map { line.contains($0) } ?? true)
@@ -162,7 +132,50 @@ struct VisibilityTests {
         #expect(value("tcpproxy_bridges_closed_total", "reason=\"completed\"") == 1)
         #expect(text.contains("listener=\"forward\""))
 
-        let missing = try self.run(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "\(url)/nope"]).output
+        let missing = try runTool(curl, ["-s", "-o", "/dev/null", "-w", "%{http_code}", "\(url)/nope"]).output
         #expect(missing == "404")
     }
+}
+
+/// A pcap file for one test, read back with tcpdump (installed by `.ci/run`).
+private struct CaptureFile {
+    static let tcpdump = "/usr/bin/tcpdump"
+    let path = NSTemporaryDirectory() + "tcpproxy-capture-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).pcap"
+
+    init() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.tcpdump), "tcpdump is not installed (.ci/run installs it)")
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: self.path)
+    }
+
+    /// Stops the capturing proxy with SIGTERM, which must exit 0 (the file is complete then). It waits past the
+    /// capture drop reporter's first run (1 s), so that the reporter is scheduled when the loops stop.
+    func stop(_ proxy: ProxyProcess) async {
+        await delay(seconds: 1.2)
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 10) == 0)
+    }
+
+    /// What `tcpdump OPTIONS -r FILE` prints; the test fails if tcpdump cannot read the file.
+    func read(_ options: [String]) throws -> String {
+        let dump = try runTool(Self.tcpdump, options + ["-r", self.path])
+        #expect(dump.status == 0, "tcpdump could not read the file")
+        return dump.output
+    }
+}
+
+/// Runs a command, returning its exit status and standard output.
+private func runTool(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
 }
