@@ -412,7 +412,8 @@ struct MuxOperationsTests {
         let received = try await onThread { try client.readToEnd(timeout: 10) }
         let intact = sameBytes(received.bytes, Array(payload[0..<size.value]))
         #expect(received.end == .eof && intact, "got \(received.bytes.count) of \(size.value) bytes (intact: \(intact)), then \(received.end)")
-        let muxClosed = tunnel.mux.closedLines
+        // The stream ends (and is logged) as the client's socket closes, just after the client saw EOF.
+        let muxClosed = await tunnel.mux.waitForLines(containing: "bridge closed", count: 2, timeout: 5) ?? tunnel.mux.closedLines
         #expect(muxClosed.count == 2 && logValue("close.reason", in: muxClosed[1]) == "completed", "\(muxClosed)")
     }
 
