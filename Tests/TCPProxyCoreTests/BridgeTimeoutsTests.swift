@@ -21,6 +21,29 @@ struct BridgeTimeoutsTests {
         #expect(!BridgeTimeouts(stallTimeout: nil, idleTimeout: nil, now: self.start).isEnabled)
     }
 
+    @Test("with the metrics on, a busy bridge is sampled every report interval even with both timeouts off; a quiet one stops")
+    func metricsReports() {
+        var timeouts = BridgeTimeouts(stallTimeout: nil, idleTimeout: nil, reportInterval: .seconds(1), now: self.start)
+        #expect(timeouts.isEnabled)
+        #expect(timeouts.samplingInterval == .seconds(1))
+        #expect(timeouts.tick(now: self.at(1), trafficBytes: 100, upstream: self.nothing, downstream: self.nothing) == .sampleAgain(in: .seconds(1)))
+        #expect(timeouts.tick(now: self.at(2), trafficBytes: 900, upstream: self.nothing, downstream: self.nothing) == .sampleAgain(in: .seconds(1)))
+        #expect(timeouts.tick(now: self.at(3), trafficBytes: 900, upstream: self.nothing, downstream: self.nothing) == .stop)
+        // Held bytes keep it sampling (they are still to be written and counted), but never expire it.
+        let held = BridgeTimeouts.Sample(held: 4096, delivered: 7)
+        for second in 4...100 {
+            #expect(timeouts.tick(now: self.at(Double(second)), trafficBytes: 900, upstream: held, downstream: self.nothing) == .sampleAgain(in: .seconds(1)))
+        }
+    }
+
+    @Test("the report interval shortens the sampling of long timeouts, not of short ones")
+    func reportIntervalAndTimeouts() {
+        let long = BridgeTimeouts(stallTimeout: .seconds(60), idleTimeout: nil, reportInterval: .seconds(1), now: self.start)
+        #expect(long.samplingInterval == .seconds(1))
+        let short = BridgeTimeouts(stallTimeout: .seconds(4), idleTimeout: nil, reportInterval: .seconds(1), now: self.start)
+        #expect(short.samplingInterval == .milliseconds(500))
+    }
+
     @Test("a direction that holds data and delivers nothing expires after the stall timeout")
     func stall() {
         var timeouts = BridgeTimeouts(stallTimeout: .seconds(10), idleTimeout: nil, now: self.start)

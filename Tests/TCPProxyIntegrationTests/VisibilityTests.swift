@@ -137,6 +137,44 @@ struct VisibilityTests {
     }
 }
 
+extension VisibilityTests {
+    @Test(
+        "--metrics counts an open bridge's bytes as they flow, with both timeouts off (no timer of their own)",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func metricsWhileOpen(path: DataPath) async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(
+            to: server.port, ["--metrics", "127.0.0.1:0", "--stall-timeout", "0"] + path.arguments
+        )
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        defer { client.close() }
+        // Round trips over more than the report interval (1 s); the bridge stays open throughout.
+        let chunk = pattern(count: 1000, seed: 9)
+        for _ in 0..<12 {
+            try client.send(chunk)
+            #expect(try client.recvExactly(chunk.count, timeout: 5) == chunk)
+            await delay(seconds: 0.1)
+        }
+        var text = ""
+        var counted: (up: Double?, down: Double?) = (nil, nil)
+        for _ in 0..<30 {
+            text = try await PrometheusText.scrape(proxy)
+            counted = (
+                PrometheusText.value(text, "tcpproxy_bytes_total", "direction=\"upstream\""),
+                PrometheusText.value(text, "tcpproxy_bytes_total", "direction=\"downstream\"")
+            )
+            if counted.up == 12000 && counted.down == 12000 { break }
+            await delay(seconds: 0.1)
+        }
+        #expect(counted.up == 12000 && counted.down == 12000, "\(text)")
+        #expect(PrometheusText.value(text, "tcpproxy_bridges_active") == 1, "still open: \(text)")
+    }
+}
+
 /// A pcap file for one test, read back with tcpdump (installed by `.ci/run`).
 private struct CaptureFile {
     static let tcpdump = "/usr/bin/tcpdump"

@@ -119,6 +119,7 @@ final class Bridge {
         self.timeouts = BridgeTimeouts(
             stallTimeout: configuration.stallTimeout,
             idleTimeout: configuration.idleTimeout,
+            reportInterval: observers.metrics == nil ? nil : BridgeTimeouts.metricsReportInterval,
             now: now
         )
         if configuration.shapesChunks {

@@ -2,7 +2,9 @@ import NIOCore
 
 /// The stall and idle timeouts of one bridge (SPEC §2 rules 6c and 7), without I/O or a clock.
 ///
-/// The handler samples both directions on one periodic timer and passes the samples in. Progress is
+/// The handler samples both directions on one periodic timer and passes the samples in. The same timer
+/// reports the bridge's byte counts to the metrics, so with `--metrics` it also runs, at least every
+/// ``reportInterval``, while the bridge carries traffic, even with both timeouts off. Progress is
 /// judged at the socket: a direction that holds data makes progress while the receiving peer takes
 /// bytes (the kernel's count of acknowledged bytes grows), even if the proxy's own writes stay blocked
 /// for a long time behind a slow reader.
@@ -29,6 +31,7 @@ struct BridgeTimeouts {
 
     private let stallTimeout: TimeAmount?
     private let idleTimeout: TimeAmount?
+    private let reportInterval: TimeAmount?
     private var lastTraffic: NIODeadline
     private var lastTrafficBytes: UInt64 = 0
     // Two fields, not an array: a bridge's timeouts cost no allocation of their own.
@@ -55,22 +58,29 @@ struct BridgeTimeouts {
         }
     }
 
+    /// How often a bridge that carries traffic reports its byte counts when the metrics are on.
+    static let metricsReportInterval = TimeAmount.seconds(1)
+
     /// - Parameters:
     ///   - stallTimeout: `--stall-timeout`, `nil` when off.
     ///   - idleTimeout: `--idle-timeout`, `nil` when off.
+    ///   - reportInterval: with `--metrics`, the longest a busy bridge's byte counts may go unreported
+    ///     (``metricsReportInterval``); `nil` without metrics.
     ///   - now: when the bridge started.
-    init(stallTimeout: TimeAmount?, idleTimeout: TimeAmount?, now: NIODeadline) {
+    init(stallTimeout: TimeAmount?, idleTimeout: TimeAmount?, reportInterval: TimeAmount? = nil, now: NIODeadline) {
         self.stallTimeout = stallTimeout
         self.idleTimeout = idleTimeout
+        self.reportInterval = reportInterval
         self.lastTraffic = now
     }
 
-    /// Whether any timeout is on, so the bridge needs a timer at all.
-    var isEnabled: Bool { self.stallTimeout != nil || self.idleTimeout != nil }
+    /// Whether a timeout is on or the metrics want byte counts as they go, so the bridge needs a timer.
+    var isEnabled: Bool { self.stallTimeout != nil || self.idleTimeout != nil || self.reportInterval != nil }
 
-    /// How often to sample: an eighth of the shortest timeout. A stall or idle spell is seen at most
-    /// this long after it starts, and the tick that follows lands on its deadline, so a timeout fires
-    /// between 1 and 1.125 times its length after the last progress.
+    /// How often to sample: an eighth of the shortest timeout, or the report interval if that is shorter.
+    /// A stall or idle spell is seen at most an eighth of its timeout after it starts, and the tick that
+    /// follows lands on its deadline, so a timeout fires between 1 and 1.125 times its length after the
+    /// last progress.
     var samplingInterval: TimeAmount {
         // No array here: this runs on every tick of every bridge.
         let shortest: TimeAmount
@@ -80,8 +90,14 @@ struct BridgeTimeouts {
         case (nil, let idle?): shortest = idle
         case (nil, nil): shortest = .seconds(1)
         }
-        return .nanoseconds(max(shortest.nanoseconds / 8, Self.minimumDelay.nanoseconds))
+        var interval = TimeAmount.nanoseconds(max(shortest.nanoseconds / 8, Self.minimumDelay.nanoseconds))
+        if let reportInterval = self.reportInterval, reportInterval < interval || !self.timesOut {
+            interval = reportInterval
+        }
+        return interval
     }
+
+    private var timesOut: Bool { self.stallTimeout != nil || self.idleTimeout != nil }
 
     private static let minimumDelay = TimeAmount.milliseconds(5)
 

@@ -170,6 +170,7 @@ final class DirectBridge {
         self.timeouts = BridgeTimeouts(
             stallTimeout: configuration.stallTimeout,
             idleTimeout: configuration.idleTimeout,
+            reportInterval: acceptor.metrics == nil ? nil : BridgeTimeouts.metricsReportInterval,
             now: now
         )
         self.reporter = ByteCountReporter()

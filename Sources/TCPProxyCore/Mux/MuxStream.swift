@@ -80,6 +80,7 @@ final class MuxStream {
         self.timeouts = BridgeTimeouts(
             stallTimeout: environment.configuration.bridge.stallTimeout,
             idleTimeout: environment.configuration.bridge.idleTimeout,
+            reportInterval: environment.metrics == nil ? nil : BridgeTimeouts.metricsReportInterval,
             now: now
         )
         self.handler.stream = self
