@@ -214,6 +214,9 @@ struct RunFileTests {
         defer { socket.close() }
         #expect(try Self.echoes(socket, "new"))
         #expect(try Self.echoes(held, "old, draining"), "a drained bridge goes on until the drain timeout")
+        // The new listener's bridge is not numbered again from 1 beside the old one's: an id names one bridge.
+        let ids = (await proxy.waitForLines(containing: "bridge accepted", count: 2, timeout: 5) ?? []).map { logValue("bridge.id", in: $0) }
+        #expect(ids.count == 2 && ids[0] != ids[1], "\(ids)")
 
         held.close()
         socket.close()

@@ -27,7 +27,6 @@ final class DirectAcceptor: Sendable {
     let drainSignal: DrainSignal
     private let admission: AdmissionPolicy
     private let activeBridges: AdmissionCounter
-    private let nextBridgeID: ManagedAtomic<UInt64>
     /// Accepting failed for want of descriptors or memory: the warning is logged once per episode. Every
     /// engine thread accepts from this listener; the flag keeps the lock off the path of a normal accept.
     private let exhaustion = NIOLockedValueBox(AcceptExhaustion())
@@ -42,14 +41,12 @@ final class DirectAcceptor: Sendable {
     /// - Parameters:
     ///   - descriptor: the listening socket; the caller closes it after every engine let go of it.
     ///   - target: the server every client is bridged to.
-    ///   - nextBridgeID: the listener's bridge numbers.
     init(
         descriptor: CInt,
         target: SocketAddress,
         configuration: BridgeConfiguration,
         admission: AdmissionPolicy,
         activeBridges: AdmissionCounter,
-        nextBridgeID: ManagedAtomic<UInt64>,
         metrics: ProxyMetrics?,
         drainSignal: DrainSignal,
         logger: Logger
@@ -59,7 +56,6 @@ final class DirectAcceptor: Sendable {
         self.configuration = configuration
         self.admission = admission
         self.activeBridges = activeBridges
-        self.nextBridgeID = nextBridgeID
         self.metrics = metrics
         self.drainSignal = drainSignal
         self.logger = logger
@@ -134,7 +130,7 @@ final class DirectAcceptor: Sendable {
             closeDescriptor(client)
             return .handled
         }
-        let id = self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed)
+        let id = BridgeID.next()
         self.metrics?.bridgeOpened()
         if self.logsBridges { self.logger.logBridgeAccepted(id: id, client: address) }
         var connected: CInt = 0

@@ -62,7 +62,6 @@ extension Listener {
                 configuration: self.configuration.bridge,
                 admission: self.configuration.admission,
                 activeBridges: self.activeBridges,
-                nextBridgeID: self.nextBridgeID,
                 metrics: self.observers.metrics,
                 drainSignal: self.spliceDrain,
                 logger: self.logger

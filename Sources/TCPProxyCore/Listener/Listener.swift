@@ -1,4 +1,3 @@
-import Atomics
 import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
@@ -20,7 +19,6 @@ public final class Listener: Service, Sendable {
     let group: EventLoopGroup
     let logger: Logger
     let activeBridges = AdmissionCounter()
-    let nextBridgeID = ManagedAtomic<UInt64>(1)
     private let boundAddress = NIOLockedValueBox<SocketAddress?>(nil)
     let observers: Bridge.Observers
     /// The drain deadline, for bridges that were handed to the splice engine.
@@ -168,7 +166,7 @@ public final class Listener: Service, Sendable {
         do {
             try BridgeChannelOptions.apply(configuration, to: channel, reading: .upstream)
             let setup = BridgeSetup(
-                id: self.nextBridgeID.loadThenWrappingIncrement(ordering: .relaxed),
+                id: BridgeID.next(),
                 configuration: configuration,
                 logger: self.logger,
                 hooks: .init(finished: { [activeBridges] _ in activeBridges.release() }),

@@ -69,7 +69,7 @@ final class MuxStream {
         self.role = role
         self.environment = environment
         self.eventLoop = eventLoop
-        self.bridgeID = environment.nextBridgeID()
+        self.bridgeID = BridgeID.next()
         self.machine = Machine(role: role)
         self.window = MuxWindow(receiveWindow: environment.configuration.receiveWindow)
         var logger = environment.logger

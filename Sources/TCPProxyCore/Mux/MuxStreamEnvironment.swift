@@ -1,4 +1,3 @@
-import Atomics
 import Logging
 import NIOCore
 
@@ -10,8 +9,6 @@ struct MuxStreamEnvironment: Sendable {
     var logger: Logger
     /// The listener's metrics: each stream counts as a bridge.
     var metrics: ProxyMetrics?
-    /// Numbers for streams' `bridge.id`.
-    var bridgeIDs: ManagedAtomic<UInt64>
     /// Open streams of this listener: the mux claims a slot when it admits a client, the demux when it
     /// opens a stream; a stream gives it back when it ends.
     var streams: AdmissionCounter
@@ -27,7 +24,6 @@ struct MuxStreamEnvironment: Sendable {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
-        self.bridgeIDs = ManagedAtomic(1)
         self.streams = AdmissionCounter()
         self.target = target
     }
@@ -37,8 +33,4 @@ struct MuxStreamEnvironment: Sendable {
         self.metrics?.bridgeOpened()
     }
 
-    /// The next `bridge.id`.
-    func nextBridgeID() -> UInt64 {
-        self.bridgeIDs.loadThenWrappingIncrement(ordering: .relaxed)
-    }
 }
