@@ -45,6 +45,41 @@ struct TargetsTests {
         #expect(["a", "b", "c"].map { name in shares.filter { $0 == name }.count } == [30, 10, 20])
     }
 
+    @Test(
+        "--metrics counts each target's bytes (tcpproxy_target_bytes_total), copied or spliced",
+        arguments: [["--splice", "never"], ["--splice", "always"]]
+    )
+    func targetBytes(splice: [String]) async throws {
+        let servers = try (0..<2).map { _ in try TestServer(handler: TestServer.echo) }
+        defer { servers.forEach { $0.stop() } }
+        let proxy = try await ProxyProcess.start(
+            ["forward", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"] + splice
+                + servers.flatMap { ["--target", "127.0.0.1:\($0.port)"] }
+        )
+        defer { proxy.kill() }
+        // Round-robin: the first client goes to the first target, the second to the second.
+        for size in [1000, 3000] {
+            let client = try TestSocket.connect(port: proxy.port)
+            defer { client.close() }
+            let payload = pattern(count: size, seed: UInt64(size))
+            try client.send(payload)
+            #expect(try client.recvExactly(size, timeout: 5) == payload)
+            client.shutdownWrite()
+            #expect(try client.readToEnd(timeout: 5).end == .eof)
+        }
+        #expect(await proxy.waitForLines(containing: "bridge closed", count: 2, timeout: 5) != nil)
+        let text = try await PrometheusText.scrape(proxy)
+        for (server, size) in zip(servers, [1000.0, 3000.0]) {
+            let target = "target=\"127.0.0.1:\(server.port)\""
+            for direction in ["upstream", "downstream"] {
+                let value = text.split(separator: "\n").first {
+                    $0.hasPrefix("tcpproxy_target_bytes_total{") && $0.contains(target) && $0.contains("direction=\"\(direction)\"")
+                }.flatMap { Double($0.split(separator: " ").last!) }
+                #expect(value == size, "\(target) \(direction):\n\(text)")
+            }
+        }
+    }
+
     @Test("leastconn sends each new client to the target with the fewest open bridges per weight")
     func leastconn() async throws {
         func named(_ name: String) throws -> TestServer {

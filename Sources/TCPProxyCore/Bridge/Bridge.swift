@@ -333,6 +333,7 @@ final class Bridge {
             break
 
         case .startForwarding(let thenShutdownServerOutput):
+            self.byteReporter.target = self.serverHandler.targetMetrics
             self.logger.logBridgeConnected(
                 id: self.id,
                 server: self.serverChannel?.remoteAddress?.logDescription ?? self.connector.targetDescription

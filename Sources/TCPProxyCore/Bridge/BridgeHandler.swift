@@ -25,6 +25,8 @@ final class BridgeHandler: ChannelDuplexHandler {
     private var inputClosed = false
     /// What waits for the connection's real end (see ``whenConnectionEnded(_:)``).
     private var endActions: [() -> Void] = []
+    /// Server side, with several targets: the metrics of the one this connection went to.
+    var targetMetrics: TargetMetrics?
 
     init(side: BridgeStateMachine.Side) {
         self.side = side

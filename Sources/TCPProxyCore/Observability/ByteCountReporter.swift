@@ -3,6 +3,9 @@
 struct ByteCountReporter {
     private var reportedUpstream: UInt64 = 0
     private var reportedDownstream: UInt64 = 0
+    /// The bridge's target among several (`forward` with a target pool), once connected: it gets the
+    /// same deltas.
+    var target: TargetMetrics?
 
     /// Adds what moved since the last report.
     /// - Parameters:
@@ -15,6 +18,7 @@ struct ByteCountReporter {
         let down = downstream &- self.reportedDownstream
         guard up > 0 || down > 0 else { return }
         metrics.addBytes(upstream: up, downstream: down)
+        self.target?.addBytes(upstream: up, downstream: down)
         self.reportedUpstream = upstream
         self.reportedDownstream = downstream
     }

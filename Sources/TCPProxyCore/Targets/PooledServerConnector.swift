@@ -45,7 +45,7 @@ struct PooledServerConnector: ServerConnector {
                 switch result {
                 case .success(let channel):
                     pool.connected(index)
-                    Self.whenEnded(channel) { pool.released(index) }
+                    Self.attach(channel, to: pool, index)
                     promise.succeed(channel)
                 case .failure(let error) where attempts.isCancelled:
                     // Given up by the bridge: says nothing about the target, and nothing more is tried.
@@ -60,15 +60,17 @@ struct PooledServerConnector: ServerConnector {
             }
     }
 
-    /// Runs `release` when the server connection really ends: when its bridge says so (a spliced bridge
-    /// closes its NIO channel long before its socket), or when the channel closes if it has no bridge.
-    private static func whenEnded(_ channel: Channel, _ release: @escaping @Sendable () -> Void) {
+    /// Tells the bridge on `channel` its target's metrics (for its bytes), and releases the target when the
+    /// server connection really ends: when its bridge says so (a spliced bridge closes its NIO channel long
+    /// before its socket), or when the channel closes if it has no bridge.
+    private static func attach(_ channel: Channel, to pool: TargetPool, _ index: Int) {
         if channel.eventLoop.inEventLoop,
             let handler = try? channel.pipeline.syncOperations.handler(type: BridgeHandler.self)
         {
-            handler.whenConnectionEnded(release)
+            handler.targetMetrics = pool.metrics(index)
+            handler.whenConnectionEnded { pool.released(index) }
         } else {
-            channel.closeFuture.whenComplete { _ in release() }
+            channel.closeFuture.whenComplete { _ in pool.released(index) }
         }
     }
 

@@ -52,6 +52,11 @@ final class TargetPool: Sendable {
         return order
     }
 
+    /// The metrics of target `index`, if `--metrics` is on.
+    func metrics(_ index: Int) -> TargetMetrics? {
+        self.metrics?[index]
+    }
+
     func connected(_ index: Int) {
         let change = self.balancer.withLockedValue { $0.connected(index) }
         self.metrics?[index].connected()
