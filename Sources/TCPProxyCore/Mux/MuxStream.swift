@@ -48,8 +48,6 @@ final class MuxStream {
     /// Bytes flushed to the local socket that it has not taken yet (``MuxSession/shouldCopy(pieceOf:readCapacity:localBacklog:)``).
     private(set) var unwrittenLocal = 0
     private var connectedLogged = false
-    /// Finishing (``MuxStreamStateMachine/isFinishing``): the stall timeout for the last bytes' credit.
-    private var finishTimer: Scheduled<Void>?
 
     private(set) var bytesFromLocal: UInt64 = 0
     private(set) var bytesFromTunnel: UInt64 = 0
@@ -306,8 +304,6 @@ final class MuxStream {
     func windowUpdate(_ increment: UInt32) throws {
         try self.window.granted(increment)
         if self.machine.isFinishing {
-            // Progress: the stall timeout starts again.
-            self.armFinishTimer()
             self.pumpOut()
             return
         }
@@ -427,19 +423,13 @@ final class MuxStream {
             // A drain already under way keeps its timer: it ends the stream too.
             self.cancelTimers(keepingDrain: true)
             self.eofQueued = true
-            guard let session = self.session, !session.isClosed else {
-                self.perform(self.machine.tunnelClosed())
-                return
-            }
-            self.armFinishTimer()
+            if self.session?.isClosed ?? true { self.perform(self.machine.tunnelClosed()) }
         }
     }
 
     /// Ends the stream: sends its last frame, logs, and reports.
     private func finish(_ reason: CloseReason, lastFrame: Machine.LastFrame) {
         self.cancelTimers()
-        self.finishTimer?.cancel()
-        self.finishTimer = nil
         if let session = self.session {
             switch lastFrame {
             case .none: break
@@ -464,17 +454,6 @@ final class MuxStream {
         self.finished?(self)
         self.finished = nil
         self.handler.stream = nil
-    }
-
-    /// While the last bytes wait for credit: without credit for the stall timeout, the stream is reset. With
-    /// the stall timeout off it waits, as a bridge whose reader takes nothing does, until a drain ends it.
-    private func armFinishTimer() {
-        self.finishTimer?.cancel()
-        guard let limit = self.configuration.stallTimeout else { return }
-        self.finishTimer = self.eventLoop.assumeIsolated().scheduleTask(in: limit) {
-            self.finishTimer = nil
-            self.perform(self.machine.abort(.stallTimeout))
-        }
     }
 
     private func closeLocal(_ reason: CloseReason) {
@@ -519,8 +498,12 @@ final class MuxStream {
     private func tick() {
         self.timer = nil
         guard self.machine.isOpen else { return }
-        // Towards the tunnel, progress is bytes sent; towards the local socket, bytes its peer acknowledged.
-        let outbound = BridgeTimeouts.Sample(held: self.pendingOutBytes, delivered: self.bytesSent)
+        // Towards the local socket, progress is bytes its peer acknowledged. Towards the tunnel nothing is
+        // judged here: bytes wait for credit because the far end's local peer reads slowly, and the far end
+        // times that out at its socket, where progress shows (SPEC §2 rule 7), and sends RESET stallTimeout.
+        // Credit only comes back as the far end's writes complete, which a large send buffer delays by
+        // megabytes: judged here, a reader that keeps reading was cut off. Bytes sent still count as traffic.
+        let outbound = BridgeTimeouts.Sample(held: 0, delivered: self.bytesSent)
         let decision = self.timeouts.tick(
             now: self.eventLoop.now,
             trafficBytes: self.bytesFromLocal &+ self.bytesFromTunnel,

@@ -126,9 +126,12 @@ final class TestSocket: @unchecked Sendable {
     // MARK: Connect
 
     /// Connects to HOST:PORT (numeric address), waiting up to `timeout` seconds.
-    static func connect(host: String = "127.0.0.1", port: Int, timeout: Double = 5) throws -> TestSocket {
+    /// - Parameter receiveBufferSize: SO_RCVBUF, set before connecting so the window scale the peer sees
+    ///   fits it (the window it may send stays that small).
+    static func connect(host: String = "127.0.0.1", port: Int, timeout: Double = 5, receiveBufferSize: Int? = nil) throws -> TestSocket {
         let fd = try makeSocket(family: host.contains(":") ? AF_INET6 : AF_INET)
         let socket = TestSocket(adopting: fd)
+        if let receiveBufferSize { socket.setReceiveBufferSize(receiveBufferSize) }
         let result = try withAddress(host: host, port: port) { address, length, _ in Glibc.connect(fd, address, length) }
         if result != 0 {
             guard errno == EINPROGRESS else { throw SocketError.system("connect to \(host):\(port)", errno) }
