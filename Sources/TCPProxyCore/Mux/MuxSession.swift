@@ -325,11 +325,13 @@ final class MuxSession {
         }
     }
 
-    /// The stream with this id, `nil` for a stream that already ended (its late frames are dropped).
-    /// - Throws: for an id that was never opened.
+    /// The stream with this id, `nil` for a stream that already ended (its late frames are dropped). As in
+    /// HTTP/2, opening an id ends every lower one that was never opened: their frames are dropped too.
+    /// - Throws: for an id that can never have been opened: even (the mux opens odd ones), or above the
+    ///   highest opened.
     private func stream(_ id: UInt32) throws -> MuxStream? {
         if let stream = self.streams[id] { return stream }
-        let known = self.role == .mux ? id < self.nextStreamID : id <= self.highestPeerStreamID
+        let known = id % 2 == 1 && (self.role == .mux ? id < self.nextStreamID : id <= self.highestPeerStreamID)
         guard known else { throw MuxProtocolError.streamViolation("frame for stream \(id), which was never opened") }
         return nil
     }

@@ -163,6 +163,21 @@ struct MuxSessionTests {
         #expect(!harness.channel.isActive)
     }
 
+    @Test("after OPEN 5, a lower id never opened counts as ended (its frames are dropped, as in HTTP/2); an even id is a protocol error")
+    func idsBelowTheHighest() throws {
+        let harness = try Harness { $0.maximumStreams = 0 }
+        try harness.receive([
+            MuxFrame(streamID: 5, payload: .open(target: nil)),
+            MuxFrame(streamID: 3, payload: .windowUpdate(100)),
+            MuxFrame(streamID: 0, payload: .ping(1)),
+        ])
+        #expect(try harness.sent() == [MuxFrame(streamID: 5, payload: .reset(.refusedStream)), MuxFrame(streamID: 0, payload: .pong(1))])
+        #expect(harness.channel.isActive)
+        try harness.receive([MuxFrame(streamID: 2, payload: .windowUpdate(100))])
+        #expect(try harness.sent() == [MuxFrame(streamID: 0, payload: .goAway(.protocolError))])
+        #expect(!harness.channel.isActive)
+    }
+
     @Test("OPEN that reuses a stream id is a protocol error")
     func reusedID() throws {
         let harness = try Harness { $0.maximumStreams = 0 }
