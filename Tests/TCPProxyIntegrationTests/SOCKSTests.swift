@@ -342,6 +342,19 @@ struct SOCKSTests {
         #expect(echo.acceptedCount == 4)
     }
 
+    @Test("a client that resets mid-handshake is logged in one plain line (clientReset, connection reset by peer)")
+    func resetMidHandshake() async throws {
+        let proxy = try await Self.startProxy([])
+        defer { proxy.kill() }
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send([0x05, 0x01])
+        await delay(seconds: 0.2)
+        client.resetClose()
+        let line = try #require(await proxy.waitForLine(containing: "socks handshake failed", timeout: 5))
+        #expect(logValue("close.reason", in: line) == "clientReset", "\(line)")
+        #expect(line.contains("error=\"connection reset by peer\""), "the errno text, not NIO's call: \(line)")
+    }
+
     @Test("a handshake that does not complete within --handshake-timeout is closed; a good client still works")
     func handshakeTimeout() async throws {
         let echo = try TestServer(handler: TestServer.echo)
@@ -389,6 +402,9 @@ struct SOCKSTests {
         try greeted.send([0x05, 0x01, 0x00, 0x01, 127, 0, 0, 1, 0, 80])
         let refused = try await onThread { try greeted.readToEnd(timeout: 5) }
         #expect(Array(refused.bytes.prefix(2)) == [0x05, 0x01], "\(refused)")
+        // The request whose connect the drain gave up hears why (general failure), then a FIN: no bare reset.
+        let abandoned = try await onThread { try pending.readToEnd(timeout: 10) }
+        #expect(Array(abandoned.bytes.prefix(2)) == [0x05, 0x01] && abandoned.end == .eof, "\(abandoned)")
         let status = await proxy.waitForExit(timeout: 10)
         #expect(status == 0)
         #expect(now() - started < 6, "exits about when the 2 s drain ends, not when the connect would time out")

@@ -253,8 +253,18 @@ final class Bridge {
         guard !self.isHandedOver, let drainTimeout = self.configuration.drainTimeout else { return }
         guard self.drainTimer == nil else { return }
         self.drainTimer = self.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) {
+            // A connect still pending is given up: a SOCKS client waiting on it gets its failure reply first,
+            // as for a connect that failed (SPEC §2 rule 3), not a close without a word.
+            if self.machine.isConnecting, let client = self.clientHandler.context?.channel {
+                self.hooks.connectFailed?(client, ShuttingDown())
+            }
             self.perform(self.machine.abort(.drainTimeout))
         }
+    }
+
+    /// Why a pending connect was given up at the drain timeout.
+    struct ShuttingDown: Error, CustomStringConvertible {
+        var description: String { "the proxy is shutting down" }
     }
 
     // MARK: Connecting
@@ -429,7 +439,9 @@ final class Bridge {
 
     /// Bytes the proxy holds for `side` (1 standing for "some" in NIO's write buffer, which is all that is asked).
     private func heldBytes(toward side: Side) -> Int {
-        (self.handler(side).holdsNothing ? 0 : 1) + (self.shaping?.delayedBytes(side.partner.readDirection) ?? 0)
+        // No channel yet (a server still connecting): NIO holds nothing for it.
+        let inNIO = self.channel(side) == nil || self.handler(side).holdsNothing ? 0 : 1
+        return inNIO + (self.shaping?.delayedBytes(side.partner.readDirection) ?? 0)
             + (side == .server ? self.earlyDataBytes : 0)
     }
 

@@ -70,7 +70,8 @@ enum SOCKSError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Whether the client was turned away for its credentials (counted as an authentication failure).
     var isAuthenticationFailure: Bool {
         switch self {
-        case .socks4AuthenticationRequired, .socks5NoAcceptableMethod, .socks5AuthenticationFailed: true
+        // A username/password subnegotiation of another version is answered `01 01`, as a wrong password is.
+        case .socks4AuthenticationRequired, .socks5NoAcceptableMethod, .socks5AuthenticationFailed, .socks5AuthenticationVersion: true
         default: false
         }
     }

@@ -96,7 +96,7 @@ final class SOCKSHandshakeHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        self.fail(context: context, reason: .clientReset, error: "\(error)")
+        self.fail(context: context, reason: .clientReset, error: SystemErrorText.describe(error))
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -28,6 +28,8 @@ public struct SOCKSUsers: Sendable, Hashable {
     /// - Throws: ``SOCKSUsersError`` naming the first bad line, or saying there is no user at all.
     public init(parsing text: String, path: String = "-") throws {
         var passwords: [[UInt8]: [UInt8]] = [:]
+        // A byte-order mark some editors put first is no part of the first user's name.
+        let text = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
         // "\r\n" is one Character in Swift, so CRLF files split like LF ones.
         let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
         for (index, line) in lines.enumerated() {

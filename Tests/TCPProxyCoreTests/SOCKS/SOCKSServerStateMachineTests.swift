@@ -243,6 +243,9 @@ struct SOCKSServerStateMachineTests {
         #expect(SOCKSError.socks5AddressTypeNotSupported(2).reply == .socks5(.init(code: .addressTypeNotSupported)))
         #expect(SOCKSError.socks5AuthenticationFailed.reply == .socks5AuthenticationStatus(succeeded: false))
         #expect(SOCKSError.socks5AuthenticationFailed.isAuthenticationFailure)
+        // Answered `01 01` like a wrong password, and counted and logged (notAllowed) like one.
+        #expect(SOCKSError.socks5AuthenticationVersion(5).reply == .socks5AuthenticationStatus(succeeded: false))
+        #expect(SOCKSError.socks5AuthenticationVersion(5).isAuthenticationFailure)
         #expect(!SOCKSError.socks5NoMethods.isAuthenticationFailure)
     }
 }

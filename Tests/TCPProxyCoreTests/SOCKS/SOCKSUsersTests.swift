@@ -21,6 +21,15 @@ struct SOCKSUsersTests {
         #expect(!users.authenticate(self.credentials("", "")))
     }
 
+    @Test("a UTF-8 byte-order mark at the start of the file is not part of the first user's name")
+    func byteOrderMark() throws {
+        let path = NSTemporaryDirectory() + "tcpproxy-users-bom-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        try Data([0xEF, 0xBB, 0xBF] + Array("alice:s3cret\n".utf8)).write(to: URL(fileURLWithPath: path))
+        let users = try SOCKSUsers(contentsOfFile: path)
+        #expect(users.authenticate(self.credentials("alice", "s3cret")))
+    }
+
     @Test(
         "a bad line is an error naming it",
         arguments: [
