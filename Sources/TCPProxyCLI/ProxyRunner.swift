@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -155,18 +156,29 @@ struct ProcessContext {
         return listeners + plan.services(self.group, self.logger, self.metricsFactory)
     }
 
-    /// Closes the capture file.
+    /// Closes the capture file (again: idempotent), waiting at most ``CaptureWriter/closeTimeout``.
     func close() {
-        self.capture?.close()
+        if let capture = self.capture, !capture.close() {
+            self.logger.warning("capture file left incomplete: it took nothing for 10 s (a pipe whose reader stopped?)")
+        }
     }
 
-    /// Stops the capture drop reporter, then shuts the event loops down. In this order: a repeated task
-    /// cancelled after its loop has shut down cannot reach it, and NIO prints an error.
+    /// Stops the capture drop reporter, closes the capture file, then shuts the event loops down. In this
+    /// order: a repeated task cancelled after its loop has shut down cannot reach it, and NIO prints an error.
+    /// The file is closed on a thread of its own, so that a second signal is still heard while it waits.
     func shutDown(cancelling dropReporter: RepeatedTask?) async {
         if let dropReporter {
             let cancelled = self.group.next().makePromise(of: Void.self)
             dropReporter.cancel(promise: cancelled)
             try? await cancelled.futureResult.get()
+        }
+        if self.capture != nil {
+            let closed = self.group.next().makePromise(of: Void.self)
+            DispatchQueue.global().async { [self] in
+                self.close()
+                closed.succeed()
+            }
+            try? await closed.futureResult.get()
         }
         try? await self.group.shutdownGracefully()
     }

@@ -139,6 +139,46 @@ struct VisibilityTests {
 
 extension VisibilityTests {
     @Test(
+        "--capture into a pipe whose reader stopped reading: SIGTERM still exits (after the capture's 10 s), a second one at once",
+        arguments: [1, 2]
+    )
+    func captureToStuckPipe(signals: Int) async throws {
+        let path = NSTemporaryDirectory() + "tcpproxy-capture-fifo-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        #expect(mkfifo(path, 0o600) == 0)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        // The reader takes the file header, then nothing (a paused `tcpdump -r -`); it holds the pipe open.
+        let reader = Shared<Int32>(-1)
+        Thread {
+            let fd = open(path, O_RDONLY)
+            reader.update { $0 = fd }
+            var header = [UInt8](repeating: 0, count: 24)
+            _ = read(fd, &header, header.count)
+        }.start()
+        defer { if reader.value >= 0 { Glibc.close(reader.value) } }
+        let server = try TestServer(handler: TestServer.discard)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path, "--drain-timeout", "1"])
+        defer { proxy.kill() }
+        // More than the pipe takes (64 KiB): the writer blocks in write(2) with records still queued.
+        let client = try TestSocket.connect(port: proxy.port)
+        try client.send(pattern(count: 300_000, seed: 4), timeout: 10)
+        client.close()
+        #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+
+        let started = now()
+        proxy.terminate()
+        if signals == 2 {
+            #expect(await proxy.waitForLine(containing: "listener stopped", timeout: 5) != nil, "\(proxy.stderr)")
+            proxy.terminate()
+            #expect(await proxy.waitForExit(timeout: 5) == 0)
+            #expect(now() - started < 5, "the second signal exits at once")
+        } else {
+            #expect(await proxy.waitForExit(timeout: 20) == 0)
+            #expect(proxy.stderr.contains("capture file left incomplete"), "\(proxy.stderr)")
+        }
+    }
+
+    @Test(
         "--metrics counts an open bridge's bytes as they flow, with both timeouts off (no timer of their own)",
         .serialized,
         arguments: DataPath.allCases

@@ -184,9 +184,6 @@ final class TestSocket: @unchecked Sendable {
     /// Segments this socket has received, handshake and bare ACKs included (`tcpi_segs_in`).
     var segmentsReceived: UInt32? { self.tcpInfoWord(at: 140) }
 
-    /// Segments sent and not yet acknowledged (`tcpi_unacked`).
-    var unacknowledgedSegments: UInt32? { self.tcpInfoWord(at: 24) }
-
     private func tcpInfoWord(at offset: Int) -> UInt32? {
         var info = [UInt8](repeating: 0, count: 256)
         var length = socklen_t(info.count)
@@ -196,11 +193,19 @@ final class TestSocket: @unchecked Sendable {
         return info.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self) }
     }
 
-    /// Waits up to `timeout` seconds until the peer has acknowledged everything sent; whether it did.
+    /// Bytes in this socket's send queue: not sent yet, or sent and not acknowledged (`TIOCOUTQ`).
+    var sendQueueBytes: Int? {
+        var count: CInt = 0
+        guard ioctl(self.fd, UInt(TIOCOUTQ), &count) == 0 else { return nil }
+        return Int(count)
+    }
+
+    /// Waits up to `timeout` seconds until the peer has acknowledged everything sent; whether it did. (The
+    /// send queue, not the unacknowledged segments: under load a segment may not have left yet.)
     func waitUntilAcknowledged(timeout: Double) async -> Bool {
         let deadline = now() + timeout
         while now() < deadline {
-            if self.unacknowledgedSegments == 0 { return true }
+            if self.sendQueueBytes == 0 { return true }
             await delay(seconds: 0.005)
         }
         return false

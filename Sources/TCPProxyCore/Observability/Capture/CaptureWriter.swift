@@ -34,6 +34,8 @@ public final class CaptureWriter: Sendable {
     private let wakeUp = DispatchSemaphore(value: 0)
     /// Signalled when the writer thread has closed the file; each waiter passes the signal on.
     private let writerExited = DispatchSemaphore(value: 0)
+    /// A close gave up waiting for the writer: later ones do not wait again.
+    private let gaveUp = ManagedAtomic(false)
     /// The writer thread.
     private let writerThread: NIOThreadPool
     /// For record buffers.
@@ -117,23 +119,35 @@ public final class CaptureWriter: Sendable {
         }
     }
 
+    /// How long ``close(timeout:)`` waits for the queue to be written by default.
+    public static let closeTimeout = DispatchTimeInterval.seconds(10)
+
     /// Writes everything still queued, closes the file and stops the writer thread. Idempotent; every
-    /// caller returns once the file is closed. Records submitted afterwards are ignored.
+    /// caller returns once the file is closed, or once `timeout` has passed. Records submitted afterwards
+    /// are ignored.
     ///
     /// Blocks until the queue (at most `maximumQueuedBytes`) is on disk, so call it off the event loops,
-    /// after the bridges have ended.
-    public func close() {
+    /// after the bridges have ended. A file that takes nothing (a pipe whose reader stopped reading) keeps
+    /// the writer thread in `write(2)`: then it gives up after `timeout`, so that the process can exit.
+    /// - Returns: whether everything queued was written and the file closed.
+    @discardableResult
+    public func close(timeout: DispatchTimeInterval = CaptureWriter.closeTimeout) -> Bool {
         let (isFirst, mustWake) = self.queue.withLockedValue { queue in (!queue.isClosed, queue.close()) }
         if mustWake {
             self.wakeUp.signal()
         }
-        self.writerExited.wait()
+        guard !self.gaveUp.load(ordering: .relaxed) else { return false }
+        guard self.writerExited.wait(timeout: .now() + timeout) == .success else {
+            self.gaveUp.store(true, ordering: .relaxed)
+            return false
+        }
         if isFirst {
             // The work item has returned, so the pool's thread exits at once.
             try? self.writerThread.syncShutdownGracefully()
         }
         // Pass the signal on to the next caller of close(), now or later.
         self.writerExited.signal()
+        return true
     }
 
     /// The writer thread: writes what is queued, sleeps while there is nothing, and exits once closed and
