@@ -203,11 +203,14 @@ struct ShapingTests {
         #expect(try await self.flippedBits(["--corrupt", "0"]) == Array(repeating: 0, count: 20))
     }
 
-    @Test("--log-data logs a hex dump of each chunk with the bridge id and direction")
-    func logData() async throws {
+    @Test(
+        "--log-data logs a hex dump of each chunk with the bridge id and direction, at any --log-level",
+        arguments: ["info", "warning", "error"]
+    )
+    func logData(level: String) async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--log-data"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--log-data", "--log-level", level])
         defer { proxy.kill() }
         let client = try TestSocket.connect(port: proxy.port)
         defer { client.close() }

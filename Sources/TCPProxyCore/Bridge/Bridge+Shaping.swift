@@ -36,15 +36,7 @@ extension Bridge {
             self.shaping?.consume(buffer.readableBytes, direction, now: now)
         }
         self.shaping?.corrupt(&buffer, direction)
-        if self.configuration.logData {
-            self.logger.info(
-                "data",
-                metadata: [
-                    "bridge.id": .stringConvertible(self.id), "direction": "\(direction)", "bytes": .stringConvertible(buffer.readableBytes),
-                    "hex": "\(buffer.hexDump(format: .detailed))",
-                ]
-            )
-        }
+        if self.configuration.logData { self.logger.logData(buffer, direction: direction, bridgeID: self.id) }
         self.conversation?.record(buffer, direction: direction)
         if let hold = self.shaping?.hold(direction) {
             self.shaping!.delay(buffer, direction, now: now, hold: hold)

@@ -202,7 +202,7 @@ final class MuxStream {
     func localRead(_ buffer: ByteBuffer) {
         guard !self.machine.isClosing else { return }
         self.bytesFromLocal &+= UInt64(buffer.readableBytes)
-        if self.configuration.logData { self.logData(buffer, direction: self.role == .mux ? .upstream : .downstream) }
+        if self.configuration.logData { self.logger.logData(buffer, direction: self.role == .mux ? .upstream : .downstream) }
         if self.machine.isOpen, self.pendingOutBytes == 0, buffer.readableBytes <= self.window.sendCredit,
             let session = self.session
         {
@@ -255,7 +255,7 @@ final class MuxStream {
     /// Payload bytes of a DATA frame arrived (all or part of one frame).
     func received(_ buffer: ByteBuffer) {
         self.bytesFromTunnel &+= UInt64(buffer.readableBytes)
-        if self.configuration.logData { self.logData(buffer, direction: self.role == .mux ? .downstream : .upstream) }
+        if self.configuration.logData { self.logger.logData(buffer, direction: self.role == .mux ? .downstream : .upstream) }
         if self.machine.isOpen, self.localChannel != nil {
             self.handler.write(buffer)
             if self.unflushed == 0 { self.session?.needsLocalFlush(self) }
@@ -324,17 +324,6 @@ final class MuxStream {
         // not sent it: its held bytes are lost.)
         if self.machine.hasRemoteEOF && self.eofSent { return }
         self.perform(self.machine.tunnelClosed())
-    }
-
-    /// `--log-data`: a hex dump of a chunk, as bridges log it (a DATA frame cut by a tunnel read is logged
-    /// as the pieces it arrived in).
-    private func logData(_ buffer: ByteBuffer, direction: Direction) {
-        self.logger.info(
-            "data",
-            metadata: [
-                "direction": "\(direction)", "bytes": .stringConvertible(buffer.readableBytes), "hex": "\(buffer.hexDump(format: .detailed))",
-            ]
-        )
     }
 
     // MARK: Sending

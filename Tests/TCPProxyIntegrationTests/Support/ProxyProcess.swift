@@ -85,7 +85,8 @@ final class ProxyProcess: @unchecked Sendable {
     static func start(_ arguments: [String], launcher: [String] = [], timeout: Double = 15) async throws -> ProxyProcess {
         let proxy = try ProxyProcess(arguments: arguments, launcher: launcher)
         // The proxy's own listener line: "listening on ...", not the metrics endpoint's "metrics served at ...".
-        guard let line = await proxy.waitForLine(containing: "info listening on", timeout: timeout)
+        // It carries the configured level when that is above info.
+        guard let line = await proxy.waitForLine(containing: " listening on ", timeout: timeout)
             ?? proxy.lines(containing: "\"listening on").first
         else {
             proxy.kill()
