@@ -130,8 +130,17 @@ enum ConfigRunner {
 
         // Trapped before any listener starts, as in single-mode runs.
         let trapped = await UnixSignalsSequence(trapping: .sigint, .sigterm, .sighup)
+        // A listener of the file failed to start: the exit status is 1, however the process ends.
+        let failedAtStart = NIOLockedValueBox(false)
         let signals = Task {
-            for await signal in trapped { sink.yield(.signal(signal)) }
+            for await signal in trapped {
+                // Once every listener has stopped the event loop is gone; the last step (closing the capture
+                // file) can still take a while, and a second SIGINT/SIGTERM must end it at once.
+                if case .terminated = sink.yield(.signal(signal)), signal != .sighup {
+                    logger.notice("exiting at once", metadata: ["signal": "\(signal)"])
+                    exit(failedAtStart.withLockedValue { $0 } ? 1 : 0)
+                }
+            }
         }
         defer { signals.cancel() }
 
@@ -168,6 +177,7 @@ enum ConfigRunner {
                     // As a single-mode run: a listener of the file that cannot start stops the process.
                     ProxyRunner.printError(error)
                     failed = true
+                    failedAtStart.withLockedValue { $0 = true }
                     if !shuttingDown {
                         shuttingDown = true
                         supervisor.stopAll()

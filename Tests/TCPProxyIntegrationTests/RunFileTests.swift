@@ -190,6 +190,37 @@ struct RunFileTests {
         #expect(proxy.lines(containing: "exiting at once").count == 1)
     }
 
+    @Test("A second SIGTERM exits at once even after every listener stopped, while a capture pipe that takes nothing is closed")
+    func secondSignalWhileClosingCapture() async throws {
+        let pipe = try StuckPipe()
+        defer { pipe.remove() }
+        let server = try TestServer(handler: TestServer.discard)
+        defer { server.stop() }
+        let file = try ConfigFile()
+        try file.write(
+            """
+            capture: \(pipe.path)
+            listeners:
+              - {name: a, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(server.port)", drain-timeout: 1}
+            """
+        )
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        let ports = try await Self.ports(proxy, count: 1)
+        // More than the pipe takes: the capture writer blocks with records still queued.
+        let client = try TestSocket.connect(port: try #require(ports["a"]))
+        try client.send(pattern(count: 300_000, seed: 6), timeout: 10)
+        client.close()
+        #expect(await proxy.waitForLine(containing: "bridge closed", timeout: 5) != nil)
+
+        proxy.terminate()
+        #expect(await proxy.waitForLine(containing: "listener stopped", timeout: 5) != nil, "\(proxy.stderr)")
+        let started = now()
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 5) == 0, "stderr:\n\(proxy.stderr)")
+        #expect(now() - started < 3, "at once, not after the capture's 10 s")
+    }
+
     @Test("A changed listener on a fixed port is started again on that port once the old one lets go")
     func replaceOnSamePort() async throws {
         let server = try TestServer(handler: TestServer.echo)

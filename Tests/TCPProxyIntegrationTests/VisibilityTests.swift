@@ -143,21 +143,11 @@ extension VisibilityTests {
         arguments: [1, 2]
     )
     func captureToStuckPipe(signals: Int) async throws {
-        let path = NSTemporaryDirectory() + "tcpproxy-capture-fifo-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        #expect(mkfifo(path, 0o600) == 0)
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        // The reader takes the file header, then nothing (a paused `tcpdump -r -`); it holds the pipe open.
-        let reader = Shared<Int32>(-1)
-        Thread {
-            let fd = open(path, O_RDONLY)
-            reader.update { $0 = fd }
-            var header = [UInt8](repeating: 0, count: 24)
-            _ = read(fd, &header, header.count)
-        }.start()
-        defer { if reader.value >= 0 { Glibc.close(reader.value) } }
+        let pipe = try StuckPipe()
+        defer { pipe.remove() }
         let server = try TestServer(handler: TestServer.discard)
         defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", path, "--drain-timeout", "1"])
+        let proxy = try await ProxyProcess.forward(to: server.port, ["--capture", pipe.path, "--drain-timeout", "1"])
         defer { proxy.kill() }
         // More than the pipe takes (64 KiB): the writer blocks in write(2) with records still queued.
         let client = try TestSocket.connect(port: proxy.port)
