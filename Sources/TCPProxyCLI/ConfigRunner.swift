@@ -155,7 +155,6 @@ enum ConfigRunner {
         let dropReporter = process.reportCaptureDrops(to: supervisor.firstListenerMetrics)
 
         var shuttingDown = false
-        var failed = false
         for await event in events {
             switch event {
             case .signal(let signal) where signal == .sighup:
@@ -164,7 +163,7 @@ enum ConfigRunner {
             case .signal(let signal):
                 if shuttingDown {
                     logger.notice("exiting at once", metadata: ["signal": "\(signal)"])
-                    exit(failed ? 1 : 0)
+                    exit(failedAtStart.withLockedValue { $0 } ? 1 : 0)
                 }
                 shuttingDown = true
                 logger.notice("shutting down", metadata: ["signal": "\(signal)"])
@@ -176,7 +175,6 @@ enum ConfigRunner {
                 if ended?.fromStart ?? false, wasCurrent {
                     // As a single-mode run: a listener of the file that cannot start stops the process.
                     ProxyRunner.printError(error)
-                    failed = true
                     failedAtStart.withLockedValue { $0 = true }
                     if !shuttingDown {
                         shuttingDown = true
@@ -190,7 +188,7 @@ enum ConfigRunner {
             }
         }
         await process.shutDown(cancelling: dropReporter)
-        if failed { throw ExitCode(1) }
+        if failedAtStart.withLockedValue({ $0 }) { throw ExitCode(1) }
     }
 
     /// SIGHUP: reads the file again and applies what changed; a file that does not parse changes nothing.

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Dispatch
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -165,7 +164,7 @@ struct ProcessContext {
 
     /// Stops the capture drop reporter, closes the capture file, then shuts the event loops down. In this
     /// order: a repeated task cancelled after its loop has shut down cannot reach it, and NIO prints an error.
-    /// The file is closed on a thread of its own, so that a second signal is still heard while it waits.
+    /// The file is closed on NIO's blocking-work pool, so that a second signal is still heard while it waits.
     func shutDown(cancelling dropReporter: RepeatedTask?) async {
         if let dropReporter {
             let cancelled = self.group.next().makePromise(of: Void.self)
@@ -173,12 +172,7 @@ struct ProcessContext {
             try? await cancelled.futureResult.get()
         }
         if self.capture != nil {
-            let closed = self.group.next().makePromise(of: Void.self)
-            DispatchQueue.global().async { [self] in
-                self.close()
-                closed.succeed()
-            }
-            try? await closed.futureResult.get()
+            try? await NIOThreadPool.singleton.runIfActive { [self] in self.close() }
         }
         try? await self.group.shutdownGracefully()
     }

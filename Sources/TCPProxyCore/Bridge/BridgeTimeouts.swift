@@ -75,7 +75,7 @@ struct BridgeTimeouts {
     }
 
     /// Whether a timeout is on or the metrics want byte counts as they go, so the bridge needs a timer.
-    var isEnabled: Bool { self.stallTimeout != nil || self.idleTimeout != nil || self.reportInterval != nil }
+    var isEnabled: Bool { self.timesOut || self.reportInterval != nil }
 
     /// How often to sample: an eighth of the shortest timeout, or the report interval if that is shorter.
     /// A stall or idle spell is seen at most an eighth of its timeout after it starts, and the tick that

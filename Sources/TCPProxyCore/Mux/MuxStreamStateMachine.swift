@@ -7,8 +7,8 @@
 /// end resets the stream. The stream ends when its local socket is closed; the first reason is reported.
 /// One exception: a local socket that closes after both EOFs while bytes it sent still wait for the peer's
 /// credit leaves the stream *finishing*, ended at the local end but not at the tunnel's, until those bytes
-/// and the EOF frame are sent (completed), or the peer resets, the tunnel drops, or a timeout or the drain
-/// gives up on them.
+/// and the EOF frame are sent (completed), or the peer resets, the tunnel drops, or the drain gives up on
+/// them.
 struct MuxStreamStateMachine {
     /// Which end of the tunnel the stream is at.
     enum Role: Hashable, Sendable {
@@ -49,8 +49,8 @@ struct MuxStreamStateMachine {
         /// The local socket is closed: send the last frame, and report the stream ended for this reason.
         case report(CloseReason, LastFrame)
         /// The local socket closed after both EOFs, but bytes it sent wait for credit: send them as credit
-        /// comes, then the EOF frame, and report ``sentLastBytes()``. Only the stall timeout and the drain
-        /// still run.
+        /// comes, then the EOF frame, and report ``sentLastBytes()``. Only the drain timer still runs (waiting
+        /// for credit is not a stall: the far end judges its own socket).
         case finishSending
     }
 
