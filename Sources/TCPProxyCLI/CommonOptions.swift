@@ -22,16 +22,16 @@ struct CommonOptions: ParsableArguments {
     var highWaterMark: ByteSize = ByteSize(bytes: 64 * 1024)
 
     @Option(parsing: .unconditional, help: "Seconds a direction may hold data and deliver none before the bridge is aborted; 0 disables.")
-    var stallTimeout: Double = 10
+    var stallTimeout: DecimalOption = 10
 
     @Option(parsing: .unconditional, help: "Seconds without traffic either way before a bridge is closed; 0 (default) disables.")
-    var idleTimeout: Double = 0
+    var idleTimeout: DecimalOption = 0
 
     @Option(parsing: .unconditional, help: "Seconds to wait for the server connection.")
-    var connectTimeout: Double = 10
+    var connectTimeout: DecimalOption = 10
 
     @Option(parsing: .unconditional, help: "On SIGINT/SIGTERM, seconds open bridges may go on before they are closed.")
-    var drainTimeout: Double = 10
+    var drainTimeout: DecimalOption = 10
 
     @Option(
         help: "Accept clients only from this network (repeatable), e.g. 10.0.0.0/8 or ::1.",
@@ -122,9 +122,9 @@ struct CommonOptions: ParsableArguments {
             ("--connect-timeout", self.connectTimeout, true), ("--drain-timeout", self.drainTimeout, false),
         ]
         for (name, value, positive) in timeouts
-        where !value.isFinite || value < 0 || (positive && value == 0) || value > 86_400 * 365 {
+        where !value.isWithin(0...(86_400 * 365), excludingLowerBound: positive) {
             let range = positive ? "more than 0" : "0"
-            throw ValidationError("invalid value '\(value)' for \(name) (use seconds from \(range) up to 31536000, one year)")
+            throw ValidationError("invalid value '\(value.text)' for \(name) (use seconds from \(range) up to 31536000, one year)")
         }
         if !self.trustedProxy.isEmpty && !self.acceptProxyProtocol {
             throw ValidationError("--trusted-proxy only makes sense with --accept-proxy-protocol")
@@ -135,10 +135,10 @@ struct CommonOptions: ParsableArguments {
     var bridgeConfiguration: BridgeConfiguration {
         var configuration = BridgeConfiguration()
         configuration.highWaterMark = self.highWaterMark.bytes
-        configuration.stallTimeout = CommonOptions.timeAmount(self.stallTimeout)
-        configuration.idleTimeout = CommonOptions.timeAmount(self.idleTimeout)
-        configuration.connectTimeout = CommonOptions.timeAmount(self.connectTimeout) ?? .seconds(10)
-        configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout * 1e9))
+        configuration.stallTimeout = CommonOptions.timeAmount(self.stallTimeout.value)
+        configuration.idleTimeout = CommonOptions.timeAmount(self.idleTimeout.value)
+        configuration.connectTimeout = CommonOptions.timeAmount(self.connectTimeout.value) ?? .seconds(10)
+        configuration.drainTimeout = .nanoseconds(Int64(self.drainTimeout.value * 1e9))
         self.observability.apply(to: &configuration)
         configuration.sendProxyHeader = self.proxyProtocol
         configuration.splice = self.splice

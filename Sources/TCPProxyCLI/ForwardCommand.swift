@@ -31,7 +31,7 @@ struct ForwardCommand: ModeCommand {
     var balance: BalanceAlgorithm = .roundrobin
 
     @Option(parsing: .unconditional, help: "Check each target with a TCP connect every this many seconds (2 up, 3 down in a row).")
-    var healthInterval: Double?
+    var healthInterval: DecimalOption?
 
     var destinations: [Endpoint] { self.target.map(\.endpoint) }
 
@@ -43,8 +43,8 @@ struct ForwardCommand: ModeCommand {
             try refuseLoop(target: target.endpoint, listen: self.listen)
         }
         // Each check is a connect to every target: more often than ten times a second is a flood, not a check.
-        if let healthInterval, !(healthInterval >= 0.1 && healthInterval <= 3600) {
-            throw ValidationError("invalid value '\(healthInterval)' for --health-interval (use seconds from 0.1 to 3600)")
+        if let healthInterval, !healthInterval.isWithin(0.1...3600) {
+            throw ValidationError("invalid value '\(healthInterval.text)' for --health-interval (use seconds from 0.1 to 3600)")
         }
         // Here rather than in ProxyRunner (which checks every mode): a usage error of this subcommand.
         if self.options.engine == .direct,
@@ -71,7 +71,7 @@ struct ForwardCommand: ModeCommand {
                 ForwardConfiguration(
                     targets: self.target,
                     balance: self.balance,
-                    healthInterval: self.healthInterval.flatMap(CommonOptions.timeAmount)
+                    healthInterval: self.healthInterval.flatMap { CommonOptions.timeAmount($0.value) }
                 )
             ),
             name: name,

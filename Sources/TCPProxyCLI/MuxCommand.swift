@@ -94,10 +94,10 @@ struct MuxProtocolOptions: ParsableArguments {
     var window: ByteSize = ByteSize(bytes: 256 * 1024)
 
     @Option(parsing: .unconditional, help: "Seconds between keep-alive PINGs on a tunnel.")
-    var pingInterval: Double = 5
+    var pingInterval: DecimalOption = 5
 
     @Option(parsing: .unconditional, help: "Seconds without a PONG before the tunnel peer counts as dead and the tunnel is closed.")
-    var pingTimeout: Double = 10
+    var pingTimeout: DecimalOption = 10
 
     /// Rejects values out of range, and options the mux modes do not support.
     func check(_ options: CommonOptions) throws {
@@ -108,8 +108,8 @@ struct MuxProtocolOptions: ParsableArguments {
             throw ValidationError("invalid size '\(self.window)' for --window (\(Self.windowRange))")
         }
         for (name, value) in [("--ping-interval", self.pingInterval), ("--ping-timeout", self.pingTimeout)]
-        where !value.isFinite || value <= 0 || value > 3600 {
-            throw ValidationError("invalid value '\(value)' for \(name) (use seconds from more than 0 to 3600)")
+        where !value.isWithin(0...3600, excludingLowerBound: true) {
+            throw ValidationError("invalid value '\(value.text)' for \(name) (use seconds from more than 0 to 3600)")
         }
         // The stream data path has no per-chunk hooks for shaping, faults or capture (a bridge's separate
         // path for them does not apply), and the tunnel carries no client addresses for PROXY headers.
@@ -121,7 +121,7 @@ struct MuxProtocolOptions: ParsableArguments {
             ("--upstream-rate", options.observability.upstreamRate != nil, perChunk),
             ("--downstream-rate", options.observability.downstreamRate != nil, perChunk),
             ("--latency", options.observability.latency != nil, perChunk),
-            ("--corrupt", (options.observability.corrupt ?? 0) > 0, perChunk),
+            ("--corrupt", (options.observability.corrupt?.value ?? 0) > 0, perChunk),
         ]
         for (name, used, reason) in unsupported where used {
             throw ValidationError("\(name) is not supported in mux and demux modes (\(reason))")
@@ -137,8 +137,8 @@ struct MuxProtocolOptions: ParsableArguments {
         )
         configuration.maximumStreams = self.maxStreams
         configuration.receiveWindow = self.window.bytes
-        configuration.pingInterval = CommonOptions.timeAmount(self.pingInterval) ?? .seconds(5)
-        configuration.pingTimeout = CommonOptions.timeAmount(self.pingTimeout) ?? .seconds(10)
+        configuration.pingInterval = CommonOptions.timeAmount(self.pingInterval.value) ?? .seconds(5)
+        configuration.pingTimeout = CommonOptions.timeAmount(self.pingTimeout.value) ?? .seconds(10)
         return configuration
     }
 }

@@ -43,14 +43,14 @@ struct ObservabilityOptions: ParsableArguments {
     var latency: LatencySpec?
 
     @Option(parsing: .unconditional, help: "Fault injection: flip one random bit in a chunk with this probability (0 to 1).")
-    var corrupt: Double?
+    var corrupt: DecimalOption?
 
     @Option(help: "Which directions --latency and --corrupt apply to: upstream, downstream or both.")
     var faultDirection: FaultDirection = .both
 
     func validate() throws {
-        if let corrupt, !(corrupt >= 0 && corrupt <= 1) {
-            throw ValidationError("invalid probability '\(corrupt)' for --corrupt (use a number from 0 to 1)")
+        if let corrupt, !corrupt.isWithin(0...1) {
+            throw ValidationError("invalid probability '\(corrupt.text)' for --corrupt (use a number from 0 to 1)")
         }
     }
 
@@ -61,7 +61,7 @@ struct ObservabilityOptions: ParsableArguments {
         configuration.logData = self.logData
         configuration.latency = self.latency?.delay
         configuration.latencyJitter = self.latency?.jitter ?? .zero
-        configuration.corruptProbability = self.corrupt ?? 0
+        configuration.corruptProbability = self.corrupt?.value ?? 0
         configuration.faultDirections = self.faultDirection.directions
     }
 }

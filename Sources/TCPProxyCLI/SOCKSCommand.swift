@@ -26,7 +26,7 @@ struct SOCKSCommand: ModeCommand {
     var users: String?
 
     @Option(parsing: .unconditional, help: "Seconds a client may take to send its request before it is closed.")
-    var handshakeTimeout: Double = 10
+    var handshakeTimeout: DecimalOption = 10
 
     @Option(
         help: "Never connect clients to this network (repeatable), e.g. 127.0.0.0/8; checked after name resolution.",
@@ -40,9 +40,9 @@ struct SOCKSCommand: ModeCommand {
 
     func validate() throws {
         try self.options.refuseDirectEngine()
-        if !self.handshakeTimeout.isFinite || self.handshakeTimeout <= 0 || self.handshakeTimeout > 86_400 {
+        if !self.handshakeTimeout.isWithin(0...86_400, excludingLowerBound: true) {
             throw ValidationError(
-                "invalid value '\(self.handshakeTimeout)' for --handshake-timeout (use seconds from more than 0 up to 86400)"
+                "invalid value '\(self.handshakeTimeout.text)' for --handshake-timeout (use seconds from more than 0 up to 86400)"
             )
         }
     }
@@ -62,7 +62,7 @@ struct SOCKSCommand: ModeCommand {
         }
         let socks = SOCKSConfiguration(
             users: users,
-            handshakeTimeout: CommonOptions.timeAmount(self.handshakeTimeout) ?? .seconds(10),
+            handshakeTimeout: CommonOptions.timeAmount(self.handshakeTimeout.value) ?? .seconds(10),
             denyDestinations: self.denyDestination
         )
         let configuration = ProxyConfiguration(

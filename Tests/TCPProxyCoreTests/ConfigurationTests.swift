@@ -139,6 +139,21 @@ struct ConfigurationTests {
         #expect(!v6.contains(try SocketAddress(ipAddress: "10.1.2.3", port: 1)), "fd00::/8 holds no IPv4 address")
     }
 
+    @Test("a network written with host bits set matches its network, and is named in a warning")
+    func cidrHostBits() throws {
+        let written = try CIDR(parsing: "1.2.3.4/8")
+        #expect(written.description == "1.0.0.0/8")
+        #expect(written.textWithHostBits == "1.2.3.4/8")
+        #expect(written.contains(try SocketAddress(ipAddress: "1.9.9.9", port: 1)))
+        let clean = try ["10.0.0.0/8", "127.0.0.1", "::1", "fd00::/8", "0.0.0.0/0"].map(CIDR.init(parsing:))
+        #expect(clean.allSatisfy { $0.textWithHostBits == nil })
+        #expect(
+            CIDR.hostBitWarnings(clean + [written, try CIDR(parsing: "fd00::1/64")], option: "--allow") == [
+                "--allow 1.2.3.4/8 has host bits set: it matches 1.0.0.0/8",
+                "--allow fd00::1/64 has host bits set: it matches fd00::/64",
+            ])
+    }
+
     @Test("bad networks are refused", arguments: ["10.0.0.0/33", "::/129", "example.com/8", "10.0.0.0/", "10.0.0.0/x", ""])
     func badCIDR(text: String) {
         #expect(throws: CIDRError.self) { try CIDR(parsing: text) }

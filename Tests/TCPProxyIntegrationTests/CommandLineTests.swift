@@ -130,6 +130,19 @@ struct CommandLineTests {
         try Self.expectEcho(port: proxy.port)
     }
 
+    @Test("--allow with host bits set warns with the network it matches, and admits clients inside it (both engines)", arguments: ["direct", "nio"])
+    func allowWithHostBits(engine: String) async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let proxy = try await ProxyProcess.start([
+            "forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:\(server.port)", "--engine", engine, "--allow", "127.0.0.1/8",
+        ])
+        defer { proxy.kill() }
+        let warning = await proxy.waitForLine(containing: "warning --allow 127.0.0.1/8 has host bits set: it matches 127.0.0.0/8", timeout: 5)
+        #expect(warning != nil, "log:\n\(proxy.stderr)")
+        try Self.expectEcho(port: proxy.port)
+    }
+
     @Test("--listen :0 (port only) listens on all interfaces and forwards")
     func listenPortOnly() async throws {
         let server = try TestServer(handler: TestServer.echo)
@@ -194,7 +207,20 @@ struct CommandLineTests {
              "invalid size '0K' for --window (must be more than 0; use 16K to 1G)"),
             (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--window", "1"], "invalid size '1' for --window (use 16K to 1G)"),
             // A negative number is a value, not an option: it gets the option's own range.
-            (["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "-1"], "invalid value '-1.0' for --handshake-timeout"),
+            (["socks", "--listen", "127.0.0.1:0", "--handshake-timeout", "-1"], "invalid value '-1' for --handshake-timeout"),
+            // Seconds and probabilities are plain decimals, quoted as given: not hex, exponents, inf or nan.
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--drain-timeout", "0x10"],
+             "invalid value '0x10' for --drain-timeout (use seconds from 0 up to 31536000, one year)"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--connect-timeout", "1e400"],
+             "invalid value '1e400' for --connect-timeout (use seconds from more than 0 up to 31536000, one year)"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--stall-timeout", "nan"],
+             "invalid value 'nan' for --stall-timeout"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--idle-timeout", "99999999999"],
+             "invalid value '99999999999' for --idle-timeout"),
+            (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--ping-interval", "1.5.0"],
+             "invalid value '1.5.0' for --ping-interval (use seconds from more than 0 to 3600)"),
+            (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--corrupt", "0x0.8"],
+             "invalid probability '0x0.8' for --corrupt (use a number from 0 to 1)"),
             (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--threads", "-2"], "invalid value '-2' for --threads"),
         ] as [([String], String)]
     )

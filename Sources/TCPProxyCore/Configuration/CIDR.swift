@@ -6,6 +6,9 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
     public let network: [UInt8]
     /// The prefix length in bits.
     public let prefixLength: Int
+    /// What the user wrote, when its address had bits set past the prefix (`1.2.3.4/8`): they are ignored,
+    /// as nginx and HAProxy ignore them, and the listener warns. `nil` when the address is the network's.
+    public let textWithHostBits: String?
 
     /// Parses `ADDRESS/PREFIX` or a bare `ADDRESS`.
     /// - Throws: ``CIDRError`` when the address or prefix is not valid.
@@ -23,6 +26,14 @@ public struct CIDR: Hashable, Sendable, CustomStringConvertible {
         }
         self.prefixLength = prefix
         self.network = CIDR.masked(bytes, prefix: prefix)
+        self.textWithHostBits = self.network == bytes ? nil : text
+    }
+
+    /// One warning for each network in `networks` written with host bits set, naming `option`.
+    public static func hostBitWarnings(_ networks: [CIDR], option: String) -> [String] {
+        networks.compactMap { network in
+            network.textWithHostBits.map { "\(option) \($0) has host bits set: it matches \(network)" }
+        }
     }
 
     /// Whether `address` lies inside this network. IPv4 and its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`)

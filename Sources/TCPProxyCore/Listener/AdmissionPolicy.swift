@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 
 /// Which clients a listener accepts at all: `--allow` networks and `--max-connections`.
@@ -15,6 +16,15 @@ public struct AdmissionPolicy: Sendable, Hashable {
         self.allow = allow
         self.maxConnections = maxConnections
         self.trustedProxies = trustedProxies
+    }
+
+    /// Logs a warning for each network written with host bits set (`--allow 1.2.3.4/8`), as the listener starts.
+    func warnAboutHostBits(_ logger: Logger) {
+        for warning in CIDR.hostBitWarnings(self.allow, option: "--allow")
+            + CIDR.hostBitWarnings(self.trustedProxies, option: "--trusted-proxy")
+        {
+            logger.warning("\(warning)")
+        }
     }
 
     /// Whether `peer` may send a PROXY header.

@@ -79,6 +79,7 @@ extension Listener {
                 "io": batching == watches.count ? "io_uring" : batching == 0 ? "syscalls" : "io_uring on \(batching) of \(watches.count) threads",
             ]
         )
+        self.configuration.admission.warnAboutHostBits(self.logger)
 
         try? await gracefulShutdown()
 

@@ -95,6 +95,7 @@ public final class Listener: Service, Sendable {
             "listening on \(address.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "\(self.configuration.mode)"]
         )
+        self.configuration.admission.warnAboutHostBits(self.logger)
         if self.configuration.acceptProxyProtocol && self.configuration.admission.trustedProxies.isEmpty {
             self.logger.warning(
                 "accepting PROXY headers from any peer: a client can claim any address; restrict senders with --trusted-proxy"

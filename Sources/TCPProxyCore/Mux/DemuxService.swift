@@ -45,6 +45,7 @@ public final class DemuxService: Service, Sendable {
             "listening on \(channel.localAddress.map(\.logDescription) ?? self.configuration.listen.description)",
             metadata: ["mode": "demux", "target": "\(self.configuration.target!)"]
         )
+        self.configuration.admission.warnAboutHostBits(self.logger)
         try? await gracefulShutdown()
         // Each tunnel gets GOAWAY and closes once its streams have ended (or hit the drain timeout); a
         // tunnel's close resets what is left of its streams.

@@ -72,6 +72,7 @@ public final class MuxService: Service, Sendable {
             metadata: ["mode": "mux", "tunnel.address": "\(self.configuration.tunnel!)", "tunnels": "\(self.connections.count)"]
         )
         for connection in self.connections { connection.start() }
+        self.configuration.admission.warnAboutHostBits(self.logger)
 
         try? await gracefulShutdown()
 

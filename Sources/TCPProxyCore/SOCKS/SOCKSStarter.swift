@@ -15,6 +15,9 @@ struct SOCKSStarter: BridgeStarter {
     ///   - logger: the listener's logger.
     init(_ socks: SOCKSConfiguration, listener configuration: ProxyConfiguration, logger: Logger) {
         self.socks = socks
+        for warning in CIDR.hostBitWarnings(socks.denyDestinations, option: "--deny-destination") {
+            logger.warning("\(warning)")
+        }
         if Self.isOpenProxy(socks, listen: configuration.listen, admission: configuration.admission) {
             logger.warning(
                 "open socks proxy: anyone who can reach this address can use it (add --allow or --users)",
