@@ -141,7 +141,7 @@ final class DirectAcceptor: Sendable {
             // Refused at once (no route, descriptors exhausted, a loopback refusal seen within connect(2)): the
             // client is closed as on any failed connect, its bytes read, dropped and counted, so it sees a FIN.
             let error = errno
-            self.logConnectFailure(id: id, errno: error)
+            self.logConnectFailure(id: id, error: Self.errorText(error))
             let dropped = UInt64(LinuxSocketOptions.discardInput(descriptor: client))
             if dropped > 0 { self.metrics?.addBytes(upstream: dropped, downstream: 0) }
             closeDescriptor(client)
@@ -178,11 +178,16 @@ final class DirectAcceptor: Sendable {
 
     /// The server connection failed; the bridge ends next (`connectFailed`).
     func connectFailed(_ bridge: DirectBridge, errno error: CInt) {
-        self.logConnectFailure(id: bridge.id, errno: error)
+        self.logConnectFailure(id: bridge.id, error: Self.errorText(error))
     }
 
-    private func logConnectFailure(id: UInt64, errno error: CInt) {
-        self.logger.logBridgeConnectFailed(id: id, server: self.target.logDescription, error: Self.errorText(error))
+    /// `--connect-timeout` gave up the bridge's connect: logged as a failed connect first, as on NIO.
+    func connectTimedOut(_ bridge: DirectBridge) {
+        self.logConnectFailure(id: bridge.id, error: SystemErrorText.connectTimedOut(after: self.configuration.connectTimeout))
+    }
+
+    private func logConnectFailure(id: UInt64, error: String) {
+        self.logger.logBridgeConnectFailed(id: id, server: self.target.logDescription, error: error)
     }
 
     /// Both sockets are closed: log the end, count it, and give the slot back.

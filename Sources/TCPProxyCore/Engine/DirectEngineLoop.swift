@@ -475,7 +475,7 @@ struct DirectEngineLoop {
             if let reason = bridge.tick(now: now) {
                 // As the NIO bridge does, a connect that timed out is logged as a failed one first.
                 if reason == .connectTimeout, case .accepted(let acceptor) = bridge.origin {
-                    acceptor.connectFailed(bridge, errno: ETIMEDOUT)
+                    acceptor.connectTimedOut(bridge)
                 }
                 self.end(bridge, reason)
             } else {

@@ -33,8 +33,13 @@ public enum SystemErrorText {
             return "no address for host '\(error.host)'"
         }
         if case ChannelError.connectTimeout(let amount) = error {
-            return "connection timed out after \(Double(amount.nanoseconds) / 1e9) s"
+            return connectTimedOut(after: amount)
         }
         return "\(error)"
+    }
+
+    /// A connect that `--connect-timeout` gave up, the same on every engine (`… after 1500 ms`).
+    public static func connectTimedOut(after timeout: TimeAmount) -> String {
+        "connection timed out after \(timeout)"
     }
 }
