@@ -95,6 +95,9 @@ int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, 
     }
     int one = 1;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // The handshake's last ACK waits for the first bytes (or CTCPProxyLinux_sendHeldACK).
+    int zero = 0;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
     if (connect(fd, address, length) == 0) {
         *connected = 1;
         return fd;
@@ -107,6 +110,11 @@ int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, 
     close(fd);
     errno = saved;
     return -1;
+}
+
+void CTCPProxyLinux_sendHeldACK(int fd) {
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one));
 }
 
 int CTCPProxyLinux_epollAddListener(int epoll, int fd, uint64_t token) {
@@ -234,6 +242,7 @@ int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, i
     errno = ENOSYS;
     return -1;
 }
+void CTCPProxyLinux_sendHeldACK(int fd) {}
 int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *length) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected) {
     errno = ENOSYS;

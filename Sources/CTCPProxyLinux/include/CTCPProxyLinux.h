@@ -56,7 +56,14 @@ int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *
 
 /// A non-blocking, close-on-exec TCP socket with TCP_NODELAY, connecting to `address`. Returns the
 /// descriptor (the connect is in progress, or done when `*connected` is 1), or -1 with errno set.
+///
+/// TCP_QUICKACK is off before the connect, so the kernel holds back the ACK that ends the handshake and
+/// the first bytes written carry it: the server gets one segment less (HAProxy's `tcp-smart-connect`).
+/// With no bytes to write once connected, call ``CTCPProxyLinux_sendHeldACK``.
 int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected);
+
+/// Sends an ACK the kernel is holding back now (TCP_QUICKACK on).
+void CTCPProxyLinux_sendHeldACK(int fd);
 
 /// Registers a listening socket, level-triggered and EPOLLEXCLUSIVE (one engine wakes per connection),
 /// for EPOLLIN, reported with `token`.

@@ -211,9 +211,17 @@ struct DirectEngineLoop {
     ///   server socket is not readable: reading it would only return `EAGAIN`, and bytes that come later
     ///   raise an edge of their own. The client's bytes are read either way: their edges came while the
     ///   bridge was connecting and were not acted on.
+    ///
+    /// The engine's own connects hold back the ACK that ends the server's handshake, so that the client's
+    /// first bytes carry it (``CTCPProxyLinux_connect``). With nothing to send, that ACK goes now: a server
+    /// that speaks first must not wait for the delayed-ACK timer (200 ms) to see its connection.
     private mutating func startForwarding(_ bridge: DirectBridge, serverMayHaveBytes: Bool = true) {
         self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
-        guard self.pump(bridge, .upstream), serverMayHaveBytes else { return }
+        let open = self.pump(bridge, .upstream)
+        if open, case .accepted = bridge.origin, bridge.bytesUpstream == 0 {
+            CTCPProxyLinux_sendHeldACK(bridge.descriptor(.server))
+        }
+        guard open, serverMayHaveBytes else { return }
         _ = self.pump(bridge, .downstream)
     }
 
