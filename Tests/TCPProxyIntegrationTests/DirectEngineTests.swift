@@ -271,49 +271,6 @@ struct DirectEngineTests {
         #expect(closed.flatMap { logValue("bytes.downstream", in: $0) } == "\(reply.count)")
     }
 
-    // MARK: The server's handshake
-
-    @Test("The client's first bytes complete the server's handshake: no bare ACK reaches the server (one segment less)")
-    func firstBytesCarryTheHandshakeACK() async throws {
-        let (server, filler) = try TestServer.withFullQueue()  // the proxy's SYN waits: the client's bytes come first
-        defer { filler.close(); server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "direct"])
-        defer { proxy.kill() }
-
-        let client = try TestSocket.connect(port: proxy.port)
-        defer { client.close() }
-        try client.send("hello")
-        await delay(seconds: 0.2)
-        // Room in the queue: the proxy's SYN, sent again about a second after the first, is answered.
-        try server.accept(timeout: 5).close()  // the filler's own connection
-        let upstream = try server.accept(timeout: 5)
-        defer { upstream.close() }
-        #expect(try upstream.recvExactly(5, timeout: 5) == bytes("hello"))
-        // The SYN, then the bytes, which acknowledge the SYN-ACK: no segment of their own for that.
-        #expect(upstream.segmentsReceived == 2, "segments the server received: \(upstream.segmentsReceived.map(String.init) ?? "?")")
-        try upstream.send("world")
-        #expect(try client.recvExactly(5, timeout: 5) == bytes("world"))
-    }
-
-    @Test("A server that speaks first gets its connection at once: with no client bytes, the handshake's ACK is not held back")
-    func serverSpeaksFirst() async throws {
-        let server = try TestServer(handler: { socket, _, _ in try? socket.send(bytes("220 ready\r\n"), timeout: 5) })
-        defer { server.stop() }
-        let proxy = try await ProxyProcess.forward(to: server.port, ["--engine", "direct"])
-        defer { proxy.kill() }
-
-        // A held ACK would leave the server's accept waiting for the delayed-ACK timer (200 ms) every time.
-        var fastest = Double.infinity
-        for _ in 1...3 {
-            let started = now()
-            let client = try TestSocket.connect(port: proxy.port)
-            defer { client.close() }
-            #expect(try client.recvExactly(11, timeout: 5) == bytes("220 ready\r\n"))
-            fastest = min(fastest, now() - started)
-        }
-        #expect(fastest < 0.1, "the banner took at least \(fastest) s")
-    }
-
     // MARK: Threads and memory
 
     @Test("--threads 2: two engine threads wait in epoll, and 200 concurrent short bridges all succeed")

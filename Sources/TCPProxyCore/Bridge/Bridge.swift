@@ -356,6 +356,8 @@ final class Bridge {
                 self.conversation = capture.conversation(client: client, server: server)
                 self.isPlainPath = false
             }
+            // Bytes written now carry the ACK that ends the server's handshake, if the connect held it back.
+            let writesNow = self.configuration.sendProxyHeader != nil || (self.isPlainPath && !self.earlyData.isEmpty)
             if let version = self.configuration.sendProxyHeader {
                 self.sendProxyHeader(version)
             }
@@ -368,6 +370,11 @@ final class Bridge {
             }
             self.earlyDataBytes = 0
             self.serverHandler.flushIfNeeded()
+            // Nothing to send (a server that speaks first, or bytes that shaping delays): the held ACK goes
+            // now, not when the delayed-ACK timer fires.
+            if !writesNow, self.connector.holdsHandshakeACK {
+                LinuxSocketOptions.sendHeldACK(self.serverChannel)
+            }
             if thenShutdownServerOutput {
                 self.perform(.shutdownOutput(.server))
             }

@@ -16,9 +16,16 @@ protocol ServerConnector: Sendable {
 
     /// The target, for logs.
     var targetDescription: String { get }
+
+    /// Whether the connect holds back the ACK that ends the server's handshake (`TCP_QUICKACK` off), so that
+    /// the first bytes written carry it. The bridge then sends it at once if it has nothing to write when
+    /// the connect completes (``Bridge``, `.startForwarding`).
+    var holdsHandshakeACK: Bool { get }
 }
 
 extension ServerConnector {
+    var holdsHandshakeACK: Bool { false }
+
     /// Starts connecting, for a caller that never gives up on the connect.
     func connect(
         on eventLoop: EventLoop,
@@ -94,6 +101,9 @@ struct TCPServerConnector: ServerConnector {
     let target: ConnectTarget
     /// The client's address to connect from, if the server must see it.
     var spoofedSource: SocketAddress? = nil
+    /// Hold back the handshake's last ACK for the first bytes (for a ``Bridge``, which sends it itself when
+    /// it has none; not for callers that do not).
+    var holdsHandshakeACK = false
 
     func connect(
         on eventLoop: EventLoop,
@@ -105,6 +115,11 @@ struct TCPServerConnector: ServerConnector {
         // Half-closure is turned on by BridgeChannelOptions in the initializer.
         var bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(configuration.connectTimeout)
+        #if os(Linux)
+        if self.holdsHandshakeACK {
+            bootstrap = bootstrap.channelOption(.tcpOption(.init(rawValue: CInt(TCP_QUICKACK))), value: 0)
+        }
+        #endif
         if let source = self.spoofedSource {
             bootstrap = bootstrap.channelOption(LinuxSocketOptions.transparentOption(for: source), value: 1)
                 .bind(to: source)

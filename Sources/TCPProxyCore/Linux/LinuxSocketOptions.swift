@@ -125,6 +125,14 @@ enum LinuxSocketOptions {
         return value
     }
 
+    /// Sends the ACK a connect held back (``TCPServerConnector/holdsHandshakeACK``) now: `TCP_QUICKACK` on.
+    /// Call on the channel's event loop.
+    static func sendHeldACK(_ channel: Channel?) {
+        #if os(Linux)
+        try? channel?.syncOptions?.setOption(.tcpOption(.init(rawValue: CInt(TCP_QUICKACK))), value: 1)
+        #endif
+    }
+
     /// Makes the next close of this channel send a reset instead of a FIN (`SO_LINGER` with a zero timeout).
     static func setResetOnClose(_ channel: Channel) {
         guard let provider = channel as? SocketOptionProvider else { return }

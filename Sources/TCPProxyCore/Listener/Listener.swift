@@ -230,7 +230,9 @@ extension Listener {
             if let pool = self.targetPool {
                 ForwardStarter(connector: PooledServerConnector(pool: pool))
             } else {
-                ForwardStarter(connector: TCPServerConnector(target: ConnectTarget(forward.targets[0].endpoint)))
+                ForwardStarter(
+                    connector: TCPServerConnector(target: ConnectTarget(forward.targets[0].endpoint), holdsHandshakeACK: true)
+                )
             }
         case .transparent(let transparent):
             TransparentStarter(configuration: transparent)

@@ -6,6 +6,8 @@ import NIOCore
 struct PooledServerConnector: ServerConnector {
     let pool: TargetPool
 
+    var holdsHandshakeACK: Bool { true }
+
     func connect(
         on eventLoop: EventLoop,
         configuration: BridgeConfiguration,
@@ -39,7 +41,7 @@ struct PooledServerConnector: ServerConnector {
         var attemptConfiguration = configuration
         attemptConfiguration.connectTimeout = .nanoseconds(timeLeft.nanoseconds / Int64(remaining.count))
         let pool = self.pool
-        TCPServerConnector(target: pool.connectTargets[index])
+        TCPServerConnector(target: pool.connectTargets[index], holdsHandshakeACK: true)
             .connect(on: eventLoop, configuration: attemptConfiguration, attempts: attempts, initialize: initialize)
             .whenComplete { result in
                 switch result {

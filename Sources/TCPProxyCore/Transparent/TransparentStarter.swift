@@ -115,9 +115,10 @@ struct TransparentStarter: BridgeStarter {
         {
             return TCPServerConnector(
                 target: .address(destination.socketAddress),
-                spoofedSource: source.with(port: 0).socketAddress
+                spoofedSource: source.with(port: 0).socketAddress,
+                holdsHandshakeACK: true
             )
         }
-        return TCPServerConnector(target: .address(destination.socketAddress))
+        return TCPServerConnector(target: .address(destination.socketAddress), holdsHandshakeACK: true)
     }
 }
