@@ -143,6 +143,25 @@ struct CommandLineTests {
         try Self.expectEcho(port: proxy.port)
     }
 
+    @Test(
+        "Every mode warns of a network written with host bits set, naming the network it matches",
+        arguments: [
+            (["socks", "--listen", "127.0.0.1:0", "--allow", "127.0.0.1/8"], "--allow 127.0.0.1/8 has host bits set: it matches 127.0.0.0/8"),
+            (["socks", "--listen", "127.0.0.1:0", "--deny-destination", "10.1.1.1/8"], "--deny-destination 10.1.1.1/8 has host bits set: it matches 10.0.0.0/8"),
+            (["demux", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--allow", "::1/64"], "--allow ::1/64 has host bits set: it matches ::/64"),
+            (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9", "--allow", "127.0.0.1/8"], "--allow 127.0.0.1/8 has host bits set: it matches 127.0.0.0/8"),
+            (
+                ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--accept-proxy-protocol", "--trusted-proxy", "127.0.0.1/8"],
+                "--trusted-proxy 127.0.0.1/8 has host bits set: it matches 127.0.0.0/8"
+            ),
+        ] as [([String], String)]
+    )
+    func hostBitWarnings(arguments: [String], warning: String) async throws {
+        let proxy = try ProxyProcess(arguments: arguments)
+        defer { proxy.kill() }
+        #expect(await proxy.waitForLine(containing: "warning \(warning)", timeout: 10) != nil, "log:\n\(proxy.stderr)")
+    }
+
     @Test("--listen :0 (port only) listens on all interfaces and forwards")
     func listenPortOnly() async throws {
         let server = try TestServer(handler: TestServer.echo)

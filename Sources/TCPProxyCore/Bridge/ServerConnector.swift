@@ -117,7 +117,7 @@ struct TCPServerConnector: ServerConnector {
             .connectTimeout(configuration.connectTimeout)
         #if os(Linux)
         if self.holdsHandshakeACK {
-            bootstrap = bootstrap.channelOption(.tcpOption(.init(rawValue: CInt(TCP_QUICKACK))), value: 0)
+            bootstrap = bootstrap.channelOption(LinuxSocketOptions.quickAck, value: 0)
         }
         #endif
         if let source = self.spoofedSource {

@@ -125,11 +125,14 @@ enum LinuxSocketOptions {
         return value
     }
 
-    /// Sends the ACK a connect held back (``TCPServerConnector/holdsHandshakeACK``) now: `TCP_QUICKACK` on.
-    /// Call on the channel's event loop.
+    /// `TCP_QUICKACK` (`IPPROTO_TCP`, 12, <linux/tcp.h>): 0 before `connect` holds the handshake's last ACK
+    /// back for the first bytes to carry (``TCPServerConnector/holdsHandshakeACK``); 1 sends a held ACK now.
+    static let quickAck = ChannelOptions.Types.SocketOption(level: .tcp, name: NIOBSDSocket.Option(rawValue: 12))
+
+    /// Sends the ACK a connect held back now. Call on the channel's event loop.
     static func sendHeldACK(_ channel: Channel?) {
         #if os(Linux)
-        try? channel?.syncOptions?.setOption(.tcpOption(.init(rawValue: CInt(TCP_QUICKACK))), value: 1)
+        try? channel?.syncOptions?.setOption(Self.quickAck, value: 1)
         #endif
     }
 

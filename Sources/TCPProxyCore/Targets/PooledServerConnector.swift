@@ -41,7 +41,7 @@ struct PooledServerConnector: ServerConnector {
         var attemptConfiguration = configuration
         attemptConfiguration.connectTimeout = .nanoseconds(timeLeft.nanoseconds / Int64(remaining.count))
         let pool = self.pool
-        TCPServerConnector(target: pool.connectTargets[index], holdsHandshakeACK: true)
+        TCPServerConnector(target: pool.connectTargets[index], holdsHandshakeACK: self.holdsHandshakeACK)
             .connect(on: eventLoop, configuration: attemptConfiguration, attempts: attempts, initialize: initialize)
             .whenComplete { result in
                 switch result {
