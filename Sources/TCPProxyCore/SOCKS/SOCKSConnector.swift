@@ -86,7 +86,7 @@ struct SOCKSConnector: ServerConnector {
         case .address(let address):
             return eventLoop.makeSucceededFuture([address])
         case .name(let host, let port):
-            if let address = try? SocketAddress(ipAddress: host, port: port) {
+            if let address = SOCKSDestination.literalAddress(host, port: port) {
                 return eventLoop.makeSucceededFuture([address])
             }
             return self.resolve(host, port, eventLoop)

@@ -49,11 +49,19 @@ enum SOCKSDestination: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The address a host name spells, if it is an address literal: `127.0.0.1`, `::1`, or `[::1]` (a client
+    /// may bracket an IPv6 address as a URL does). Such a name is connected to as it is, never resolved.
+    static func literalAddress(_ host: String, port: Int) -> SocketAddress? {
+        let bracketed = host.hasPrefix("[") && host.hasSuffix("]") && host.contains(":")
+        return try? SocketAddress(ipAddress: bracketed ? String(host.dropFirst().dropLast()) : host, port: port)
+    }
+
     /// `host:port`, with brackets around an IPv6 address.
     var description: String {
         switch self {
         case .address(let address): address.logDescription
-        case .name(let host, let port): Endpoint(host: host, port: port).description
+        case .name(let host, let port):
+            Self.literalAddress(host, port: port)?.logDescription ?? Endpoint(host: host, port: port).description
         }
     }
 }

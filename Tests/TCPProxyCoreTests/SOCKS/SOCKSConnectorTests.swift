@@ -71,6 +71,26 @@ struct SOCKSConnectorTests {
         #expect(listener.accepted.withLockedValue { $0 } == 0)
     }
 
+    @Test("a name that is an address literal, IPv6 bracketed or not, is never resolved, and is logged once bracketed")
+    func literalNames() async throws {
+        let group = MultiThreadedEventLoopGroup.singleton
+        let asked = NIOLockedValueBox<[String]>([])
+        let resolve: SOCKSResolver = { host, _, eventLoop in
+            asked.withLockedValue { $0.append(host) }
+            return eventLoop.makeSucceededFuture([])
+        }
+        let socks = SOCKSConfiguration(denyDestinations: [try CIDR(parsing: "::1/128"), try CIDR(parsing: "127.0.0.0/8")])
+        for host in ["[::1]", "::1", "127.0.0.1"] {
+            let connector = SOCKSConnector(destination: .name(host, port: 80), socks: socks, resolve: resolve)
+            let (result, _, _) = await self.connect(connector, on: group)
+            guard case .failure(let error) = result else { Issue.record("connected to \(host)"); continue }
+            let logged = host.contains(":") ? "[::1]:80" : "127.0.0.1:80"
+            #expect(error as? SOCKSConnectError == .destinationDenied(logged), "\(host)")
+        }
+        #expect(asked.withLockedValue { $0 } == [], "literals go to the deny list as addresses")
+        #expect(SOCKSDestination.name("[example]", port: 80).description == "[example]:80", "not an address: as given")
+    }
+
     @Test("denied addresses are skipped, a refused one is passed over, and the bridge's handler goes into the one that connects")
     func triesInOrder() async throws {
         let group = MultiThreadedEventLoopGroup.singleton
