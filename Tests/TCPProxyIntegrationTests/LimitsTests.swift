@@ -207,6 +207,27 @@ struct LimitsTests {
         #expect(failed.first.flatMap { logValue("error", in: $0) } == "connection timed out after 1 s", "\(failed)")
     }
 
+    @Test("--connect-timeout 1 with two targets that never answer: each gets half, and the log names the whole timeout")
+    func connectTimeoutOverTargets() async throws {
+        let (first, firstFiller) = try TestServer.withFullQueue()
+        defer { firstFiller.close(); first.stop() }
+        let (second, secondFiller) = try TestServer.withFullQueue()
+        defer { secondFiller.close(); second.stop() }
+        let proxy = try await ProxyProcess.forward(
+            to: first.port, ["--target", "127.0.0.1:\(second.port)", "--connect-timeout", "1"])
+        defer { proxy.kill() }
+
+        let client = try TestSocket.connect(port: proxy.port)
+        let started = now()
+        let end = await client.waitForEnd(timeout: 6)
+        let elapsed = now() - started
+        #expect(end.end == .eof, "a FIN, not a reset: \(end.end)")
+        #expect((0.7...4).contains(elapsed), "closed after \(elapsed) s")
+        let failed = await proxy.waitForLine(containing: "bridge connect failed", timeout: 3)
+        // Not the last target's share of it ("after 499873125 ns").
+        #expect(failed.flatMap { logValue("error", in: $0) } == "connection timed out after 1 s", "\(failed ?? "-")")
+    }
+
     @Test(
         "Memory: pushing up to 300 MB into a server that never reads (stall timeout off) grows RSS < 32 MB",
         .serialized,

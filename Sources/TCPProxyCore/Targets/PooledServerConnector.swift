@@ -33,7 +33,13 @@ struct PooledServerConnector: ServerConnector {
     ) {
         let timeLeft = deadline - eventLoop.now
         guard let index = remaining.first, timeLeft > .zero else {
-            promise.fail(lastError ?? ChannelError.connectTimeout(configuration.connectTimeout))
+            switch lastError {
+            case ChannelError.connectTimeout?, nil:
+                // The whole budget ran out, not only the last attempt's share of it.
+                promise.fail(ChannelError.connectTimeout(configuration.connectTimeout))
+            case let error?:
+                promise.fail(error)
+            }
             return
         }
         // An unreachable target (SYNs dropped) must not use up the whole budget: each target left gets an
