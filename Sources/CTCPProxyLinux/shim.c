@@ -58,7 +58,7 @@ int CTCPProxyLinux_pipe(int fds[2], int size) {
     return capacity;
 }
 
-int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort) {
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort, int transparent) {
     int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
@@ -72,6 +72,14 @@ int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, i
         return -1;
     }
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    // IP_TRANSPARENT (SOL_IP, 19) and IPV6_TRANSPARENT (SOL_IPV6, 75): EPERM without CAP_NET_ADMIN or CAP_NET_RAW.
+    if (transparent && (address->sa_family == AF_INET6 ? setsockopt(fd, SOL_IPV6, 75, &one, sizeof(one))
+                                                       : setsockopt(fd, SOL_IP, 19, &one, sizeof(one))) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
     if (bind(fd, address, length) != 0 || listen(fd, backlog) != 0) {
         int saved = errno;
         close(fd);
@@ -238,7 +246,7 @@ const uint32_t CTCPProxyLinux_EPOLLPRI = 0x002;
 ssize_t CTCPProxyLinux_splice(int from, int to, size_t length, int more) { errno = ENOSYS; return -1; }
 ssize_t CTCPProxyLinux_readPastMark(int socket, int pipeInput, size_t length) { errno = ENOSYS; return -1; }
 int CTCPProxyLinux_pipe(int fds[2], int size) { errno = ENOSYS; return -1; }
-int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort) {
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort, int transparent) {
     errno = ENOSYS;
     return -1;
 }

@@ -97,11 +97,11 @@ struct CommonOptions: ParsableArguments {
     @OptionGroup(title: "Shaping, visibility and faults")
     var observability: ObservabilityOptions
 
-    /// `--engine direct` given to a mode other than forward: a usage error of that mode's command (so that
-    /// its usage is printed, not the root command's).
+    /// `--engine direct` given to a mode the direct engine does not serve (SOCKS, mux, demux): a usage error of
+    /// that mode's command (so that its usage is printed, not the root command's).
     func refuseDirectEngine() throws {
         if self.engine == .direct {
-            throw ValidationError("--engine direct cannot serve this listener: only forward mode runs on the direct engine")
+            throw ValidationError("--engine direct cannot serve this listener: only forward and transparent mode run on the direct engine")
         }
     }
 

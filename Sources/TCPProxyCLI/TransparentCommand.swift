@@ -41,7 +41,12 @@ struct TransparentCommand: ModeCommand {
     @OptionGroup var options: CommonOptions
 
     func validate() throws {
-        try self.options.refuseDirectEngine()
+        if self.options.engine == .direct,
+            let obstacle = self.plan(name: "transparent").listeners[0]
+                .directEngineObstacle(capturing: self.options.observability.capture != nil)
+        {
+            throw ValidationError("--engine direct cannot serve this listener: \(obstacle)")
+        }
     }
 
     func run() async throws {

@@ -37,6 +37,20 @@ struct TransparentTests {
 
         static let all = [redirectIptables, redirectNftables, tproxyIptables, tproxyNftables]
 
+        /// The same on the NIO bridge (`--engine nio`); without it the direct engine serves the listener,
+        /// except with `--spoof-source`.
+        var onNIO: Interception {
+            Interception(name: "\(self.name), NIO", rules: self.rules, arguments: self.arguments + ["--engine", "nio"])
+        }
+
+        /// The engine the listener's ready line names (NIO's names none).
+        var engine: String? {
+            self.arguments.contains("--engine") || self.arguments.contains("--spoof-source") ? nil : "direct"
+        }
+
+        /// The two engines' views of the usual two interceptions.
+        static let bothEngines = [redirectIptables, tproxyIptables, redirectIptables.onNIO, tproxyIptables.onNIO]
+
         /// The same with `--spoof-source` and, for redirect, the extra rules it needs.
         var spoofing: Interception {
             let extra = self.rules == ["redirect-iptables"] ? ["spoof-redirect-iptables"]
@@ -49,7 +63,7 @@ struct TransparentTests {
 
     @Test(
         "A client connecting to the server's address is bridged: 1 MB echoed both ways, the client's EOF passed on, the server sees the router",
-        arguments: Interception.all, [Family.ipv4, .ipv6]
+        arguments: Interception.all + Interception.all.map(\.onNIO), [Family.ipv4, .ipv6]
     )
     func dataBothWays(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception)
@@ -82,11 +96,13 @@ struct TransparentTests {
         if interception.arguments.isEmpty {
             #expect(lab.proxy.lines(containing: "mode=\"transparent (redirect)\"").count == 1, "redirect is the default mode")
         }
+        let ready = lab.proxy.lines(containing: "listening on").first
+        #expect(ready.flatMap { logValue("engine", in: $0) } == interception.engine, "\(ready ?? "no ready line")")
     }
 
     @Test(
         "Server half-close: after the server's EOF the client still sends 64 KB and the server gets all of it",
-        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+        arguments: Interception.bothEngines, [Family.ipv4, .ipv6]
     )
     func serverHalfClose(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception)
@@ -112,7 +128,7 @@ struct TransparentTests {
 
     @Test(
         "Resets pass through: a client reset reaches the server (clientReset), a server reset reaches the client (serverReset)",
-        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+        arguments: Interception.bothEngines, [Family.ipv4, .ipv6]
     )
     func resets(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception)
@@ -139,7 +155,7 @@ struct TransparentTests {
 
     @Test(
         "The original destination refuses the connection: the client is closed promptly and the log says connectFailed",
-        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+        arguments: Interception.bothEngines, [Family.ipv4, .ipv6]
     )
     func connectFailed(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception)
@@ -186,7 +202,7 @@ struct TransparentTests {
 
     @Test(
         "Loop guard: a connection whose original destination is the proxy's own listener is closed, logged and counted, never forwarded",
-        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+        arguments: Interception.bothEngines, [Family.ipv4, .ipv6]
     )
     func loopGuard(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception, extraArguments: ["--metrics", "127.0.0.1:9100"])
@@ -217,7 +233,7 @@ struct TransparentTests {
 
     @Test(
         "Loop guard: an address made the router's by a local route (AnyIP, on no interface) is this listener too",
-        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+        arguments: Interception.bothEngines, [Family.ipv4, .ipv6]
     )
     func loopGuardLocalRoute(interception: Interception, family: Family) async throws {
         let anyIP = """
@@ -239,7 +255,7 @@ struct TransparentTests {
 
     @Test(
         "A link-local original destination (the router's fe80:: address on the client's link) is reached on that link",
-        arguments: [Interception.redirectIptables, .tproxyIptables]
+        arguments: Interception.bothEngines
     )
     func linkLocalDestination(interception: Interception) async throws {
         let lab = try await TransparentLab.start(interception)
@@ -281,10 +297,15 @@ struct TransparentTests {
 
     @Test(
         "redirect: a connection conntrack has no entry for, or only one begun by the proxy's reply, has no original destination: closed, logged and counted",
-        arguments: [untrackedBothWays, untrackedFromClient], [Family.ipv4, .ipv6]
+        arguments: [
+            (untrackedBothWays, Interception.redirectIptables), (untrackedFromClient, .redirectIptables),
+            (untrackedBothWays, .redirectIptables.onNIO), (untrackedFromClient, .redirectIptables.onNIO),
+        ],
+        [Family.ipv4, .ipv6]
     )
-    func noOriginalDestination(untracked: String, family: Family) async throws {
-        let lab = try await TransparentLab.start(.redirectIptables, extraArguments: ["--metrics", "127.0.0.1:9100"], script: untracked)
+    func noOriginalDestination(untracked: (rules: String, interception: Interception), family: Family) async throws {
+        let lab = try await TransparentLab.start(
+            untracked.interception, extraArguments: ["--metrics", "127.0.0.1:9100"], script: untracked.rules)
         defer { lab.close() }
 
         // The proxy is stopped while the client connects and sends a byte: the router's ACK of it (which

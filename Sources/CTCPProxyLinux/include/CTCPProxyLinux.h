@@ -46,9 +46,10 @@ int CTCPProxyLinux_routeIsLocal(int family, const void *address, int length);
 struct sockaddr;
 
 /// A listening TCP socket for the direct engine: non-blocking, close-on-exec, SO_REUSEADDR and
-/// TCP_NODELAY (accepted sockets inherit it), with SO_REUSEPORT when `reusePort` is 1, bound to `address`
-/// and listening with `backlog`. Returns the descriptor, or -1 with errno set by the call that failed.
-int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort);
+/// TCP_NODELAY (accepted sockets inherit it), with SO_REUSEPORT when `reusePort` is 1 and IP_TRANSPARENT
+/// (IPV6_TRANSPARENT for an IPv6 address) when `transparent` is 1, bound to `address` and listening with
+/// `backlog`. Returns the descriptor, or -1 with errno set by the call that failed.
+int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort, int transparent);
 
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC; the peer's address goes into `address` (at most
 /// `*length` bytes; `*length` becomes its size).

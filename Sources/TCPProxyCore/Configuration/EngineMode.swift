@@ -14,18 +14,23 @@ public enum EngineMode: String, Sendable, Hashable, CaseIterable, CustomStringCo
 
 extension ProxyConfiguration {
     /// Why this listener cannot run on the direct engine, or `nil` when it can. The direct engine serves
-    /// `forward` to one target given as an address, with bridges that only count and forward.
+    /// `forward` to one target given as an address, and `transparent` without `--spoof-source`, with bridges
+    /// that only count and forward.
     /// - Parameter capturing: whether `--capture` is on.
     public func directEngineObstacle(capturing: Bool) -> String? {
         #if os(Linux)
-        guard case .forward(let forward) = self.mode else {
-            return "only forward mode runs on the direct engine"
-        }
-        guard forward.targets.count == 1, forward.healthInterval == nil else {
-            return "several targets and health checks need the NIO engine"
-        }
-        guard case .address = ConnectTarget(forward.targets[0].endpoint) else {
-            return "a target given by name is resolved for each connection, on the NIO engine"
+        switch self.mode {
+        case .forward(let forward):
+            guard forward.targets.count == 1, forward.healthInterval == nil else {
+                return "several targets and health checks need the NIO engine"
+            }
+            guard case .address = ConnectTarget(forward.targets[0].endpoint) else {
+                return "a target given by name is resolved for each connection, on the NIO engine"
+            }
+        case .transparent(let transparent):
+            if transparent.spoofSource { return "--spoof-source needs the NIO engine" }
+        case .socks:
+            return "only forward and transparent mode run on the direct engine"
         }
         if self.acceptProxyProtocol { return "--accept-proxy-protocol needs the NIO engine" }
         if self.bridge.sendProxyHeader != nil { return "--proxy-protocol needs the NIO engine" }

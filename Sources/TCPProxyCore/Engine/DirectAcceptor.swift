@@ -12,9 +12,10 @@ import Musl
 import Darwin
 #endif
 
-/// A forward listener's socket as the direct engines serve it: accepts clients, admits or turns them away
-/// (`--allow`, `--max-connections`), starts each one's server connection, and logs and counts each
-/// bridge's life as a NIO ``Bridge`` does (the same log lines, metrics and close reasons).
+/// A forward or transparent listener's socket as the direct engines serve it: accepts clients, admits or
+/// turns them away (`--allow`, `--max-connections`; in transparent mode a loop, or no original destination),
+/// starts each one's server connection, and logs and counts each bridge's life as a NIO ``Bridge`` does
+/// (the same log lines, metrics and close reasons).
 ///
 /// Shared by the engines that watch its socket, so everything in it is immutable or atomic. The
 /// per-connection work allocates only the bridge and its two (empty) buffer records; client addresses
@@ -31,19 +32,28 @@ final class DirectAcceptor: Sendable {
     /// engine thread accepts from this listener; the flag keeps the lock off the path of a normal accept.
     private let exhaustion = NIOLockedValueBox(AcceptExhaustion())
     private let exhausted = ManagedAtomic(false)
-    private let target: SocketAddress
+    private let destination: Destination
     private let logger: Logger
     /// Whether per-bridge events are logged (the level is info or lower).
     private let logsBridges: Bool
     /// Whether a client's address must be known at accept (`--allow`, or logs).
     private let needsClientAddress: Bool
 
+    /// Where the clients' server connections go.
+    enum Destination: Sendable {
+        /// Every client to this server (forward).
+        case target(SocketAddress)
+        /// Each client to its original destination (transparent mode without `--spoof-source`), never to
+        /// the listener itself.
+        case original(TransparentConfiguration.Interception, loopGuard: LoopGuard)
+    }
+
     /// - Parameters:
     ///   - descriptor: the listening socket; the caller closes it after every engine let go of it.
-    ///   - target: the server every client is bridged to.
+    ///   - destination: where the clients are bridged to.
     init(
         descriptor: CInt,
-        target: SocketAddress,
+        destination: Destination,
         configuration: BridgeConfiguration,
         admission: AdmissionPolicy,
         activeBridges: AdmissionCounter,
@@ -52,7 +62,7 @@ final class DirectAcceptor: Sendable {
         logger: Logger
     ) {
         self.descriptor = descriptor
-        self.target = target
+        self.destination = destination
         self.configuration = configuration
         self.admission = admission
         self.activeBridges = activeBridges
@@ -60,7 +70,11 @@ final class DirectAcceptor: Sendable {
         self.drainSignal = drainSignal
         self.logger = logger
         self.logsBridges = logger.logLevel <= .info
-        self.needsClientAddress = self.logsBridges || !admission.allow.isEmpty
+        if case .original = destination {
+            self.needsClientAddress = true  // the conntrack check compares it; refusals log it
+        } else {
+            self.needsClientAddress = self.logsBridges || !admission.allow.isEmpty
+        }
     }
 
     /// What one accept did.
@@ -130,18 +144,30 @@ final class DirectAcceptor: Sendable {
             closeDescriptor(client)
             return .handled
         }
+        let target: SocketAddress
+        switch self.destination {
+        case .target(let address):
+            target = address
+        case .original(let interception, let loopGuard):
+            guard let original = self.originalDestination(of: client, from: address, interception, loopGuard) else {
+                self.activeBridges.release()
+                closeDescriptor(client)
+                return .handled
+            }
+            target = original
+        }
         let id = BridgeID.next()
         self.metrics?.bridgeOpened()
         if self.logsBridges { self.logger.logBridgeAccepted(id: id, client: address) }
         var connected: CInt = 0
-        let server = self.target.withSockAddr { address, size in
+        let server = target.withSockAddr { address, size in
             CTCPProxyLinux_connect(address, UInt32(size), &connected)
         }
         guard server >= 0 else {
             // Refused at once (no route, descriptors exhausted, a loopback refusal seen within connect(2)): the
             // client is closed as on any failed connect, its bytes read, dropped and counted, so it sees a FIN.
             let error = errno
-            self.logConnectFailure(id: id, error: Self.errorText(error))
+            self.logConnectFailure(id: id, server: target, error: Self.errorText(error))
             let dropped = UInt64(LinuxSocketOptions.discardInput(descriptor: client))
             if dropped > 0 { self.metrics?.addBytes(upstream: dropped, downstream: 0) }
             closeDescriptor(client)
@@ -149,8 +175,39 @@ final class DirectAcceptor: Sendable {
             return .handled
         }
         return .bridge(
-            DirectBridge(id: id, client: client, server: server, connected: connected != 0, acceptor: self, now: now)
+            DirectBridge(
+                id: id, client: client, server: server, serverAddress: target, connected: connected != 0, acceptor: self,
+                now: now
+            )
         )
+    }
+
+    /// Where a transparent client meant to go, or `nil` when it is turned away (logged and counted as on NIO).
+    private func originalDestination(
+        of client: CInt,
+        from remote: SocketAddress?,
+        _ interception: TransparentConfiguration.Interception,
+        _ loopGuard: LoopGuard
+    ) -> SocketAddress? {
+        let destination: IPEndpoint
+        do {
+            guard let local = SocketAddress(descriptor: client, peer: false).flatMap(IPEndpoint.init) else {
+                throw IOError(errnoCode: errno, reason: "getsockname")
+            }
+            destination = try OriginalDestination.find(interception, local: local, remote: remote.flatMap(IPEndpoint.init)) {
+                try LinuxSocketOptions.originalDestination(descriptor: client, ipv6: $0)
+            }
+        } catch {
+            self.logger.logNoOriginalDestination(client: remote, error: error)
+            self.metrics?.rejected(.noOriginalDestination)
+            return nil
+        }
+        guard !loopGuard.isLoop(destination, isLocalAddress: LoopGuard.isLocalAddress) else {
+            self.logger.logLoopRefused(client: remote, destination: destination)
+            self.metrics?.rejected(.loopRefused)
+            return nil
+        }
+        return destination.socketAddress
     }
 
     private static func errorText(_ error: CInt) -> String {
@@ -168,7 +225,7 @@ final class DirectAcceptor: Sendable {
     /// The server connection is up.
     func connected(_ bridge: DirectBridge) {
         guard self.logsBridges else { return }
-        self.logger.logBridgeConnected(id: bridge.id, server: self.target.logDescription)
+        self.logger.logBridgeConnected(id: bridge.id, server: bridge.serverAddress.logDescription)
     }
 
     /// A copying bridge carries bulk and moved to pipes.
@@ -178,16 +235,20 @@ final class DirectAcceptor: Sendable {
 
     /// The server connection failed; the bridge ends next (`connectFailed`).
     func connectFailed(_ bridge: DirectBridge, errno error: CInt) {
-        self.logConnectFailure(id: bridge.id, error: Self.errorText(error))
+        self.logConnectFailure(id: bridge.id, server: bridge.serverAddress, error: Self.errorText(error))
     }
 
     /// `--connect-timeout` gave up the bridge's connect: logged as a failed connect first, as on NIO.
     func connectTimedOut(_ bridge: DirectBridge) {
-        self.logConnectFailure(id: bridge.id, error: SystemErrorText.connectTimedOut(after: self.configuration.connectTimeout))
+        self.logConnectFailure(
+            id: bridge.id,
+            server: bridge.serverAddress,
+            error: SystemErrorText.connectTimedOut(after: self.configuration.connectTimeout)
+        )
     }
 
-    private func logConnectFailure(id: UInt64, error: String) {
-        self.logger.logBridgeConnectFailed(id: id, server: self.target.logDescription, error: error)
+    private func logConnectFailure(id: UInt64, server: SocketAddress?, error: String) {
+        self.logger.logBridgeConnectFailed(id: id, server: server.logDescription, error: error)
     }
 
     /// Both sockets are closed: log the end, count it, and give the slot back.

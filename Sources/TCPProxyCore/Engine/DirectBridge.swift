@@ -66,6 +66,8 @@ final class DirectBridge {
     }
 
     let id: UInt64
+    /// Where an accepted bridge's server connection goes, for its log lines (`nil` for a handover).
+    let serverAddress: SocketAddress?
     private var client: CInt
     private var server: CInt
     private(set) var phase: Phase
@@ -121,6 +123,7 @@ final class DirectBridge {
     /// A bridge NIO hands over, its sockets connected and its pipes made.
     init(_ handover: DirectHandover) {
         self.id = handover.id
+        self.serverAddress = nil
         self.client = handover.client
         self.server = handover.server
         self.phase = .forwarding
@@ -145,6 +148,7 @@ final class DirectBridge {
         id: UInt64,
         client: CInt,
         server: CInt,
+        serverAddress: SocketAddress,
         connected: Bool,
         acceptor: DirectAcceptor,
         now: NIODeadline
@@ -153,6 +157,7 @@ final class DirectBridge {
         self.id = id
         self.client = client
         self.server = server
+        self.serverAddress = serverAddress
         self.phase = connected ? .forwarding : .connecting
         let capacity = configuration.highWaterMark
         self.highWaterMark = capacity

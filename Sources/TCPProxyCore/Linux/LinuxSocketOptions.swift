@@ -250,6 +250,18 @@ extension LinuxSocketOptions {
         return try result.get()
     }
 
+    /// ``originalDestination(_:ipv6:)`` for a socket the direct engine accepted.
+    static func originalDestination(descriptor: CInt, ipv6: Bool) throws -> [UInt8] {
+        var storage = sockaddr_in6()
+        var length = socklen_t(ipv6 ? MemoryLayout<sockaddr_in6>.size : MemoryLayout<sockaddr_in>.size)
+        let level = ipv6 ? Self.originalDestinationIPv6.level.rawValue : Self.originalDestinationIPv4.level.rawValue
+        let name = ipv6 ? Self.originalDestinationIPv6.name.rawValue : Self.originalDestinationIPv4.name.rawValue
+        guard getsockopt(descriptor, level, name, &storage, &length) == 0 else {
+            throw IOError(errnoCode: errno, reason: "getsockopt(SO_ORIGINAL_DST)")
+        }
+        return withUnsafeBytes(of: storage) { Array($0.prefix(Int(length))) }
+    }
+
     /// The bytes of a C struct, as the kernel wrote them.
     private static func bytes<Value>(of value: Value) -> [UInt8] {
         withUnsafeBytes(of: value) { Array($0) }

@@ -14,19 +14,33 @@ import Darwin
 /// one listening socket, watched by one engine thread per `--threads`; the kernel wakes one of them per
 /// connection (EPOLLEXCLUSIVE). No NIO channel is made for a client or its server.
 extension Listener {
-    /// The target and engines when this listener runs on the direct engine; `nil` for NIO.
-    func directPlan() -> (target: SocketAddress, engines: [DirectEngine])? {
+    /// Where the clients go and the engines, when this listener runs on the direct engine; `nil` for NIO.
+    func directPlan() -> (destination: DirectDestination, engines: [DirectEngine])? {
         let engine = self.configuration.bridge.engine
-        guard engine != .nio, self.configuration.directEngineObstacle(capturing: self.observers.capture != nil) == nil,
-            case .forward(let forward) = self.configuration.mode,
-            case .address(let target) = ConnectTarget(forward.targets[0].endpoint)
+        guard engine != .nio, self.configuration.directEngineObstacle(capturing: self.observers.capture != nil) == nil
         else { return nil }
+        let destination: DirectDestination
+        switch self.configuration.mode {
+        case .forward(let forward):
+            guard case .address(let target) = ConnectTarget(forward.targets[0].endpoint) else { return nil }
+            destination = .target(target)
+        case .transparent(let transparent):
+            destination = .original(transparent.interception)
+        case .socks:
+            return nil
+        }
         let threads = max(1, self.group.makeIterator().reduce(0) { count, _ in count + 1 })
         guard let engines = DirectEngine.pool(count: threads) else {
             self.logger.warning("the direct engine cannot start (no epoll or eventfd), serving on NIO")
             return nil
         }
-        return (target, engines)
+        return (destination, engines)
+    }
+
+    /// Where a direct listener's clients go: ``DirectAcceptor/Destination`` before the listener is bound.
+    enum DirectDestination {
+        case target(SocketAddress)
+        case original(TransparentConfiguration.Interception)
     }
 
     /// Binds, accepts on the engines until a graceful shutdown, then drains.
@@ -34,17 +48,25 @@ extension Listener {
     /// One listening socket shared by every engine (EPOLLEXCLUSIVE). `TCPPROXY_DIRECT_REUSEPORT=1` instead
     /// gives each engine a socket of its own bound with SO_REUSEPORT: a measurement switch only
     /// (docs/BENCHMARKS.md, "Two threads, and one listening socket against SO_REUSEPORT"), not an option.
-    func runDirect(target: SocketAddress, engines: [DirectEngine]) async throws {
+    func runDirect(destination planned: DirectDestination, engines: [DirectEngine]) async throws {
         let listen = self.configuration.listen
         let reusePort = getenv("TCPPROXY_DIRECT_REUSEPORT").map { String(cString: $0) == "1" } ?? false
+        let transparent: Bool
+        if case .original(.tproxy) = planned { transparent = true } else { transparent = false }
         var descriptors: [CInt] = []
         do {
             var address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
             for _ in 0..<(reusePort ? engines.count : 1) {
                 let descriptor = address.withSockAddr { pointer, size in
-                    CTCPProxyLinux_listen(pointer, UInt32(size), 4096, reusePort ? 1 : 0)
+                    CTCPProxyLinux_listen(pointer, UInt32(size), 4096, reusePort ? 1 : 0, transparent ? 1 : 0)
                 }
-                guard descriptor >= 0 else { throw IOError(errnoCode: errno, reason: "bind") }
+                guard descriptor >= 0 else {
+                    if transparent, errno == EPERM {
+                        let option = if case .v6 = address { "IPV6_TRANSPARENT" } else { "IP_TRANSPARENT" }
+                        throw TransparentError.transparentNotPermitted(option: option)
+                    }
+                    throw IOError(errnoCode: errno, reason: "bind")
+                }
                 descriptors.append(descriptor)
                 // Port 0: the other sockets of the group take the port the first one got.
                 if let bound = SocketAddress(descriptor: descriptor, peer: false) { address = bound }
@@ -55,10 +77,21 @@ extension Listener {
         }
         let bound = SocketAddress(descriptor: descriptors[0], peer: false)
         self.setBoundAddress(bound)
+        let destination: DirectAcceptor.Destination
+        switch planned {
+        case .target(let target):
+            destination = .target(target)
+        case .original(let interception):
+            guard let listener = bound.flatMap(IPEndpoint.init) else {
+                descriptors.forEach(closeDescriptor)
+                throw ListenerError(endpoint: listen, underlying: IOError(errnoCode: EINVAL, reason: "getsockname"))
+            }
+            destination = .original(interception, loopGuard: LoopGuard(listener: listener))
+        }
         let acceptors = descriptors.map { descriptor in
             DirectAcceptor(
                 descriptor: descriptor,
-                target: target,
+                destination: destination,
                 configuration: self.configuration.bridge,
                 admission: self.configuration.admission,
                 activeBridges: self.activeBridges,

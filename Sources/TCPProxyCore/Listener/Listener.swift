@@ -79,7 +79,7 @@ public final class Listener: Service, Sendable {
 
     public func run() async throws {
         if let plan = self.directPlan() {
-            try await self.runDirect(target: plan.target, engines: plan.engines)
+            try await self.runDirect(destination: plan.destination, engines: plan.engines)
             return
         }
         if self.configuration.bridge.splice != .never {
