@@ -171,6 +171,28 @@ struct TransparentTests {
         #expect(logValue("server.address", in: failed) == Topology.endpoint(Topology.serverAddress[family]!, Topology.serverPort + 1))
     }
 
+    @Test(
+        "--proxy-protocol tells the server the client's original destination, not the proxy's listener",
+        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+    )
+    func proxyHeaderNamesOriginalDestination(interception: Interception, family: Family) async throws {
+        let lab = try await TransparentLab.start(interception, extraArguments: ["--proxy-protocol", "v1"])
+        defer { lab.close() }
+        let bridge = try await lab.open(family)
+        defer { bridge.close() }
+        try bridge.client.send("hi")
+        bridge.client.shutdownWrite()
+        let received = try await onThread { try bridge.upstream.readToEnd(timeout: 5) }
+        let text = String(decoding: received.bytes, as: UTF8.self)
+        let fields = text.components(separatedBy: "\r\n")[0].split(separator: " ").map(String.init)
+        // The listener is [::]:15001, so an IPv4 client's addresses are IPv4-mapped (TCP6).
+        let server = Topology.serverAddress[family]!
+        #expect(fields.count == 6 && fields[0] == "PROXY" && fields[1] == "TCP6", "\(text)")
+        #expect(fields.count == 6 && fields[3] == (family == .ipv4 ? "::ffff:\(server)" : server), "\(text)")
+        #expect(fields.count == 6 && fields[5] == "\(Topology.serverPort)", "\(text)")
+        #expect(text.hasSuffix("\r\nhi"), "the header, then the client's bytes: \(text)")
+    }
+
     // MARK: --spoof-source
 
     @Test(

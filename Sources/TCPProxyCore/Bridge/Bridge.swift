@@ -32,6 +32,9 @@ final class Bridge {
     /// The client as a PROXY header received from it (`--accept-proxy-protocol`) describes it; `nil` to
     /// use the socket's own addresses.
     var announcedClient: ProxyHeader?
+    /// The address the client connected to, when it is not the client socket's local address (a transparent
+    /// client's original destination); `nil` to use the socket's.
+    var clientDestination: SocketAddress?
 
     let id: UInt64
     let configuration: BridgeConfiguration
@@ -313,7 +316,7 @@ final class Bridge {
         let client = self.clientHandler.context?.channel
         var header = ProxyHeader(addresses: .unknown)
         if let source = self.announcedClient?.source ?? client?.remoteAddress,
-            let destination = self.announcedClient?.destination ?? client?.localAddress
+            let destination = self.announcedClient?.destination ?? self.clientDestination ?? client?.localAddress
         {
             header = ProxyHeader(source: source, destination: destination)
         }

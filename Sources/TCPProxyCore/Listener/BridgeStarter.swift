@@ -22,6 +22,9 @@ struct BridgeSetup {
     var observers: Bridge.Observers
     /// The client as its PROXY header described it (`--accept-proxy-protocol`).
     var announcedClient: ProxyHeader? = nil
+    /// The address the client connected to, when it is not the client socket's local address (a
+    /// transparent client's original destination): what `--proxy-protocol` tells the server.
+    var clientDestination: SocketAddress? = nil
     /// The listener's drain, as spliced bridges see it.
     var spliceDrain: DrainSignal? = nil
 
@@ -38,6 +41,7 @@ struct BridgeSetup {
             spliceDrain: self.spliceDrain
         )
         bridge.announcedClient = self.announcedClient
+        bridge.clientDestination = self.clientDestination
         return bridge
     }
 }
