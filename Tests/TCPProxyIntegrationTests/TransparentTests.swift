@@ -220,6 +220,30 @@ struct TransparentTests {
         #expect(closed.flatMap { logValue("close.reason", in: $0) } == "completed")
     }
 
+    @Test(
+        "redirect and --spoof-source: a client on the very port the kernel would give the proxy's connection still reaches the server",
+        arguments: [Interception.redirectIptables.spoofing], [Family.ipv4, .ipv6]
+    )
+    func spoofedSourcePortOfTheClient(interception: Interception, family: Family) async throws {
+        // One ephemeral port in both namespaces: the client's connection and a kernel-picked source port for the
+        // proxy's are then the same, and the client's conntrack entry would redirect the proxy's SYN to itself.
+        let onePort = "sysctl -qw net.ipv4.ip_local_port_range='45001 45001'"
+        let lab = try await TransparentLab.start(interception, extraArguments: ["--connect-timeout", "3"], script: onePort)
+        defer { lab.close() }
+        let client = lab.topology.client
+        let set = await onThreadNonThrowing { Command.run(["ip", "netns", "exec", client, "sh", "-e", "-c", onePort]) }
+        #expect(set.status == 0, "\(set.output)")
+
+        let bridge = try await lab.open(family)
+        defer { bridge.close() }
+        #expect(bridge.client.localPort == 45001)
+        #expect(bridge.peer == Topology.clientAddress[family], "the server sees the real client")
+        try bridge.client.send("ping")
+        #expect(try await onThread { try bridge.upstream.recvExactly(4, timeout: 5) } == bytes("ping"))
+        try bridge.upstream.send("pong")
+        #expect(try await onThread { try bridge.client.recvExactly(4, timeout: 5) } == bytes("pong"))
+    }
+
     // MARK: Refusals
 
     @Test(

@@ -78,10 +78,13 @@ struct TransparentStarter: BridgeStarter {
         if self.configuration.spoofSource, let source = client.remoteAddress.flatMap(IPEndpoint.init),
             source.isIPv4 == destination.isIPv4
         {
+            // In redirect mode the client's own port would be caught by its conntrack entry (see
+            // `avoidedSourcePort`); TPROXY involves no NAT, so the kernel picks any port.
             return TCPServerConnector(
                 target: .address(destination.socketAddress),
                 spoofedSource: source.with(port: 0).socketAddress,
-                holdsHandshakeACK: true
+                holdsHandshakeACK: true,
+                avoidedSourcePort: self.configuration.interception == .redirect ? Int(source.port) : nil
             )
         }
         return TCPServerConnector(target: .address(destination.socketAddress), holdsHandshakeACK: true)
