@@ -96,7 +96,8 @@ int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *
     return fd;
 }
 
-int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected) {
+int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, const struct sockaddr *source,
+                           unsigned int sourceLength, int *connected) {
     int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         return -1;
@@ -106,6 +107,23 @@ int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, 
     // The handshake's last ACK waits for the first bytes (or CTCPProxyLinux_sendHeldACK).
     int zero = 0;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
+    if (source != NULL) {
+        // A source address that is not this host's (--spoof-source): IP_TRANSPARENT (SOL_IP, 19) or
+        // IPV6_TRANSPARENT (SOL_IPV6, 75); a port given by the caller may still be held in TIME_WAIT.
+        int transparent = source->sa_family == AF_INET6 ? setsockopt(fd, SOL_IPV6, 75, &one, sizeof(one))
+                                                        : setsockopt(fd, SOL_IP, 19, &one, sizeof(one));
+        in_port_t port = source->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)source)->sin6_port
+                                                       : ((const struct sockaddr_in *)source)->sin_port;
+        if (port != 0) {
+            (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        }
+        if (transparent != 0 || bind(fd, source, sourceLength) != 0) {
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            return -1;
+        }
+    }
     if (connect(fd, address, length) == 0) {
         *connected = 1;
         return fd;
@@ -252,7 +270,8 @@ int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, i
 }
 void CTCPProxyLinux_sendHeldACK(int fd) {}
 int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *length) { errno = ENOSYS; return -1; }
-int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected) {
+int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, const struct sockaddr *source,
+                           unsigned int sourceLength, int *connected) {
     errno = ENOSYS;
     return -1;
 }

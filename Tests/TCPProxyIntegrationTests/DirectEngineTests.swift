@@ -14,7 +14,6 @@ struct DirectEngineTests {
 
     static let obstacles: [(arguments: [String], obstacle: String)] = [
         (["socks", "--listen", "127.0.0.1:0"], "only forward and transparent mode"),
-        (["transparent", "--listen", "127.0.0.1:0", "--spoof-source"], "--spoof-source"),
         (["transparent", "--listen", "127.0.0.1:0", "--log-data"], "--log-data"),
         (["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:9"], "only forward and transparent mode"),
         (["demux", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9"], "only forward and transparent mode"),

@@ -37,15 +37,14 @@ struct TransparentTests {
 
         static let all = [redirectIptables, redirectNftables, tproxyIptables, tproxyNftables]
 
-        /// The same on the NIO bridge (`--engine nio`); without it the direct engine serves the listener,
-        /// except with `--spoof-source`.
+        /// The same on the NIO bridge (`--engine nio`); without it the direct engine serves the listener.
         var onNIO: Interception {
             Interception(name: "\(self.name), NIO", rules: self.rules, arguments: self.arguments + ["--engine", "nio"])
         }
 
         /// The engine the listener's ready line names (NIO's names none).
         var engine: String? {
-            self.arguments.contains("--engine") || self.arguments.contains("--spoof-source") ? nil : "direct"
+            self.arguments.contains("--engine") ? nil : "direct"
         }
 
         /// The two engines' views of the usual two interceptions.
@@ -197,11 +196,14 @@ struct TransparentTests {
 
     @Test(
         "--spoof-source: the server sees the client's own address, and data flows both ways",
-        arguments: Interception.all.map(\.spoofing), [Family.ipv4, .ipv6]
+        arguments: Interception.all.map(\.spoofing) + [Interception.redirectIptables.spoofing.onNIO, .tproxyIptables.spoofing.onNIO],
+        [Family.ipv4, .ipv6]
     )
     func spoofSource(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception)
         defer { lab.close() }
+        let ready = lab.proxy.lines(containing: "listening on").first
+        #expect(ready.flatMap { logValue("engine", in: $0) } == interception.engine, "\(ready ?? "no ready line")")
         let bridge = try await lab.open(family)
         defer { bridge.close() }
         #expect(bridge.peer == Topology.clientAddress[family], "the server sees the real client")
@@ -222,7 +224,7 @@ struct TransparentTests {
 
     @Test(
         "redirect and --spoof-source: a client on the very port the kernel would give the proxy's connection still reaches the server",
-        arguments: [Interception.redirectIptables.spoofing], [Family.ipv4, .ipv6]
+        arguments: [Interception.redirectIptables.spoofing, .redirectIptables.spoofing.onNIO], [Family.ipv4, .ipv6]
     )
     func spoofedSourcePortOfTheClient(interception: Interception, family: Family) async throws {
         // One ephemeral port in both namespaces: the client's connection and a kernel-picked source port for the

@@ -61,7 +61,11 @@ int CTCPProxyLinux_accept(int listener, struct sockaddr *address, unsigned int *
 /// TCP_QUICKACK is off before the connect, so the kernel holds back the ACK that ends the handshake and
 /// the first bytes written carry it: the server gets one segment less (HAProxy's `tcp-smart-connect`).
 /// With no bytes to write once connected, call ``CTCPProxyLinux_sendHeldACK``.
-int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, int *connected);
+///
+/// With a `source` (else NULL), the socket is bound to it first with IP_TRANSPARENT (IPV6_TRANSPARENT), so it
+/// may be another host's address (`--spoof-source`); a nonzero port is bound with SO_REUSEADDR.
+int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, const struct sockaddr *source,
+                           unsigned int sourceLength, int *connected);
 
 /// Sends an ACK the kernel is holding back now (TCP_QUICKACK on).
 void CTCPProxyLinux_sendHeldACK(int fd);

@@ -14,8 +14,8 @@ public enum EngineMode: String, Sendable, Hashable, CaseIterable, CustomStringCo
 
 extension ProxyConfiguration {
     /// Why this listener cannot run on the direct engine, or `nil` when it can. The direct engine serves
-    /// `forward` to one target given as an address, and `transparent` without `--spoof-source`, with bridges
-    /// that only count and forward.
+    /// `forward` to one target given as an address, and `transparent`, with bridges that only count and
+    /// forward.
     /// - Parameter capturing: whether `--capture` is on.
     public func directEngineObstacle(capturing: Bool) -> String? {
         #if os(Linux)
@@ -27,8 +27,8 @@ extension ProxyConfiguration {
             guard case .address = ConnectTarget(forward.targets[0].endpoint) else {
                 return "a target given by name is resolved for each connection, on the NIO engine"
             }
-        case .transparent(let transparent):
-            if transparent.spoofSource { return "--spoof-source needs the NIO engine" }
+        case .transparent:
+            break
         case .socks:
             return "only forward and transparent mode run on the direct engine"
         }

@@ -43,9 +43,9 @@ final class DirectAcceptor: Sendable {
     enum Destination: Sendable {
         /// Every client to this server (forward).
         case target(SocketAddress)
-        /// Each client to its original destination (transparent mode without `--spoof-source`), never to
-        /// the listener itself.
-        case original(TransparentConfiguration.Interception, loopGuard: LoopGuard)
+        /// Each client to its original destination (transparent mode), never to the listener itself; with
+        /// `spoofSource`, from the client's own address.
+        case original(TransparentConfiguration.Interception, loopGuard: LoopGuard, spoofSource: Bool)
     }
 
     /// - Parameters:
@@ -145,24 +145,24 @@ final class DirectAcceptor: Sendable {
             return .handled
         }
         let target: SocketAddress
+        var source: SpoofedSource? = nil
         switch self.destination {
         case .target(let address):
             target = address
-        case .original(let interception, let loopGuard):
+        case .original(let interception, let loopGuard, let spoofSource):
             guard let original = self.originalDestination(of: client, from: address, interception, loopGuard) else {
                 self.activeBridges.release()
                 closeDescriptor(client)
                 return .handled
             }
             target = original
+            if spoofSource { source = SpoofedSource(client: address, destination: target, interception: interception) }
         }
         let id = BridgeID.next()
         self.metrics?.bridgeOpened()
         if self.logsBridges { self.logger.logBridgeAccepted(id: id, client: address) }
         var connected: CInt = 0
-        let server = target.withSockAddr { address, size in
-            CTCPProxyLinux_connect(address, UInt32(size), &connected)
-        }
+        let server = Self.connect(to: target, from: source, connected: &connected)
         guard server >= 0 else {
             // Refused at once (no route, descriptors exhausted, a loopback refusal seen within connect(2)): the
             // client is closed as on any failed connect, its bytes read, dropped and counted, so it sees a FIN.
@@ -180,6 +180,24 @@ final class DirectAcceptor: Sendable {
                 now: now
             )
         )
+    }
+
+    /// A non-blocking connect to `target`, from a spoofed `source` if given; the descriptor, or -1 with `errno`.
+    /// A source port picked in redirect mode that is still held is picked again, as on NIO.
+    private static func connect(to target: SocketAddress, from source: SpoofedSource?, connected: inout CInt) -> CInt {
+        target.withSockAddr { address, size in
+            guard let source else { return CTCPProxyLinux_connect(address, UInt32(size), nil, 0, &connected) }
+            var result: CInt = -1
+            for _ in 0...(source.avoidedPort == nil ? 0 : SpoofedSourcePort.retries) {
+                var from = source.address
+                if let avoided = source.avoidedPort { from.port = SpoofedSourcePort.pick(avoiding: avoided) }
+                result = from.withSockAddr { sourceAddress, sourceSize in
+                    CTCPProxyLinux_connect(address, UInt32(size), sourceAddress, UInt32(sourceSize), &connected)
+                }
+                guard result < 0, errno == EADDRINUSE || errno == EADDRNOTAVAIL else { break }
+            }
+            return result
+        }
     }
 
     /// Where a transparent client meant to go, or `nil` when it is turned away (logged and counted as on NIO).
@@ -270,5 +288,22 @@ final class DirectAcceptor: Sendable {
             )
         }
         self.metrics?.bridgeClosed(reason, duration: duration)
+    }
+}
+
+/// The address a `--spoof-source` server connection is bound to: the client's, with port 0 (the kernel
+/// picks) or, in redirect mode, a port other than the client's (``TCPServerConnector/avoidedSourcePort``).
+struct SpoofedSource {
+    var address: SocketAddress
+    var avoidedPort: Int?
+
+    /// `nil` when the client's address is unknown or of another family than the destination (no spoofing then,
+    /// as on NIO).
+    init?(client: SocketAddress?, destination: SocketAddress, interception: TransparentConfiguration.Interception) {
+        guard let client = client.flatMap(IPEndpoint.init), let server = IPEndpoint(destination),
+            client.isIPv4 == server.isIPv4
+        else { return nil }
+        self.address = client.with(port: 0).socketAddress
+        self.avoidedPort = interception == .redirect ? Int(client.port) : nil
     }
 }

@@ -25,7 +25,7 @@ extension Listener {
             guard case .address(let target) = ConnectTarget(forward.targets[0].endpoint) else { return nil }
             destination = .target(target)
         case .transparent(let transparent):
-            destination = .original(transparent.interception)
+            destination = .original(transparent)
         case .socks:
             return nil
         }
@@ -40,7 +40,7 @@ extension Listener {
     /// Where a direct listener's clients go: ``DirectAcceptor/Destination`` before the listener is bound.
     enum DirectDestination {
         case target(SocketAddress)
-        case original(TransparentConfiguration.Interception)
+        case original(TransparentConfiguration)
     }
 
     /// Binds, accepts on the engines until a graceful shutdown, then drains.
@@ -51,10 +51,14 @@ extension Listener {
     func runDirect(destination planned: DirectDestination, engines: [DirectEngine]) async throws {
         let listen = self.configuration.listen
         let reusePort = getenv("TCPPROXY_DIRECT_REUSEPORT").map { String(cString: $0) == "1" } ?? false
-        let transparent: Bool
-        if case .original(.tproxy) = planned { transparent = true } else { transparent = false }
+        var transparent = false
         var descriptors: [CInt] = []
         do {
+            if case .original(let configuration) = planned {
+                transparent = configuration.interception == .tproxy
+                // A redirect listener needs no privilege itself: spoofing is checked now, not at the first client.
+                if configuration.spoofSource && !transparent { try LinuxSocketOptions.checkTransparentPermitted() }
+            }
             var address = try SocketAddress.makeAddressResolvingHost(listen.host, port: listen.port)
             for _ in 0..<(reusePort ? engines.count : 1) {
                 let descriptor = address.withSockAddr { pointer, size in
@@ -81,12 +85,16 @@ extension Listener {
         switch planned {
         case .target(let target):
             destination = .target(target)
-        case .original(let interception):
+        case .original(let configuration):
             guard let listener = bound.flatMap(IPEndpoint.init) else {
                 descriptors.forEach(closeDescriptor)
                 throw ListenerError(endpoint: listen, underlying: IOError(errnoCode: EINVAL, reason: "getsockname"))
             }
-            destination = .original(interception, loopGuard: LoopGuard(listener: listener))
+            destination = .original(
+                configuration.interception,
+                loopGuard: LoopGuard(listener: listener),
+                spoofSource: configuration.spoofSource
+            )
         }
         let acceptors = descriptors.map { descriptor in
             DirectAcceptor(
