@@ -24,7 +24,6 @@ struct DirectEngineTests {
         (["forward", "--listen", "127.0.0.1:0", "--target", "localhost:9"], "a target given by name"),
         (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--log-data"], "--log-data"),
         (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--upstream-rate", "1M"], "rates"),
-        (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--proxy-protocol", "v1"], "--proxy-protocol"),
         (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--capture", "CAPTURE"], "--capture"),
         (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--latency", "5"], "--latency"),
         (["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--corrupt", "0.1"], "--corrupt"),

@@ -44,10 +44,20 @@ struct ServerHandshakeTests {
         try await Self.expectBannerAtOnce(["--target", "SAME"])
     }
 
+    @Test("The same with --proxy-protocol, whose header carries the ACK", arguments: [DataPath.direct, .nio])
+    func serverSpeaksFirstAfterHeader(path: DataPath) async throws {
+        try await Self.expectBannerAtOnce(path.arguments + ["--proxy-protocol", "v1"])
+    }
+
     /// A server that sends a banner on accept, reached through a proxy with `arguments` (`SAME` standing for
     /// the server's address): the fastest of three clients must get the banner in under 0.1 s.
     static func expectBannerAtOnce(_ arguments: [String]) async throws {
-        let server = try TestServer(handler: { socket, _, _ in try? socket.send(bytes("220 ready\r\n"), timeout: 5) })
+        // It reads what comes until the client leaves, as a real one would (a PROXY header left unread would
+        // make its close a reset).
+        let server = try TestServer(handler: { socket, _, _ in
+            try? socket.send(bytes("220 ready\r\n"), timeout: 5)
+            _ = try? socket.readToEnd(timeout: 5)
+        })
         defer { server.stop() }
         let extra = arguments.map { $0 == "SAME" ? "127.0.0.1:\(server.port)" : $0 }
         let proxy = try await ProxyProcess.forward(to: server.port, extra)

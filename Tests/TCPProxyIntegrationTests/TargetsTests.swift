@@ -179,24 +179,27 @@ struct TargetsTests {
         return (Array(received.dropLast(5)), client.localPort, proxy.port)
     }
 
-    @Test("--proxy-protocol v1 sends the exact text header, IPv4 and IPv6")
-    func sendV1() async throws {
-        let v4 = try await self.headerBytes(["--proxy-protocol", "v1"])
+    /// Both engines write the header: `--engine direct` is refused where the direct engine cannot serve.
+    static let engines = [["--engine", "direct"], ["--engine", "nio"]]
+
+    @Test("--proxy-protocol v1 sends the exact text header, IPv4 and IPv6", arguments: engines)
+    func sendV1(engine: [String]) async throws {
+        let v4 = try await self.headerBytes(["--proxy-protocol", "v1"] + engine)
         #expect(String(decoding: v4.received, as: UTF8.self) == "PROXY TCP4 127.0.0.1 127.0.0.1 \(v4.client) \(v4.proxy)\r\n")
         if ipv6LoopbackAvailable {
-            let v6 = try await self.headerBytes(["--proxy-protocol", "v1"], host: "::1")
+            let v6 = try await self.headerBytes(["--proxy-protocol", "v1"] + engine, host: "::1")
             #expect(String(decoding: v6.received, as: UTF8.self) == "PROXY TCP6 ::1 ::1 \(v6.client) \(v6.proxy)\r\n")
         }
     }
 
-    @Test("--proxy-protocol v2 sends the exact binary header, IPv4 and IPv6")
-    func sendV2() async throws {
+    @Test("--proxy-protocol v2 sends the exact binary header, IPv4 and IPv6", arguments: engines)
+    func sendV2(engine: [String]) async throws {
         let signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
         func port(_ value: Int) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
-        let v4 = try await self.headerBytes(["--proxy-protocol", "v2"])
+        let v4 = try await self.headerBytes(["--proxy-protocol", "v2"] + engine)
         #expect(v4.received == signature + [0x21, 0x11, 0, 12, 127, 0, 0, 1, 127, 0, 0, 1] + port(v4.client) + port(v4.proxy))
         if ipv6LoopbackAvailable {
-            let v6 = try await self.headerBytes(["--proxy-protocol", "v2"], host: "::1")
+            let v6 = try await self.headerBytes(["--proxy-protocol", "v2"] + engine, host: "::1")
             let loopback: [UInt8] = Array(repeating: 0, count: 15) + [1]
             #expect(v6.received == signature + [0x21, 0x21, 0, 36] + loopback + loopback + port(v6.client) + port(v6.proxy))
         }

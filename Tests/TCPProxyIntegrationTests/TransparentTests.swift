@@ -172,7 +172,7 @@ struct TransparentTests {
 
     @Test(
         "--proxy-protocol tells the server the client's original destination, not the proxy's listener",
-        arguments: [Interception.redirectIptables, .tproxyIptables], [Family.ipv4, .ipv6]
+        arguments: Interception.bothEngines, [Family.ipv4, .ipv6]
     )
     func proxyHeaderNamesOriginalDestination(interception: Interception, family: Family) async throws {
         let lab = try await TransparentLab.start(interception, extraArguments: ["--proxy-protocol", "v1"])

@@ -33,7 +33,6 @@ extension ProxyConfiguration {
             return "only forward and transparent mode run on the direct engine"
         }
         if self.acceptProxyProtocol { return "--accept-proxy-protocol needs the NIO engine" }
-        if self.bridge.sendProxyHeader != nil { return "--proxy-protocol needs the NIO engine" }
         if self.bridge.shapesChunks {
             return "rates, --log-data, --latency and --corrupt need the NIO engine"
         }

@@ -73,7 +73,7 @@ final class DirectAcceptor: Sendable {
         if case .original = destination {
             self.needsClientAddress = true  // the conntrack check compares it; refusals log it
         } else {
-            self.needsClientAddress = self.logsBridges || !admission.allow.isEmpty
+            self.needsClientAddress = self.logsBridges || !admission.allow.isEmpty || configuration.sendProxyHeader != nil
         }
     }
 
@@ -146,6 +146,7 @@ final class DirectAcceptor: Sendable {
         }
         let target: SocketAddress
         var source: SpoofedSource? = nil
+        var headerDestination: SocketAddress? = nil
         switch self.destination {
         case .target(let address):
             target = address
@@ -156,6 +157,7 @@ final class DirectAcceptor: Sendable {
                 return .handled
             }
             target = original
+            headerDestination = original
             if spoofSource { source = SpoofedSource(client: address, destination: target, interception: interception) }
         }
         let id = BridgeID.next()
@@ -174,12 +176,35 @@ final class DirectAcceptor: Sendable {
             self.finish(id: id, reason: .connectFailed, bytes: (dropped, 0), duration: .zero)
             return .handled
         }
-        return .bridge(
-            DirectBridge(
-                id: id, client: client, server: server, serverAddress: target, connected: connected != 0, acceptor: self,
-                now: now
-            )
+        let bridge = DirectBridge(
+            id: id, client: client, server: server, serverAddress: target, connected: connected != 0, acceptor: self,
+            now: now
         )
+        if let version = self.configuration.sendProxyHeader {
+            bridge.proxyHeader = Self.proxyHeader(version, client: client, from: address, to: headerDestination)
+        }
+        return .bridge(bridge)
+    }
+
+    /// The PROXY header for `--proxy-protocol`, as the NIO bridge writes it: the client's address and the one
+    /// it connected to (the accepted socket's, or a transparent client's original destination).
+    private static func proxyHeader(
+        _ version: ProxyProtocolVersion,
+        client: CInt,
+        from remote: SocketAddress?,
+        to original: SocketAddress?
+    ) -> [UInt8] {
+        let local = SocketAddress(descriptor: client, peer: false)
+        var header = ProxyHeader(addresses: .unknown)
+        if let remote, let destination = original.map({ OriginalDestination.inFamily(of: local, $0) }) ?? local {
+            header = ProxyHeader(source: remote, destination: destination)
+        }
+        var buffer = ByteBuffer()
+        switch version {
+        case .v1: buffer.writeProxyHeaderV1(header)
+        case .v2: buffer.writeProxyHeaderV2(header)
+        }
+        return Array(buffer.readableBytesView)
     }
 
     /// A non-blocking connect to `target`, from a spoofed `source` if given; the descriptor, or -1 with `errno`.

@@ -68,6 +68,8 @@ final class DirectBridge {
     let id: UInt64
     /// Where an accepted bridge's server connection goes, for its log lines (`nil` for a handover).
     let serverAddress: SocketAddress?
+    /// The PROXY header to write to the server before anything else (`--proxy-protocol`), until it is written.
+    var proxyHeader: [UInt8]?
     private var client: CInt
     private var server: CInt
     private(set) var phase: Phase

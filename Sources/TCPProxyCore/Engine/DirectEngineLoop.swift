@@ -217,8 +217,19 @@ struct DirectEngineLoop {
     /// that speaks first must not wait for the delayed-ACK timer (200 ms) to see its connection.
     private mutating func startForwarding(_ bridge: DirectBridge, serverMayHaveBytes: Bool = true) {
         self.wake(at: bridge.startTimerIfStopped(now: NIODeadline.now()))
+        // A PROXY header goes first, whole: a fresh socket's send buffer takes its 16 to 232 bytes at once.
+        // It carries the held ACK.
+        let header = bridge.proxyHeader
+        if let header {
+            bridge.proxyHeader = nil
+            let sent = header.withUnsafeBytes { send(bridge.descriptor(.server), $0.baseAddress, $0.count, CInt(MSG_NOSIGNAL)) }
+            guard sent == header.count else {
+                self.end(bridge, .serverReset)
+                return
+            }
+        }
         let open = self.pump(bridge, .upstream)
-        if open, case .accepted = bridge.origin, bridge.bytesUpstream == 0 {
+        if open, header == nil, case .accepted = bridge.origin, bridge.bytesUpstream == 0 {
             CTCPProxyLinux_sendHeldACK(bridge.descriptor(.server))
         }
         guard open, serverMayHaveBytes else { return }

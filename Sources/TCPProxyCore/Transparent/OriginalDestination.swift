@@ -63,6 +63,15 @@ enum OriginalDestination {
         }
     }
 
+    /// `address` in the family of `local`: an IPv4 address as IPv4-mapped IPv6 (`::ffff:10.0.0.1`) for a
+    /// dual-stack listener's IPv4 client, whose socket addresses (and so its PROXY header's) are IPv6.
+    static func inFamily(of local: SocketAddress?, _ address: SocketAddress) -> SocketAddress {
+        guard case .v6? = local, case .v4 = address, let ip = address.ipAddress, let port = address.port,
+            let mapped = try? SocketAddress(ipAddress: "::ffff:\(ip)", port: port)
+        else { return address }
+        return mapped
+    }
+
     /// Why the original destination could not be read, in words.
     static func describe(_ error: Error) -> String {
         if let error = error as? IOError, error.errnoCode == ENOENT {

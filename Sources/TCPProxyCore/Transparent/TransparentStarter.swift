@@ -45,7 +45,7 @@ struct TransparentStarter: BridgeStarter {
             throw ClientRefusal(reason: .loopRefused)
         }
         var setup = setup
-        setup.clientDestination = Self.inFamily(of: client.localAddress, destination.socketAddress)
+        setup.clientDestination = OriginalDestination.inFamily(of: client.localAddress, destination.socketAddress)
         let bridge = setup.makeBridge(client: client, connector: self.connector(to: destination, client: client))
         try client.pipeline.syncOperations.addHandler(bridge.clientChannelHandler)
     }
@@ -62,15 +62,6 @@ struct TransparentStarter: BridgeStarter {
         ) { ipv6 in
             try LinuxSocketOptions.originalDestination(client, ipv6: ipv6)
         }
-    }
-
-    /// `address` in the family of `local`: an IPv4 address as IPv4-mapped IPv6 (`::ffff:10.0.0.1`) for a
-    /// dual-stack listener's IPv4 client, whose socket addresses (and so its PROXY header's) are IPv6.
-    private static func inFamily(of local: SocketAddress?, _ address: SocketAddress) -> SocketAddress {
-        guard case .v6? = local, case .v4 = address, let ip = address.ipAddress, let port = address.port,
-            let mapped = try? SocketAddress(ipAddress: "::ffff:\(ip)", port: port)
-        else { return address }
-        return mapped
     }
 
     /// How to reach `destination`: from the proxy's own address, or with `--spoof-source` from the client's.
