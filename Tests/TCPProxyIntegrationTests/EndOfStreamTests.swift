@@ -215,6 +215,24 @@ struct EndOfStreamTests {
     }
 
     @Test(
+        "Server's last bytes, then its reset: the client gets the bytes, then a reset",
+        .serialized,
+        arguments: DataPath.allCases
+    )
+    func lastBytesBeforeServerReset(path: DataPath) async throws {
+        // The bytes and the reset usually reach the proxy before it wakes: it sees both in one event.
+        for _ in 0..<4 {
+            let pair = try await Pair.open(path.arguments)
+            defer { pair.close() }
+            try pair.upstream.send("last words")
+            pair.upstream.resetClose()
+            let end = try await onThread { try pair.client.readToEnd(timeout: 3) }
+            #expect(end.bytes == bytes("last words"), "the bytes that came before the reset: \(end.bytes.count) of 10")
+            #expect(end.end == .reset, "then a reset, got \(end.end)")
+        }
+    }
+
+    @Test(
         "Server reset while the client is sending: the client's writes fail and the bridge closes",
         .serialized,
         arguments: DataPath.allCases

@@ -336,9 +336,16 @@ struct DirectEngineLoop {
             self.handleConnecting(bridge, side, event.events)
             return
         }
-        if event.events & CTCPProxyLinux_EPOLLERR != 0, let reason = bridge.checkError(on: side) {
-            self.end(bridge, reason)
-            return
+        if event.events & CTCPProxyLinux_EPOLLERR != 0 {
+            // Bytes that came before a reset are still there to read: they go on first, then the reset
+            // (the read after them fails with it), as on NIO.
+            if event.events & CTCPProxyLinux_EPOLLIN != 0 && !readDone {
+                guard self.pump(bridge, DirectLinkState.direction(from: side), on: side) else { return }
+            }
+            if let reason = bridge.checkError(on: side) {
+                self.end(bridge, reason)
+                return
+            }
         }
         let readable = CTCPProxyLinux_EPOLLIN | CTCPProxyLinux_EPOLLRDHUP | CTCPProxyLinux_EPOLLPRI | failure
         let writable = CTCPProxyLinux_EPOLLOUT | failure
