@@ -58,6 +58,14 @@ int CTCPProxyLinux_pipe(int fds[2], int size) {
     return capacity;
 }
 
+/// IP_TRANSPARENT, or IPV6_TRANSPARENT for an IPv6 socket: it may accept connections addressed elsewhere
+/// (TPROXY) and bind another host's address (--spoof-source). EPERM without CAP_NET_ADMIN or CAP_NET_RAW.
+static int setTransparent(int fd, sa_family_t family) {
+    int one = 1;
+    return family == AF_INET6 ? setsockopt(fd, SOL_IPV6, IPV6_TRANSPARENT, &one, sizeof(one))
+                              : setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
+}
+
 int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, int backlog, int reusePort, int transparent) {
     int fd = socket(address->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -72,9 +80,7 @@ int CTCPProxyLinux_listen(const struct sockaddr *address, unsigned int length, i
         return -1;
     }
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    // IP_TRANSPARENT (SOL_IP, 19) and IPV6_TRANSPARENT (SOL_IPV6, 75): EPERM without CAP_NET_ADMIN or CAP_NET_RAW.
-    if (transparent && (address->sa_family == AF_INET6 ? setsockopt(fd, SOL_IPV6, 75, &one, sizeof(one))
-                                                       : setsockopt(fd, SOL_IP, 19, &one, sizeof(one))) != 0) {
+    if (transparent && setTransparent(fd, address->sa_family) != 0) {
         int saved = errno;
         close(fd);
         errno = saved;
@@ -108,10 +114,9 @@ int CTCPProxyLinux_connect(const struct sockaddr *address, unsigned int length, 
     int zero = 0;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero));
     if (source != NULL) {
-        // A source address that is not this host's (--spoof-source): IP_TRANSPARENT (SOL_IP, 19) or
-        // IPV6_TRANSPARENT (SOL_IPV6, 75); a port given by the caller may still be held in TIME_WAIT.
-        int transparent = source->sa_family == AF_INET6 ? setsockopt(fd, SOL_IPV6, 75, &one, sizeof(one))
-                                                        : setsockopt(fd, SOL_IP, 19, &one, sizeof(one));
+        // A source address that is not this host's (--spoof-source); a port given by the caller may still be
+        // held in TIME_WAIT.
+        int transparent = setTransparent(fd, source->sa_family);
         in_port_t port = source->sa_family == AF_INET6 ? ((const struct sockaddr_in6 *)source)->sin6_port
                                                        : ((const struct sockaddr_in *)source)->sin_port;
         if (port != 0) {
