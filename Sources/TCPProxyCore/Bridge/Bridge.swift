@@ -314,17 +314,12 @@ final class Bridge {
     /// client socket, or a header received from it, says) and the address it connected to.
     private func sendProxyHeader(_ version: ProxyProtocolVersion) {
         let client = self.clientHandler.context?.channel
-        var header = ProxyHeader(addresses: .unknown)
-        if let source = self.announcedClient?.source ?? client?.remoteAddress,
-            let destination = self.announcedClient?.destination ?? self.clientDestination ?? client?.localAddress
-        {
-            header = ProxyHeader(source: source, destination: destination)
-        }
+        let header = ProxyHeader(
+            source: self.announcedClient?.source ?? client?.remoteAddress,
+            destination: self.announcedClient?.destination ?? self.clientDestination ?? client?.localAddress
+        )
         var buffer = ByteBuffer()
-        switch version {
-        case .v1: buffer.writeProxyHeaderV1(header)
-        case .v2: buffer.writeProxyHeaderV2(header)
-        }
+        buffer.writeProxyHeader(header, version)
         self.serverHandler.forward(buffer)
     }
 

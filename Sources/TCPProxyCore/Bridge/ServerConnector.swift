@@ -100,15 +100,10 @@ final class ConnectAttempts: @unchecked Sendable {
 struct TCPServerConnector: ServerConnector {
     let target: ConnectTarget
     /// The client's address to connect from, if the server must see it.
-    var spoofedSource: SocketAddress? = nil
+    var spoofedSource: SpoofedSource? = nil
     /// Hold back the handshake's last ACK for the first bytes (for a ``Bridge``, which sends it itself when
     /// it has none; not for callers that do not).
     var holdsHandshakeACK = false
-    /// With a `spoofedSource`: a port the server connection must not take, `nil` to let the kernel pick any.
-    /// In `redirect` mode the client's own: a connection from the client's address and port to the same
-    /// server is the client's connection to conntrack, whose REDIRECT would send the proxy's SYN back to
-    /// the proxy. The port is then picked here, at random in the kernel's ephemeral range.
-    var avoidedSourcePort: Int? = nil
 
     func connect(
         on eventLoop: EventLoop,
@@ -116,24 +111,15 @@ struct TCPServerConnector: ServerConnector {
         attempts: ConnectAttempts,
         initialize: @escaping @Sendable (Channel) throws -> Void
     ) -> EventLoopFuture<Channel> {
-        guard let source = self.spoofedSource, let avoided = self.avoidedSourcePort else {
-            return self.connect(from: self.spoofedSource, on: eventLoop, configuration, attempts, initialize)
+        guard let source = self.spoofedSource else {
+            return self.connect(from: nil, on: eventLoop, configuration, attempts, initialize)
         }
-        var picked = source
-        picked.port = SpoofedSourcePort.pick(avoiding: avoided)
-        var connected = self.connect(from: picked, on: eventLoop, configuration, attempts, initialize)
-        // A port another spoofed connection from the same client holds fails at once (to bind, or to connect
-        // when one in TIME_WAIT has the same server): pick again.
-        for _ in 0..<SpoofedSourcePort.retries {
+        var connected = self.connect(from: source.address(), on: eventLoop, configuration, attempts, initialize)
+        for _ in 1..<source.attempts {
             connected = connected.flatMapError { error in
-                guard let code = (error as? IOError)?.errnoCode, code == EADDRINUSE || code == EADDRNOTAVAIL,
-                    !attempts.isCancelled
-                else {
-                    return eventLoop.makeFailedFuture(error)
-                }
-                var next = source
-                next.port = SpoofedSourcePort.pick(avoiding: avoided)
-                return self.connect(from: next, on: eventLoop, configuration, attempts, initialize)
+                guard let code = (error as? IOError)?.errnoCode, SpoofedSource.isPortTaken(code), !attempts.isCancelled
+                else { return eventLoop.makeFailedFuture(error) }
+                return self.connect(from: source.address(), on: eventLoop, configuration, attempts, initialize)
             }
         }
         return connected
@@ -158,9 +144,7 @@ struct TCPServerConnector: ServerConnector {
         if let source {
             bootstrap = bootstrap.channelOption(LinuxSocketOptions.transparentOption(for: source), value: 1)
                 .bind(to: source)
-            if source.port != 0 {
-                // A picked port may still be held by an earlier connection in TIME_WAIT, as the kernel's own
-                // picks may be.
+            if source.port != 0 {  // a picked port (``SpoofedSource/address()``)
                 bootstrap = bootstrap.channelOption(.socketOption(.so_reuseaddr), value: 1)
             }
         }
@@ -199,30 +183,6 @@ struct TCPServerConnector: ServerConnector {
     }
 
     var targetDescription: String { self.target.description }
-}
-
-/// The source port of a spoofed server connection that must avoid one port (``TCPServerConnector/avoidedSourcePort``).
-enum SpoofedSourcePort {
-    /// How often a port already bound is replaced by another pick.
-    static let retries = 8
-
-    /// The kernel's ephemeral range (`net.ipv4.ip_local_port_range`, which covers IPv6 too), read once.
-    static let range: ClosedRange<Int> = {
-        let fallback = 32768...60999
-        guard let text = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8) else {
-            return fallback
-        }
-        let bounds = text.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).compactMap { Int($0) }
-        guard bounds.count == 2, 1 <= bounds[0], bounds[0] <= bounds[1], bounds[1] <= 65535 else { return fallback }
-        return bounds[0]...bounds[1]
-    }()
-
-    /// A port of `range` other than `avoided` (the next one, should the range hold nothing else).
-    static func pick(avoiding avoided: Int, in range: ClosedRange<Int> = Self.range) -> Int {
-        let port = Int.random(in: range)
-        guard port == avoided else { return port }
-        return port < range.upperBound ? port + 1 : (port > range.lowerBound ? port - 1 : (port % 65535) + 1)
-    }
 }
 
 /// Where a bridge connects: an address known at start, or a name resolved for each connection (every

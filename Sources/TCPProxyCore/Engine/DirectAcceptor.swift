@@ -195,15 +195,9 @@ final class DirectAcceptor: Sendable {
         to original: SocketAddress?
     ) -> [UInt8] {
         let local = SocketAddress(descriptor: client, peer: false)
-        var header = ProxyHeader(addresses: .unknown)
-        if let remote, let destination = original.map({ OriginalDestination.inFamily(of: local, $0) }) ?? local {
-            header = ProxyHeader(source: remote, destination: destination)
-        }
+        let header = ProxyHeader(source: remote, destination: original.map { OriginalDestination.inFamily(of: local, $0) } ?? local)
         var buffer = ByteBuffer()
-        switch version {
-        case .v1: buffer.writeProxyHeaderV1(header)
-        case .v2: buffer.writeProxyHeaderV2(header)
-        }
+        buffer.writeProxyHeader(header, version)
         return Array(buffer.readableBytesView)
     }
 
@@ -213,13 +207,11 @@ final class DirectAcceptor: Sendable {
         target.withSockAddr { address, size in
             guard let source else { return CTCPProxyLinux_connect(address, UInt32(size), nil, 0, &connected) }
             var result: CInt = -1
-            for _ in 0...(source.avoidedPort == nil ? 0 : SpoofedSourcePort.retries) {
-                var from = source.address
-                if let avoided = source.avoidedPort { from.port = SpoofedSourcePort.pick(avoiding: avoided) }
-                result = from.withSockAddr { sourceAddress, sourceSize in
+            for _ in 0..<source.attempts {
+                result = source.address().withSockAddr { sourceAddress, sourceSize in
                     CTCPProxyLinux_connect(address, UInt32(size), sourceAddress, UInt32(sourceSize), &connected)
                 }
-                guard result < 0, errno == EADDRINUSE || errno == EADDRNOTAVAIL else { break }
+                guard result < 0, SpoofedSource.isPortTaken(errno) else { break }
             }
             return result
         }
@@ -316,19 +308,3 @@ final class DirectAcceptor: Sendable {
     }
 }
 
-/// The address a `--spoof-source` server connection is bound to: the client's, with port 0 (the kernel
-/// picks) or, in redirect mode, a port other than the client's (``TCPServerConnector/avoidedSourcePort``).
-struct SpoofedSource {
-    var address: SocketAddress
-    var avoidedPort: Int?
-
-    /// `nil` when the client's address is unknown or of another family than the destination (no spoofing then,
-    /// as on NIO).
-    init?(client: SocketAddress?, destination: SocketAddress, interception: TransparentConfiguration.Interception) {
-        guard let client = client.flatMap(IPEndpoint.init), let server = IPEndpoint(destination),
-            client.isIPv4 == server.isIPv4
-        else { return nil }
-        self.address = client.with(port: 0).socketAddress
-        self.avoidedPort = interception == .redirect ? Int(client.port) : nil
-    }
-}

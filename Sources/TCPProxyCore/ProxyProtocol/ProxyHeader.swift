@@ -28,6 +28,15 @@ public struct ProxyHeader: Hashable, Sendable {
         }
     }
 
+    /// The same, `unknown` when either address is not known.
+    init(source: SocketAddress?, destination: SocketAddress?) {
+        guard let source, let destination else {
+            self.init(addresses: .unknown)
+            return
+        }
+        self.init(source: source, destination: destination)
+    }
+
     /// The client's address, when the header gives one.
     public var source: SocketAddress? {
         if case .tcp(let source, _) = self.addresses { return source }
@@ -47,6 +56,17 @@ public enum ProxyProtocolVersion: String, Sendable, Hashable, CaseIterable {
     case v1
     /// The binary header.
     case v2
+}
+
+extension ByteBuffer {
+    /// Writes `header` as `version` says (`--proxy-protocol`).
+    @discardableResult
+    mutating func writeProxyHeader(_ header: ProxyHeader, _ version: ProxyProtocolVersion) -> Int {
+        switch version {
+        case .v1: self.writeProxyHeaderV1(header)
+        case .v2: self.writeProxyHeaderV2(header)
+        }
+    }
 }
 
 /// A PROXY header that can never be valid. The connection that sent it is closed.

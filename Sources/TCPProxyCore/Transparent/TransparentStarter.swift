@@ -66,18 +66,12 @@ struct TransparentStarter: BridgeStarter {
 
     /// How to reach `destination`: from the proxy's own address, or with `--spoof-source` from the client's.
     private func connector(to destination: IPEndpoint, client: Channel) -> any ServerConnector {
-        if self.configuration.spoofSource, let source = client.remoteAddress.flatMap(IPEndpoint.init),
-            source.isIPv4 == destination.isIPv4
-        {
-            // In redirect mode the client's own port would be caught by its conntrack entry (see
-            // `avoidedSourcePort`); TPROXY involves no NAT, so the kernel picks any port.
-            return TCPServerConnector(
-                target: .address(destination.socketAddress),
-                spoofedSource: source.with(port: 0).socketAddress,
-                holdsHandshakeACK: true,
-                avoidedSourcePort: self.configuration.interception == .redirect ? Int(source.port) : nil
+        let spoofed = self.configuration.spoofSource
+            ? SpoofedSource(
+                client: client.remoteAddress, destination: destination.socketAddress,
+                interception: self.configuration.interception
             )
-        }
-        return TCPServerConnector(target: .address(destination.socketAddress), holdsHandshakeACK: true)
+            : nil
+        return TCPServerConnector(target: .address(destination.socketAddress), spoofedSource: spoofed, holdsHandshakeACK: true)
     }
 }
