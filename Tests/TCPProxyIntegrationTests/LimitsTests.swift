@@ -157,7 +157,7 @@ struct LimitsTests {
         let proxy = try await ProxyProcess.forward(to: refusedPort, path.arguments)
         defer { proxy.kill() }
         // Stopped, the proxy accepts nothing: the clients' bytes are in their sockets before it sees them.
-        Glibc.kill(proxy.pid, SIGSTOP)
+        #expect(await proxy.pause(), "the proxy stopped")
         var clients: [TestSocket] = []
         for _ in 0..<5 {
             let client = try TestSocket.connect(port: proxy.port)
@@ -166,7 +166,7 @@ struct LimitsTests {
         }
         // Acknowledged means queued in the proxy's socket; under load the loopback can still be delivering.
         for client in clients { #expect(await client.waitUntilAcknowledged(timeout: 5)) }
-        Glibc.kill(proxy.pid, SIGCONT)
+        proxy.resume()
         for client in clients {
             let end = await client.waitForEnd(timeout: 5)
             #expect(end.end == .eof, "a FIN, not a reset: \(end.end)")

@@ -75,11 +75,11 @@ struct MuxOperationsTests {
 
         // With the mux stopped, the third client's 40 KB are in its socket before the mux accepts it: more
         // than the stream's initial credit, so some are still unread when the refusal comes.
-        Glibc.kill(tunnel.mux.pid, SIGSTOP)
+        #expect(await tunnel.mux.pause(), "the mux stopped")
         let third = try TestSocket.connect(port: tunnel.mux.port)
         defer { third.close() }
         try third.send(pattern(count: 40_000, seed: 9))
-        Glibc.kill(tunnel.mux.pid, SIGCONT)
+        tunnel.mux.resume()
         let end = await third.waitForEnd(timeout: 5)
         // A FIN: what it sent is dropped unread, not left for close(2) to answer with a reset.
         #expect(end.end == .eof && end.count == 0, "the third client is closed with a FIN, nothing relayed: \(end)")

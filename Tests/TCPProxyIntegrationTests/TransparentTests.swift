@@ -358,17 +358,17 @@ struct TransparentTests {
 
         // The proxy is stopped while the client connects and sends a byte: the router's ACK of it (which
         // conntrack may pick up as a new entry) leaves before the proxy asks for the original destination.
-        lab.proxy.signal(SIGSTOP)
+        #expect(await lab.proxy.pause(), "the proxy stopped")
         let client: TestSocket
         do {
             client = try await lab.topology.connect(from: .client, to: Topology.routerClientSide[family]!, port: Topology.proxyPort)
             try client.send("x")
             try await Task.sleep(nanoseconds: 200_000_000)
         } catch {
-            lab.proxy.signal(SIGCONT)
+            lab.proxy.resume()
             throw error
         }
-        lab.proxy.signal(SIGCONT)
+        lab.proxy.resume()
         defer { client.close() }
         let end = await client.waitForEnd(timeout: 5)
         #expect(end.end == .eof || end.end == .reset, "the proxy closes it, got \(end.end)")

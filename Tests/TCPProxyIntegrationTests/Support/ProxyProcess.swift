@@ -197,6 +197,34 @@ final class ProxyProcess: @unchecked Sendable {
         if self.process.isRunning { _ = Glibc.kill(self.pid, signal) }
     }
 
+    /// SIGSTOP, then waits (up to 5 s) until every thread of the process has stopped; false if one has not.
+    /// kill(2) only queues the signal: a thread that is running, or waiting for a CPU on a loaded machine, goes
+    /// on accepting and reading until it next leaves the kernel (seen: a client accepted and closed after it).
+    func pause() async -> Bool {
+        self.signal(SIGSTOP)
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            if self.allThreadsStopped { return true }
+            try? await Task.sleep(nanoseconds: 1_000_000)
+        }
+        return false
+    }
+
+    /// SIGCONT after ``pause()``.
+    func resume() { self.signal(SIGCONT) }
+
+    /// Whether every thread's state in /proc/PID/task/TID/stat is `T` (stopped).
+    private var allThreadsStopped: Bool {
+        let tasks = "/proc/\(self.pid)/task"
+        guard let threads = try? FileManager.default.contentsOfDirectory(atPath: tasks), !threads.isEmpty else { return false }
+        return threads.allSatisfy { thread in
+            guard let stat = try? String(contentsOfFile: "\(tasks)/\(thread)/stat", encoding: .utf8),
+                let name = stat.range(of: ") ", options: .backwards)
+            else { return false }
+            return stat[name.upperBound...].first == "T"
+        }
+    }
+
     /// The exit status, or nil if the process is still running at the deadline.
     func waitForExit(timeout: Double) async -> Int32? {
         let deadline = Date().addingTimeInterval(timeout)
