@@ -333,6 +333,58 @@ struct MuxTests {
         #expect(try await onThread { try waiting.recvExactly(4, timeout: 8) } == bytes("kept"))
     }
 
+    @Test("A tunnel peer that accepts but never answers (a frozen demux) is not a tunnel: no tunnel up, clients wait, a failed connect")
+    func silentPeerIsNoTunnel() async throws {
+        let silent = try TestServer(handler: TestServer.sinkNeverReads)
+        defer { silent.stop() }
+        let mux = try await ProxyProcess.start(
+            ["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:\(silent.port)", "--connect-timeout", "1"]
+        )
+        defer { mux.kill() }
+
+        let client = try TestSocket.connect(port: mux.port)
+        defer { client.close() }
+        try client.send("early")
+        let failed = await mux.waitForLine(containing: "tunnel connect failed", timeout: 4)
+        #expect(failed.flatMap { logValue("error", in: $0) } == "no answer from the demux within 1 s", "\(failed ?? "-")")
+        let end = await client.waitForEnd(timeout: 4)
+        #expect(end.end == .eof && end.count == 0, "the waiting client is closed with a FIN after its connect timeout: \(end)")
+        let closed = await mux.waitForLine(containing: "bridge closed", timeout: 2)
+        #expect(closed.flatMap { logValue("close.reason", in: $0) } == "connectTimeout", "\(closed ?? "-")")
+        #expect(mux.lines(containing: "tunnel up").isEmpty, "\(mux.stderr)")
+    }
+
+    @Test("A tunnel peer that accepts and closes (an ssh -L whose far end is down) is not a tunnel: a client waits and is served once a demux is there")
+    func closingPeerIsNoTunnel() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let closer = try TestServer(handler: TestServer.closeImmediately)
+        defer { closer.stop() }
+        let tunnelPort = closer.port
+        let mux = try await ProxyProcess.start(["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:\(tunnelPort)"])
+        defer { mux.kill() }
+        #expect(await mux.waitForLine(containing: "tunnel connect failed", timeout: 5) != nil)
+
+        let client = try TestSocket.connect(port: mux.port)
+        defer { client.close() }
+        try client.send("kept")
+        await delay(seconds: 0.5)
+        #expect(await closer.waitForAccepted(2, timeout: 5), "the mux kept trying")
+        closer.stop()
+        let deadline = now() + 5
+        while Self.connections(toPort: tunnelPort, state: "0A") > 0 && now() < deadline { await delay(seconds: 0.02) }
+        let demux = try await ProxyProcess.start(
+            ["demux", "--listen", "127.0.0.1:\(tunnelPort)", "--target", "127.0.0.1:\(server.port)"]
+        )
+        defer { demux.kill() }
+        #expect(try await onThread { try client.recvExactly(4, timeout: 8) } == bytes("kept"), "served, not reset")
+        #expect(mux.lines(containing: "tunnel up").count == 1, "\(mux.stderr)")
+        let failures = mux.lines(containing: "tunnel connect failed")
+        #expect(
+            failures.first.flatMap { logValue("error", in: $0) } == "closed before the demux answered (connectionLost)", "\(failures)"
+        )
+    }
+
     @Test("Protocol garbage sent to the demux is rejected with a close; the demux keeps serving a real mux")
     func garbageRejected() async throws {
         let server = try TestServer(handler: TestServer.echo)

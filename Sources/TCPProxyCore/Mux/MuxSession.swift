@@ -37,8 +37,11 @@ final class MuxSession {
     /// Streams written to during this read burst, to flush at its end.
     private var streamsToFlush: [MuxStream] = []
     private(set) var isClosed = false
-    /// The tunnel became active (and was counted in the metrics).
+    /// The tunnel's socket became active.
     private var isActivated = false
+    /// The tunnel was counted as up in the metrics: at the demux when it is accepted, at the mux when the
+    /// demux has answered (``peerAnswered``).
+    private var isCounted = false
     /// Why the tunnel is closing, once known; a close with none is ``MuxTunnelCloseReason/connectionLost``.
     private var closeReason: MuxTunnelCloseReason?
     /// No new streams (GOAWAY sent or received); the tunnel closes when its last stream ends.
@@ -50,6 +53,11 @@ final class MuxSession {
     var closed: ((MuxTunnelCloseReason) -> Void)?
     /// Mux: called when a stream has ended, so a client waiting for a free slot can be opened.
     var streamRemoved: (() -> Void)?
+    /// Mux: called once, after the first frame from the peer has been handled. A TCP connect alone does not
+    /// show that a demux is there: a frozen one still completes handshakes from its backlog, and a relay in
+    /// between (`ssh -L`, a load balancer) accepts and only then finds the demux unreachable. The mux sends
+    /// a PING as the tunnel comes up, so a demux answers within one round trip.
+    var peerAnswered: (() -> Void)?
 
     init(role: Role, channel: Channel, environment: MuxStreamEnvironment) {
         self.role = role
@@ -74,12 +82,23 @@ final class MuxSession {
 
     // MARK: Lifecycle
 
-    /// The tunnel is connected: start the keep-alive.
+    /// The tunnel is connected: start the keep-alive. The mux asks the demux for its first answer at once.
     func activate() {
         guard !self.isActivated else { return }
         self.isActivated = true
-        self.environment.metrics?.tunnelOpened()
+        switch self.role {
+        case .demux:
+            self.countOpened()
+        case .mux:
+            self.sendPing()
+            self.flushIfNeeded()
+        }
         self.schedulePing()
+    }
+
+    private func countOpened() {
+        self.isCounted = true
+        self.environment.metrics?.tunnelOpened()
     }
 
     /// The tunnel's socket closed: every stream on it is reset.
@@ -89,11 +108,12 @@ final class MuxSession {
         self.pingTimer?.cancel()
         self.pingTimer = nil
         let reason = self.closeReason ?? .connectionLost
-        if self.isActivated { self.environment.metrics?.tunnelClosed(reason) }
+        if self.isCounted { self.environment.metrics?.tunnelClosed(reason) }
         for stream in Array(self.streams.values) {
             stream.tunnelClosed()
         }
         self.streamRemoved = nil
+        self.peerAnswered = nil
         self.closed?(reason)
         self.closed = nil
     }
@@ -243,8 +263,10 @@ final class MuxSession {
                 switch event {
                 case .frame(let frame):
                     try self.handle(frame)
+                    if self.peerAnswered != nil { self.answered() }
                 case .dataHeader(let id, let length):
                     try self.stream(id)?.dataFrameStarted(length: length)
+                    if self.peerAnswered != nil { self.answered() }
                 case .dataBytes(let id, let bytes):
                     guard let stream = self.streams[id] else { break }
                     if Self.shouldCopy(pieceOf: bytes.readableBytes, readCapacity: readCapacity, localBacklog: stream.unwrittenLocal) {
@@ -261,6 +283,14 @@ final class MuxSession {
         } catch {
             self.protocolError(.streamViolation("\(error)"))
         }
+    }
+
+    /// Mux: the demux's first frame has been handled (one that made the tunnel close does not count).
+    private func answered() {
+        guard !self.isClosed, self.closeReason == nil, let answered = self.peerAnswered else { return }
+        self.peerAnswered = nil
+        self.countOpened()
+        answered()
     }
 
     /// Whether a DATA piece goes to its stream as a copy rather than a slice of the tunnel read.
@@ -419,12 +449,16 @@ final class MuxSession {
                 return
             }
         } else {
-            self.pingCounter &+= 1
-            self.outstandingPing = (self.pingCounter, now)
-            self.send(MuxFrame(streamID: 0, payload: .ping(self.pingCounter)))
+            self.sendPing()
             self.flushIfNeeded()
         }
         self.schedulePing()
+    }
+
+    private func sendPing() {
+        self.pingCounter &+= 1
+        self.outstandingPing = (self.pingCounter, self.channel.eventLoop.now)
+        self.send(MuxFrame(streamID: 0, payload: .ping(self.pingCounter)))
     }
 }
 

@@ -6,6 +6,10 @@ import NIOPosix
 /// backoff and jitter when the tunnel drops (its streams are reset by the session), and holds clients that
 /// arrive while it is down until it is up again or their connect timeout ends.
 ///
+/// The tunnel is up when the demux has answered, not when TCP has connected: until its first frame (the
+/// answer to the PING the session sends at once) clients wait, and a connection that closes or stays
+/// silent for `--connect-timeout` is a failed connect, retried with backoff.
+///
 /// All state is touched only on ``eventLoop``; the service calls in through `execute`.
 final class MuxTunnelConnection: @unchecked Sendable {
     let index: Int
@@ -14,6 +18,10 @@ final class MuxTunnelConnection: @unchecked Sendable {
     private let tunnel: Endpoint
     private var logger: Logger
     private var session: MuxSession?
+    /// The session's demux has answered: streams may be opened on it.
+    private var isUp = false
+    /// Bounds the wait for the demux's first answer.
+    private var answerTimer: Scheduled<Void>?
     private var waiting: [MuxStream] = []
     private var backoff: MuxBackoff
     private var retry: Scheduled<Void>?
@@ -62,6 +70,8 @@ final class MuxTunnelConnection: @unchecked Sendable {
             self.stopped = true
             self.retry?.cancel()
             self.retry = nil
+            self.answerTimer?.cancel()
+            self.answerTimer = nil
             guard let session = self.session else { return self.eventLoop.makeSucceededVoidFuture() }
             session.close(goAway: .noError)
             return session.channel.closeFuture
@@ -76,7 +86,7 @@ final class MuxTunnelConnection: @unchecked Sendable {
 
     /// A new client: open it on the tunnel, or let it wait for one.
     func attach(_ stream: MuxStream) {
-        if let session = self.session, session.canOpenStream {
+        if let session = self.session, self.isUp, session.canOpenStream {
             session.openStream(stream)
             return
         }
@@ -113,18 +123,18 @@ final class MuxTunnelConnection: @unchecked Sendable {
                 case .success(let channel):
                     self.connected(channel)
                 case .failure(let error):
-                    self.environment.metrics?.tunnelConnectFailed()
-                    // Say it once per outage at warning level, then quietly at debug.
-                    let level: Logger.Level = self.failuresLogged == 0 ? .warning : .debug
-                    self.failuresLogged += 1
-                    self.logger.log(
-                        level: level,
-                        "tunnel connect failed",
-                        metadata: ["tunnel.address": "\(self.tunnel)", "error": "\(SystemErrorText.describe(error))"]
-                    )
+                    self.connectFailed(SystemErrorText.describe(error))
                     self.scheduleRetry()
                 }
             }
+    }
+
+    /// Counts and logs a connect that failed: once per outage at warning level, then quietly at debug.
+    private func connectFailed(_ error: String) {
+        self.environment.metrics?.tunnelConnectFailed()
+        let level: Logger.Level = self.failuresLogged == 0 ? .warning : .debug
+        self.failuresLogged += 1
+        self.logger.log(level: level, "tunnel connect failed", metadata: ["tunnel.address": "\(self.tunnel)", "error": "\(error)"])
     }
 
     private func connected(_ channel: Channel) {
@@ -140,12 +150,29 @@ final class MuxTunnelConnection: @unchecked Sendable {
             return
         }
         self.session = session
+        self.isUp = false
         session.closed = { [self] reason in self.sessionClosed(session, reason: reason) }
+        session.peerAnswered = { [self] in self.answered(session) }
+        let timeout = self.environment.configuration.bridge.connectTimeout
+        self.answerTimer = self.eventLoop.assumeIsolated().scheduleTask(in: timeout) {
+            self.answerTimer = nil
+            guard self.session === session, !self.isUp else { return }
+            self.connectFailed("no answer from the demux within \(timeout)")
+            session.close(goAway: .pingTimeout)
+        }
+    }
+
+    /// The demux answered: the tunnel is up, and waiting clients are opened on it.
+    private func answered(_ session: MuxSession) {
+        guard self.session === session else { return }
+        self.answerTimer?.cancel()
+        self.answerTimer = nil
+        self.isUp = true
         self.backoff.reset()
         self.failuresLogged = 0
         self.logger.info(
             "tunnel up",
-            metadata: ["tunnel.address": "\(channel.remoteAddress.logDescription)", "waiting": "\(self.waiting.count)"]
+            metadata: ["tunnel.address": "\(session.channel.remoteAddress.logDescription)", "waiting": "\(self.waiting.count)"]
         )
         session.streamRemoved = { [self] in
             if !self.waiting.isEmpty { self.openWaiting() }
@@ -155,7 +182,7 @@ final class MuxTunnelConnection: @unchecked Sendable {
 
     /// Opens waiting clients while the tunnel has room for them.
     private func openWaiting() {
-        guard let session = self.session else { return }
+        guard let session = self.session, self.isUp else { return }
         let waiting = self.waiting
         self.waiting = []
         for stream in waiting where stream.isWaiting {
@@ -171,7 +198,15 @@ final class MuxTunnelConnection: @unchecked Sendable {
     private func sessionClosed(_ session: MuxSession, reason: MuxTunnelCloseReason) {
         guard self.session === session else { return }
         self.session = nil
-        self.logger.info("tunnel down", metadata: ["tunnel.address": "\(self.tunnel)", "reason": "\(reason)"])
+        if self.isUp {
+            self.isUp = false
+            self.logger.info("tunnel down", metadata: ["tunnel.address": "\(self.tunnel)", "reason": "\(reason)"])
+        } else if let timer = self.answerTimer {
+            // Closed before the demux answered (the timeout has already said so itself).
+            timer.cancel()
+            self.answerTimer = nil
+            if !self.stopped { self.connectFailed("closed before the demux answered (\(reason))") }
+        }
         if !self.stopped { self.scheduleRetry() }
     }
 

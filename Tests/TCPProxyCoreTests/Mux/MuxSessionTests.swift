@@ -9,19 +9,24 @@ import Testing
 /// The tunnel side of a demux on `EmbeddedChannel`: frame reassembly, keep-alive, limits and protocol errors.
 @Suite("Mux session")
 struct MuxSessionTests {
-    /// A demux session in an active `EmbeddedChannel`.
+    /// A session (a demux's unless told) in an active `EmbeddedChannel`.
     struct Harness {
         let channel: EmbeddedChannel
         let session: MuxSession
 
-        init(metrics: ProxyMetrics? = nil, configure: (inout MuxConfiguration) -> Void = { _ in }) throws {
+        init(
+            role: MuxSession.Role = .demux,
+            metrics: ProxyMetrics? = nil,
+            configure: (inout MuxConfiguration) -> Void = { _ in },
+            answered: (() -> Void)? = nil
+        ) throws {
             var configuration = MuxConfiguration(listen: Endpoint(host: "127.0.0.1", port: 0))
             configuration.target = Endpoint(host: "127.0.0.1", port: 9)
             configure(&configuration)
             let logger = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
             self.channel = EmbeddedChannel()
             self.session = MuxSession(
-                role: .demux,
+                role: role,
                 channel: self.channel,
                 environment: MuxStreamEnvironment(
                     configuration: configuration,
@@ -30,6 +35,7 @@ struct MuxSessionTests {
                     target: ConnectTarget(configuration.target!)
                 )
             )
+            self.session.peerAnswered = answered
             try self.channel.pipeline.syncOperations.addHandler(MuxTunnelHandler(session: self.session))
             try self.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7000)).wait()
         }
@@ -248,6 +254,48 @@ struct MuxSessionMetricsTests {
 
     func counter(_ factory: TestMetrics, _ name: String, _ extra: (String, String)? = nil) throws -> Int64 {
         try factory.expectCounter(name, Self.base + (extra.map { [$0] } ?? [])).totalValue
+    }
+
+    @Test("the mux sends PING as the tunnel connects; the demux's first frame is its answer, reported once, and only then is the tunnel counted up")
+    func muxTunnelUpOnAnswer() throws {
+        let (metrics, factory) = self.make()
+        var answers = 0
+        let harness = try MuxSessionTests.Harness(role: .mux, metrics: metrics, answered: { answers += 1 })
+        guard case .ping(let value)? = try harness.sent().first?.payload else {
+            Issue.record("no PING as the tunnel connected")
+            return
+        }
+        #expect(answers == 0)
+        #expect(try factory.expectMeter("tcpproxy_tunnels_active", Self.base).lastValue ?? 0 == 0, "not up on the TCP connect")
+        #expect(try self.counter(factory, "tcpproxy_tunnel_connects_total") == 0)
+        try harness.receive([MuxFrame(streamID: 0, payload: .pong(value)), MuxFrame(streamID: 0, payload: .ping(1))])
+        #expect(answers == 1, "reported once")
+        #expect(try factory.expectMeter("tcpproxy_tunnels_active", Self.base).lastValue == 1)
+        #expect(try self.counter(factory, "tcpproxy_tunnel_connects_total") == 1)
+        try harness.channel.close().wait()
+        #expect(try factory.expectMeter("tcpproxy_tunnels_active", Self.base).lastValue == 0)
+    }
+
+    @Test(
+        "a mux tunnel whose peer never answers, or answers with a protocol error, is never counted up or closed",
+        arguments: ["silence", "garbage", "GOAWAY"]
+    )
+    func muxTunnelNeverAnswered(peer: String) throws {
+        let (metrics, factory) = self.make()
+        var answers = 0
+        let harness = try MuxSessionTests.Harness(role: .mux, metrics: metrics, answered: { answers += 1 })
+        switch peer {
+        case "garbage": try harness.receive(ByteBuffer(bytes: Array("SSH-2.0-OpenSSH_9.6\r\n".utf8)))
+        case "GOAWAY": try harness.receive([MuxFrame(streamID: 0, payload: .goAway(.noError))])
+        default: try harness.channel.close().wait()
+        }
+        #expect(!harness.channel.isActive)
+        #expect(answers == 0)
+        #expect(try factory.expectMeter("tcpproxy_tunnels_active", Self.base).lastValue ?? 0 == 0)
+        #expect(try self.counter(factory, "tcpproxy_tunnel_connects_total") == 0)
+        for reason in MuxTunnelCloseReason.allCases {
+            #expect(try self.counter(factory, "tcpproxy_tunnels_closed_total", ("reason", reason.rawValue)) == 0, "\(reason)")
+        }
     }
 
     @Test("a tunnel that comes up and is closed by a protocol error: up, connected once, closed protocolError")
