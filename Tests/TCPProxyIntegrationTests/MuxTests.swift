@@ -385,6 +385,43 @@ struct MuxTests {
         )
     }
 
+    @Test("A demux that drains (GOAWAY: here a run file reloaded with a new target) keeps its streams; the mux opens a new tunnel at once for new clients")
+    func newTunnelOnGoAway() async throws {
+        let first = try TestServer(handler: TestServer.echo)
+        defer { first.stop() }
+        let second = try TestServer(handler: TestServer.echo)
+        defer { second.stop() }
+        let demuxPort = try TestServer.freePort()
+        let file = try RunFileTests.ConfigFile()
+        func demuxFile(target: Int) -> String {
+            "listeners:\n  - {name: d, mode: demux, listen: \"127.0.0.1:\(demuxPort)\", target: \"127.0.0.1:\(target)\"}\n"
+        }
+        try file.write(demuxFile(target: first.port))
+        let demux = try ProxyProcess(arguments: ["run", file.path])
+        defer { demux.kill() }
+        #expect(await demux.waitForLine(containing: "listening on", timeout: 15) != nil, "\(demux.stderr)")
+        let mux = try await ProxyProcess.start(["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:\(demuxPort)"])
+        defer { mux.kill() }
+        #expect(await mux.waitForLine(containing: "tunnel up", timeout: 5) != nil)
+
+        let old = try TestSocket.connect(port: mux.port)
+        defer { old.close() }
+        #expect(try RunFileTests.echoes(old, "before"))
+        try file.write(demuxFile(target: second.port))
+        demux.signal(SIGHUP)
+        #expect(await mux.waitForLines(containing: "tunnel up", count: 2, timeout: 5) != nil, "\(mux.stderr)")
+
+        // Before, new clients waited for the old tunnel to close: here never, as its one stream stays open.
+        let new = try TestSocket.connect(port: mux.port)
+        defer { new.close() }
+        let started = now()
+        #expect(try RunFileTests.echoes(new, "after"))
+        #expect(now() - started < 2, "served at once: \(now() - started) s")
+        #expect(second.acceptedCount == 1, "the new client went to the new demux's target")
+        #expect(try RunFileTests.echoes(old, "still"), "the open stream runs on over the draining tunnel")
+        #expect(mux.lines(containing: "tunnel draining").count == 1, "\(mux.stderr)")
+    }
+
     @Test("Protocol garbage sent to the demux is rejected with a close; the demux keeps serving a real mux")
     func garbageRejected() async throws {
         let server = try TestServer(handler: TestServer.echo)

@@ -58,6 +58,10 @@ final class MuxSession {
     /// between (`ssh -L`, a load balancer) accepts and only then finds the demux unreachable. The mux sends
     /// a PING as the tunnel comes up, so a demux answers within one round trip.
     var peerAnswered: (() -> Void)?
+    /// Mux: called once when the tunnel stops taking new streams on the far end's word or for want of ids (the
+    /// demux's GOAWAY `noError`, or the id space used up); the streams on it run on to their end. New clients
+    /// need another tunnel now, not when this one has closed.
+    var stoppedOpening: (() -> Void)?
 
     init(role: Role, channel: Channel, environment: MuxStreamEnvironment) {
         self.role = role
@@ -114,6 +118,7 @@ final class MuxSession {
         }
         self.streamRemoved = nil
         self.peerAnswered = nil
+        self.stoppedOpening = nil
         self.closed?(reason)
         self.closed = nil
     }
@@ -142,6 +147,16 @@ final class MuxSession {
         if self.streams.isEmpty { self.closeChannel(.shutdown) }
     }
 
+    /// No new streams on this tunnel; the mux is told, so that it opens another.
+    private func stopOpening() {
+        guard !self.isDraining else { return }
+        self.isDraining = true
+        if let stoppedOpening = self.stoppedOpening {
+            self.stoppedOpening = nil
+            stoppedOpening()
+        }
+    }
+
     /// Gives every open stream the drain timeout.
     func quiesceStreams() {
         for stream in self.streams.values { stream.quiesceRequested() }
@@ -155,7 +170,7 @@ final class MuxSession {
         self.nextStreamID &+= 2
         if self.nextStreamID >= UInt32.max - 2 {
             // The id space is used up: new streams go to a fresh tunnel.
-            self.isDraining = true
+            self.stopOpening()
         }
         self.streams[id] = stream
         self.environment.metrics?.streamOpened()
@@ -347,7 +362,7 @@ final class MuxSession {
             self.logger.info("tunnel peer going away", metadata: ["code": "\(code)"])
             if self.closeReason == nil { self.closeReason = MuxTunnelCloseReason(goAway: code) }
             if code == .noError {
-                self.isDraining = true
+                self.stopOpening()
                 if self.streams.isEmpty { self.closeChannel(.shutdown) }
             } else {
                 self.closeChannel(.protocolError)

@@ -10,6 +10,9 @@ import NIOPosix
 /// answer to the PING the session sends at once) clients wait, and a connection that closes or stays
 /// silent for `--connect-timeout` is a failed connect, retried with backoff.
 ///
+/// A tunnel that stops taking streams (the demux's GOAWAY as it drains or reloads, or its stream ids used up)
+/// keeps its streams to their end, and a new tunnel is connected at once for the clients that come meanwhile.
+///
 /// All state is touched only on ``eventLoop``; the service calls in through `execute`.
 final class MuxTunnelConnection: @unchecked Sendable {
     let index: Int
@@ -22,6 +25,8 @@ final class MuxTunnelConnection: @unchecked Sendable {
     private var isUp = false
     /// Bounds the wait for the demux's first answer.
     private var answerTimer: Scheduled<Void>?
+    /// Tunnels that take no new streams but still carry some, until they close.
+    private var draining: [MuxSession] = []
     private var waiting: [MuxStream] = []
     private var backoff: MuxBackoff
     private var retry: Scheduled<Void>?
@@ -72,16 +77,19 @@ final class MuxTunnelConnection: @unchecked Sendable {
             self.retry = nil
             self.answerTimer?.cancel()
             self.answerTimer = nil
-            guard let session = self.session else { return self.eventLoop.makeSucceededVoidFuture() }
-            session.close(goAway: .noError)
-            return session.channel.closeFuture
+            let sessions = self.draining + (self.session.map { [$0] } ?? [])
+            for session in sessions { session.close(goAway: .noError) }
+            return EventLoopFuture.andAllComplete(sessions.map { $0.channel.closeFuture }, on: self.eventLoop)
         }.flatMap { $0 }
     }
 
     /// The mux drains: every stream on the tunnel gets the drain timeout, also those whose client socket is
     /// gone (the listener's quiescing reaches only open client sockets) but whose last bytes wait for credit.
     func quiesceStreams() {
-        self.eventLoop.execute { self.session?.quiesceStreams() }
+        self.eventLoop.execute {
+            self.session?.quiesceStreams()
+            for session in self.draining { session.quiesceStreams() }
+        }
     }
 
     /// A new client: open it on the tunnel, or let it wait for one.
@@ -177,7 +185,19 @@ final class MuxTunnelConnection: @unchecked Sendable {
         session.streamRemoved = { [self] in
             if !self.waiting.isEmpty { self.openWaiting() }
         }
+        session.stoppedOpening = { [self] in self.stoppedOpening(session) }
         self.openWaiting()
+    }
+
+    /// The tunnel takes no new streams: its streams finish there, and a new tunnel is connected now.
+    private func stoppedOpening(_ session: MuxSession) {
+        guard self.session === session else { return }
+        self.session = nil
+        self.isUp = false
+        session.streamRemoved = nil
+        self.draining.append(session)
+        self.logger.info("tunnel draining", metadata: ["tunnel.address": "\(self.tunnel)", "streams": "\(session.streamCount)"])
+        self.connect()
     }
 
     /// Opens waiting clients while the tunnel has room for them.
@@ -196,6 +216,11 @@ final class MuxTunnelConnection: @unchecked Sendable {
     }
 
     private func sessionClosed(_ session: MuxSession, reason: MuxTunnelCloseReason) {
+        if let index = self.draining.firstIndex(where: { $0 === session }) {
+            self.draining.remove(at: index)
+            self.logger.info("tunnel down", metadata: ["tunnel.address": "\(self.tunnel)", "reason": "\(reason)"])
+            return
+        }
         guard self.session === session else { return }
         self.session = nil
         if self.isUp {
