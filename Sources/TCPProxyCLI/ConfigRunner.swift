@@ -214,12 +214,18 @@ enum ConfigRunner {
         let changes = RunFileChanges(from: running.map(\.entry), to: loaded.file.entries) { old, new in
             RunFileChanges.sameListener(old, new) && was[old.name] == now[new.name]
         }
+        let before = supervisor.targetSeries
         for name in changes.stopped + changes.replaced {
             supervisor.stop(name: name)
         }
         for planned in loaded.entries where changes.started.contains(planned.entry.name) || changes.replaced.contains(planned.entry.name) {
             // A replaced listener on the same address lets go of it as its drain begins: retried meanwhile.
             supervisor.start(planned, fromStart: false)
+        }
+        if let factory = supervisor.process.metricsFactory {
+            for series in before.subtracting(supervisor.targetSeries) {
+                TargetMetrics.forgetUp(listener: series.listener, target: series.target, factory: factory)
+            }
         }
         logger.notice(
             "reloaded \(path)",
@@ -233,6 +239,12 @@ enum ConfigRunner {
     }
 }
 
+/// One listener's `tcpproxy_target_*` series, by their labels.
+private struct TargetSeries: Hashable, Sendable {
+    var listener: String
+    var target: String
+}
+
 /// The listeners running now, and those still draining after a reload stopped them.
 private struct Supervisor {
     /// One started listener.
@@ -240,6 +252,8 @@ private struct Supervisor {
         var name: String
         /// The file's entry and its plan's fingerprint; `nil` for the metrics endpoint.
         var entry: (entry: RunFile.Entry, fingerprint: Int)?
+        /// Its listeners' per-target series.
+        var targetSeries: Set<TargetSeries> = []
         var fromStart: Bool
         var handle: Handle
         var task: Task<Void, Never>
@@ -293,6 +307,10 @@ private struct Supervisor {
             services: { process.services(for: plan) },
             fromStart: fromStart
         )
+        let series = plan.listeners.flatMap { listener in
+            listener.mode.targetSeries.map { TargetSeries(listener: listener.name, target: $0) }
+        }
+        self.running[self.current[planned.entry.name]!]?.targetSeries = Set(series)
         if fromStart, self.firstListenerMetrics == nil, let first = plan.listeners.first, let factory = process.metricsFactory {
             // The registry hands back the series the listener made with the same name and labels.
             self.firstListenerMetrics = ProxyMetrics(listener: first.name, target: first.mode.targetLabel, factory: factory)
@@ -372,6 +390,11 @@ private struct Supervisor {
             for running in all { await running.task.value }
             sink.yield(.stopped)
         }
+    }
+
+    /// The per-target series of the listeners running now (not of those draining after a reload stopped them).
+    var targetSeries: Set<TargetSeries> {
+        self.current.values.reduce(into: []) { $0.formUnion(self.running[$1]?.targetSeries ?? []) }
     }
 
     /// The file's entries running now (not those draining after a reload stopped them).

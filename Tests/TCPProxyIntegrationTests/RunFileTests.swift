@@ -130,6 +130,46 @@ struct RunFileTests {
         #expect(await proxy.waitForExit(timeout: 15) == 0, "stderr:\n\(proxy.stderr)")
     }
 
+    @Test("A reload that takes a target, or a listener with targets, away removes their tcpproxy_target_up; kept ones stay")
+    func reloadForgetsTargetUp() async throws {
+        let ports = try (0..<4).map { _ in try TestServer.freePort() }  // never connected to
+        func target(_ index: Int) -> String { "\"127.0.0.1:\(ports[index])\"" }
+        let file = try ConfigFile()
+        try file.write(
+            """
+            metrics: 127.0.0.1:0
+            listeners:
+              - {name: a, mode: forward, listen: "127.0.0.1:0", target: [\(target(0)), \(target(1))]}
+              - {name: b, mode: forward, listen: "127.0.0.1:0", target: [\(target(0)), \(target(2))]}
+            """
+        )
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        _ = try await Self.ports(proxy, count: 2)
+        func upSeries() async throws -> Set<String> {
+            let text = try await PrometheusText.scrape(proxy)
+            return Set(text.split(separator: "\n").filter { $0.hasPrefix("tcpproxy_target_up{") }.map { line in
+                let labels = line.drop { $0 != "{" }.prefix { $0 != "}" }
+                let listener = labels.components(separatedBy: "listener=\"")[1].prefix { $0 != "\"" }
+                let target = labels.components(separatedBy: "target=\"")[1].prefix { $0 != "\"" }
+                return "\(listener) \(target.split(separator: ":").last!)"
+            })
+        }
+        #expect(try await upSeries() == ["a \(ports[0])", "a \(ports[1])", "b \(ports[0])", "b \(ports[2])"])
+
+        try file.write(
+            """
+            metrics: 127.0.0.1:0
+            listeners:
+              - {name: a, mode: forward, listen: "127.0.0.1:0", target: [\(target(0)), \(target(3))]}
+            """
+        )
+        proxy.signal(SIGHUP)
+        #expect(await proxy.waitForLine(containing: "reloaded", timeout: 10) != nil, "stderr:\n\(proxy.stderr)")
+        _ = try await Self.ports(proxy, count: 3)
+        #expect(try await upSeries() == ["a \(ports[0])", "a \(ports[3])"])
+    }
+
     @Test("A file that no longer parses is reported on SIGHUP, and every listener stays as it was")
     func badReload() async throws {
         let server = try TestServer(handler: TestServer.echo)

@@ -60,6 +60,12 @@ public enum ProxyMode: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The `target` label of this mode's metrics.
+    /// The `target` labels of this listener's per-target series (`tcpproxy_target_*`): none unless pooled.
+    public var targetSeries: [String] {
+        guard case .forward(let forward) = self, forward.isPooled else { return [] }
+        return forward.targets.map(\.endpoint.description)
+    }
+
     public var targetLabel: String {
         switch self {
         case .forward(let forward): forward.targets.map(\.endpoint.description).joined(separator: ",")
@@ -89,6 +95,10 @@ public struct ForwardConfiguration: Sendable, Hashable {
     public init(target: Endpoint) {
         self.init(targets: [TargetSpec(endpoint: target)])
     }
+
+    /// Whether the listener keeps a pool of targets, with per-target state and metrics: several targets, or
+    /// one that is health-checked.
+    public var isPooled: Bool { self.targets.count > 1 || self.healthInterval != nil }
 }
 
 /// The limits and timeouts of one bridge (SPEC §2).

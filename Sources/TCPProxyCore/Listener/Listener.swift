@@ -47,7 +47,7 @@ public final class Listener: Service, Sendable {
         var logger = logger
         logger[metadataKey: "listener"] = "\(configuration.name)"
         self.logger = logger
-        if case .forward(let forward) = configuration.mode, forward.targets.count > 1 || forward.healthInterval != nil {
+        if case .forward(let forward) = configuration.mode, forward.isPooled {
             let pool = TargetPool(
                 specs: forward.targets,
                 algorithm: forward.balance,

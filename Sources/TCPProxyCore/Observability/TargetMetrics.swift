@@ -2,7 +2,7 @@ import CoreMetrics
 
 /// The per-target metrics of a `forward` listener with several targets: up or down, open bridges,
 /// connects, connect failures and bytes. Labelled `listener` and `target`.
-final class TargetMetrics: Sendable {
+public final class TargetMetrics: Sendable {
     /// `tcpproxy_target_up`: 1 while the target takes clients first, 0 while it is down.
     static let upName = "tcpproxy_target_up"
     /// `tcpproxy_target_bridges_active`: bridges open to the target.
@@ -34,6 +34,14 @@ final class TargetMetrics: Sendable {
     }
 
     func setUp(_ isUp: Bool) { self.up.record(isUp ? 1 : 0) }
+
+    /// Removes the `tcpproxy_target_up` series of a target that is no longer configured (a `run` reload took
+    /// it or its listener away): its last state would otherwise be reported as current for the process's
+    /// life. The totals stay, as a stopped listener's do; a later listener with the pair makes the series anew.
+    public static func forgetUp(listener: String, target: String, factory: any MetricsFactory) {
+        // The factory hands back the series already registered under this name and these labels.
+        CoreMetrics.Gauge(label: Self.upName, dimensions: [("listener", listener), ("target", target)], factory: factory).destroy()
+    }
     func connected() {
         self.connects.increment()
         self.active.increment()
