@@ -45,8 +45,9 @@ enum ConfigRunner {
         }
         let process = running ?? settings
         var entries: [Planned] = []
-        // Which entry listens where: two on the same address could not both start (port 0 excepted).
-        var listening: [Endpoint: String] = [:]
+        // Which entry listens where: two on overlapping addresses could not both start (port 0 excepted).
+        var listening: [(address: Endpoint, owner: String)] = []
+        if let metrics = process.observability.metrics { listening.append((metrics, "the `metrics` endpoint")) }
         // Each entry's listener and where it connects, for the loop check across entries below.
         var routes: [(name: String, listen: Endpoint, destinations: [Endpoint])] = []
         for entry in file.entries {
@@ -61,12 +62,10 @@ enum ConfigRunner {
                 // The process's threads, for modes that size loops of their own by them (mux).
                 let threads = process.threads.map { ["--threads=\($0)"] } ?? []
                 let command = try mode.parse(entry.arguments + threads)
-                if command.listen.port != 0 {
-                    if let other = listening[command.listen] {
-                        throw ModePlanError(message: "listens on \(command.listen), as listener `\(other)` does")
-                    }
-                    listening[command.listen] = entry.name
+                if let other = listening.first(where: { $0.address.clashes(with: command.listen) }) {
+                    throw ModePlanError(message: "listens on \(command.listen), which clashes with \(other.owner) on \(other.address)")
                 }
+                listening.append((command.listen, "listener `\(entry.name)`"))
                 let plan = try command.plan(name: entry.name)
                 try ProxyRunner.checkEngines(plan, options: process)
                 entries.append(Planned(entry: entry, plan: plan))

@@ -58,6 +58,21 @@ struct ConfigurationTests {
         #expect(throws: EndpointError.zeroDestinationPort("10.0.0.1:0")) { try TargetSpec(parsing: "10.0.0.1:0,weight=2") }
     }
 
+    @Test("two listen addresses clash when one port could not be bound for both: the same address, or a wildcard that takes the other")
+    func clashes() {
+        func endpoint(_ host: String, _ port: Int = 8080) -> Endpoint { Endpoint(host: host, port: port) }
+        #expect(endpoint("127.0.0.1").clashes(with: endpoint("127.0.0.1")))
+        #expect(endpoint("0.0.0.0").clashes(with: endpoint("127.0.0.1")))
+        #expect(endpoint("127.0.0.1").clashes(with: endpoint("0.0.0.0")))
+        #expect(endpoint("localhost").clashes(with: endpoint("127.0.0.1")))
+        #expect(endpoint("::").clashes(with: endpoint("127.0.0.1")), "dual-stack [::] takes IPv4 too")
+        #expect(endpoint("::1").clashes(with: endpoint("::")))
+        #expect(!endpoint("0.0.0.0").clashes(with: endpoint("::1")), "0.0.0.0 takes no IPv6")
+        #expect(!endpoint("127.0.0.1").clashes(with: endpoint("127.0.0.2")))
+        #expect(!endpoint("127.0.0.1").clashes(with: endpoint("127.0.0.1", 8081)))
+        #expect(!endpoint("127.0.0.1", 0).clashes(with: endpoint("127.0.0.1", 0)), "two ephemeral ports")
+    }
+
     @Test("a target that is the listener's own address is a loop; another host or port is not")
     func loops() {
         let any = Endpoint(host: "0.0.0.0", port: 8080)

@@ -378,6 +378,19 @@ struct RunFileTests {
                 + "  - {name: f, mode: forward, listen: \"127.0.0.1:20355\", target: [\"127.0.0.1:9\", \"127.0.0.1:20353\"]}\n",
             "listeners `m` → `d` → `f` → `m` send clients round in a loop"
         ),
+        // Addresses that are not the same text but could not both be bound.
+        (
+            "listeners:\n  - {name: a, mode: socks, listen: \":20312\"}\n  - {name: b, mode: socks, listen: \"127.0.0.1:20312\"}\n",
+            "listener `b`: listens on 127.0.0.1:20312, which clashes with listener `a` on 0.0.0.0:20312"
+        ),
+        (
+            "listeners:\n  - {name: a, mode: socks, listen: \"localhost:20313\"}\n  - {name: b, mode: socks, listen: \"127.0.0.1:20313\"}\n",
+            "listener `b`: listens on 127.0.0.1:20313, which clashes with listener `a` on localhost:20313"
+        ),
+        (
+            "metrics: 127.0.0.1:20314\nlisteners:\n  - {name: a, mode: socks, listen: \"[::]:20314\"}\n",
+            "listener `a`: listens on [::]:20314, which clashes with the `metrics` endpoint on 127.0.0.1:20314"
+        ),
     ]
 
     @Test("A file that cannot be used exits 64 with one line naming the problem, before listening", arguments: badFiles)
@@ -466,7 +479,10 @@ struct RunFileTests {
         )
         let clash = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
         #expect(clash.status == 64)
-        #expect(clash.stderr.contains("listener `b`: listens on 127.0.0.1:20311, as listener `a` does"), "stderr:\n\(clash.stderr)")
+        #expect(
+            clash.stderr.contains("listener `b`: listens on 127.0.0.1:20311, which clashes with listener `a` on 127.0.0.1:20311"),
+            "stderr:\n\(clash.stderr)"
+        )
     }
 
     @Test("A missing file exits 64; a listener of the file that cannot bind exits 1, naming the address")
