@@ -18,6 +18,17 @@ enum ConfigRunner {
         var settings: CommonOptions
         var file: RunFile
         var entries: [Planned]
+
+        /// Says which listeners the process-wide `capture` leaves out: mux and demux streams have no
+        /// per-chunk hooks (their command lines refuse `--capture`).
+        func noteUncaptured(capturing: Bool, logger: Logger) {
+            let names = self.entries.filter { ["mux", "demux"].contains($0.entry.mode) }.map(\.entry.name)
+            guard capturing, !names.isEmpty else { return }
+            logger.warning(
+                "capture leaves out mux and demux listeners: their streams have no per-chunk hooks",
+                metadata: ["listeners": "\(names.joined(separator: ","))"]
+            )
+        }
     }
 
     /// One entry of the file and the plan its command line makes.
@@ -33,7 +44,7 @@ enum ConfigRunner {
     static func load(_ path: String, running: CommonOptions? = nil) throws(ModePlanError) -> Loaded {
         let file: RunFile
         do {
-            file = try RunFile(contentsOfFile: path)
+            file = try RunFile(contentsOfFile: path, modeHas: ModeOptionNames.has)
         } catch {
             throw ModePlanError(message: error.message)
         }
@@ -55,9 +66,6 @@ enum ConfigRunner {
                 ModePlanError(message: "\(path): listener `\(entry.name)`: \(message)")
             }
             guard let mode = RunCommand.modes[entry.mode] else { throw failure("unknown mode `\(entry.mode)`") }
-            if process.observability.capture != nil, entry.mode == "mux" || entry.mode == "demux" {
-                throw failure("--capture is not supported in mux and demux modes (streams have no per-chunk hooks)")
-            }
             do {
                 // The process's threads, for modes that size loops of their own by them (mux).
                 let threads = process.threads.map { ["--threads=\($0)"] } ?? []
@@ -151,6 +159,7 @@ enum ConfigRunner {
         for planned in loaded.entries {
             supervisor.start(planned, fromStart: true)
         }
+        loaded.noteUncaptured(capturing: process.capture != nil, logger: logger)
         let dropReporter = process.reportCaptureDrops(to: supervisor.firstListenerMetrics)
 
         var shuttingDown = false
@@ -213,6 +222,7 @@ enum ConfigRunner {
         let changes = RunFileChanges(from: running.map(\.entry), to: loaded.file.entries) { old, new in
             RunFileChanges.sameListener(old, new) && was[old.name] == now[new.name]
         }
+        loaded.noteUncaptured(capturing: supervisor.process.capture != nil, logger: logger)
         let before = supervisor.targetSeries
         for name in changes.stopped + changes.replaced {
             supervisor.stop(name: name)
@@ -226,8 +236,9 @@ enum ConfigRunner {
                 TargetMetrics.forgetUp(listener: series.listener, target: series.target, factory: factory)
             }
         }
-        logger.notice(
+        logger.logReady(
             "reloaded \(path)",
+            at: .notice,
             metadata: [
                 "listeners.kept": "\(changes.kept.count)",
                 "listeners.started": "\(changes.started.count)",

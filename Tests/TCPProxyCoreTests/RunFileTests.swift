@@ -61,6 +61,29 @@ struct RunFileTests {
         #expect(file.entries[1].arguments == ["--allow=10.0.0.0/8", "--listen=:3", "--target=h:4", "--stall-timeout=5"])
     }
 
+    @Test("a default goes only to the listeners whose mode has the option; one that no mode has is refused at its line")
+    func defaultsByMode() throws {
+        @Sendable func modeHas(_ mode: String, _ option: String) -> Bool { option != "handshake-timeout" || mode == "socks" }
+        let file = try RunFile(
+            yaml: """
+                defaults:
+                  handshake-timeout: 3
+                  stall-timeout: 30
+                listeners:
+                  - {name: f, mode: forward, listen: ":1", target: "h:2"}
+                  - {name: s, mode: socks, listen: ":3"}
+                """,
+            modeHas: modeHas
+        )
+        #expect(file.entries[0].arguments == ["--stall-timeout=30", "--listen=:1", "--target=h:2"])
+        #expect(file.entries[1].arguments == ["--handshake-timeout=3", "--stall-timeout=30", "--listen=:3"])
+        #expect(throws: RunFileError("line 2: `bogus` in `defaults` is an option of no mode (see tcpproxy MODE --help)")) {
+            try RunFile(yaml: "defaults:\n  bogus: 1\nlisteners:\n  - {mode: forward, listen: \":1\", target: \"h:2\"}\n") {
+                _, option in option != "bogus"
+            }
+        }
+    }
+
     @Test("a list repeats an option that repeats, and a one-item list is that value")
     func lists() throws {
         let file = try RunFile(

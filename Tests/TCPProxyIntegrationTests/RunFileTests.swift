@@ -197,6 +197,41 @@ struct RunFileTests {
         #expect(await proxy.waitForExit(timeout: 15) == 0)
     }
 
+    @Test("A default goes to the listeners whose mode has it; a process-wide capture leaves out mux with a warning; at log-level warning a reload still says so")
+    func defaultsCaptureAndQuietReload() async throws {
+        let server = try TestServer(handler: TestServer.echo)
+        defer { server.stop() }
+        let file = try ConfigFile()
+        try file.write(
+            """
+            log-level: warning
+            capture: \(file.directory.path)/all.pcap
+            defaults:
+              handshake-timeout: 3
+              stall-timeout: 20
+            listeners:
+              - {name: f, mode: forward, listen: "127.0.0.1:0", target: "127.0.0.1:\(server.port)"}
+              - {name: s, mode: socks, listen: "127.0.0.1:0"}
+              - {name: m, mode: mux, listen: "127.0.0.1:0", tunnel: "127.0.0.1:9"}
+            """
+        )
+        let check = try await ProxyProcess.runToExit(["run", "--check", file.path], timeout: 10)
+        #expect(check.status == 0, "stderr:\n\(check.stderr)")
+        #expect(check.stdout.contains("f: forward --stall-timeout=20 --listen"), "\(check.stdout)")
+        #expect(check.stdout.contains("s: socks --handshake-timeout=3 --stall-timeout=20 --listen"), "\(check.stdout)")
+
+        let proxy = try ProxyProcess(arguments: ["run", file.path])
+        defer { proxy.kill() }
+        #expect(await proxy.waitForLines(containing: "listening on", count: 3, timeout: 15) != nil, "stderr:\n\(proxy.stderr)")
+        let note = proxy.lines(containing: "capture leaves out mux and demux listeners")
+        #expect(note.count == 1 && logValue("listeners", in: note[0]) == "m", "stderr:\n\(proxy.stderr)")
+        proxy.signal(SIGHUP)
+        let reloaded = await proxy.waitForLine(containing: "reloaded", timeout: 10)
+        #expect(reloaded.flatMap { logValue("listeners.kept", in: $0) } == "3", "stderr:\n\(proxy.stderr)")
+        proxy.terminate()
+        #expect(await proxy.waitForExit(timeout: 15) == 0, "stderr:\n\(proxy.stderr)")
+    }
+
     @Test("SIGTERM drains every listener of the file (bridges finish), a second SIGTERM exits at once")
     func signals() async throws {
         let server = try TestServer(handler: TestServer.echo)

@@ -39,9 +39,15 @@ public struct RunFile: Equatable, Sendable {
     /// Options that belong to the whole process, not to one listener: only at the top of the file.
     public static let processKeys = ["threads", "log-level", "log-format", "metrics", "capture"]
 
+    /// Which modes have an option (its long name without dashes): a default goes to the listeners whose mode
+    /// has it, and one that no mode has is refused at its line.
+    public typealias ModeOptions = @Sendable (_ mode: String, _ option: String) -> Bool
+
     /// Parses a file's text.
+    /// - Parameter modeHas: which modes have which options; by default every mode has every option (each
+    ///   default then goes to every listener, whose parser refuses what its mode lacks).
     /// - Throws: ``RunFileError`` naming the line and what is wrong.
-    public init(yaml text: String) throws(RunFileError) {
+    public init(yaml text: String, modeHas: ModeOptions = { _, _ in true }) throws(RunFileError) {
         let root: Node?
         do {
             root = try Yams.compose(yaml: text)
@@ -71,6 +77,9 @@ public struct RunFile: Equatable, Sendable {
                 for (optionNode, optionValue) in mapping {
                     let option = try Self.key(optionNode)
                     try Self.checkListenerKey(option, at: optionNode, in: "defaults")
+                    guard Self.modes.contains(where: { modeHas($0, option) }) else {
+                        throw RunFileError("`\(option)` in `defaults` is an option of no mode (see tcpproxy MODE --help)", at: optionNode)
+                    }
                     defaults.append((option, optionValue))
                 }
             case _ where Self.processKeys.contains(key):
@@ -87,7 +96,7 @@ public struct RunFile: Equatable, Sendable {
         }
         var entries: [Entry] = []
         for (index, node) in listeners.enumerated() {
-            let entry = try Self.entry(node, index: index, defaults: defaults)
+            let entry = try Self.entry(node, index: index, defaults: defaults, modeHas: modeHas)
             if entries.contains(where: { $0.name == entry.name }) {
                 throw RunFileError("two listeners are named `\(entry.name)`: names must be unique", at: node)
             }
@@ -98,7 +107,7 @@ public struct RunFile: Equatable, Sendable {
     }
 
     /// Reads and parses the file at `path`.
-    public init(contentsOfFile path: String) throws(RunFileError) {
+    public init(contentsOfFile path: String, modeHas: ModeOptions = { _, _ in true }) throws(RunFileError) {
         let text: String
         do {
             text = try TextFile.contents(of: path)
@@ -106,13 +115,18 @@ public struct RunFile: Equatable, Sendable {
             throw RunFileError("cannot read \(path): \(error.reason)")
         }
         do {
-            try self.init(yaml: text)
+            try self.init(yaml: text, modeHas: modeHas)
         } catch {
             throw RunFileError("\(path): \(error.message)")
         }
     }
 
-    private static func entry(_ node: Node, index: Int, defaults: [(key: String, node: Node)]) throws(RunFileError) -> Entry {
+    private static func entry(
+        _ node: Node,
+        index: Int,
+        defaults: [(key: String, node: Node)],
+        modeHas: ModeOptions
+    ) throws(RunFileError) -> Entry {
         guard case .mapping(let mapping) = node else {
             throw RunFileError("listener \(index + 1) must be a mapping of options", at: node)
         }
@@ -141,9 +155,9 @@ public struct RunFile: Equatable, Sendable {
         guard !entryName.isEmpty, entryName.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw RunFileError("invalid name `\(entryName)` (use letters, digits, -, _ and .)", at: node)
         }
-        // The listener's own keys win over the defaults.
+        // The listener's own keys win over the defaults; a default its mode does not have is not its.
         var arguments: [String] = []
-        for (key, value) in defaults where !own.contains(where: { $0.key == key }) {
+        for (key, value) in defaults where !own.contains(where: { $0.key == key }) && modeHas(mode, key) {
             arguments += try Self.arguments(key, value, mode: mode)
         }
         for (key, value) in own {
