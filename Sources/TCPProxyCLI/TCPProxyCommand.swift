@@ -25,6 +25,7 @@ struct TCPProxyCommand: AsyncParsableCommand {
 enum TCPProxyMain {
     static func main() async {
         blockShutdownSignals()
+        ignoreBrokenPipes()
         let arguments = Array(CommandLine.arguments.dropFirst())
         let subcommands = Set(
             TCPProxyCommand.configuration.subcommands.map { $0._commandName } + ["help"]
@@ -55,6 +56,15 @@ private func refuseRepeatedOptions(_ arguments: [String], of root: ParsableComma
     let text = Array("Error: \(error)\nUsage: \(usage)\n  See '\(path) --help' for more information.\n".utf8)
     _ = text.withUnsafeBytes { write(STDERR_FILENO, $0.baseAddress, $0.count) }
     exit(ExitCode.validationFailure.rawValue)
+}
+
+/// SIGPIPE ignored for the whole process, as network servers do: a write to a pipe or socket whose reader
+/// has gone fails with `EPIPE` instead of ending the process. Log lines go to standard error, often a pipe
+/// (`| tee`, a log shipper); one written from the signal task after its reader exited used to kill a proxy
+/// that had no NIO socket of its own (NIO ignores SIGPIPE only once it makes one), on SIGHUP or in the
+/// middle of a drain.
+private func ignoreBrokenPipes() {
+    signal(SIGPIPE, SIG_IGN)
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and so in every thread started after it.

@@ -423,6 +423,48 @@ struct CommandLineTests {
         #expect(proxy.terminationReason == .exit)
     }
 
+    @Test(
+        "Logs to a pipe whose reader has gone (a log shipper that exits, `| head`): no death by SIGPIPE; SIGHUP is ignored, SIGTERM drains and exits 0",
+        arguments: ["direct", "nio"]
+    )
+    func logReaderGone(engine: String) async throws {
+        let process = Process()
+        process.executableURL = try ProxyProcess.binaryURL()
+        process.arguments = ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--engine", engine]
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        let pipe = Pipe()
+        process.standardError = pipe
+        try process.run()
+        defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
+        try? pipe.fileHandleForWriting.close()
+        // Read up to the ready line, then go away as the reader.
+        let reader = pipe.fileHandleForReading.fileDescriptor
+        var text = ""
+        let deadline = now() + 10
+        while !text.contains("listening on"), now() < deadline {
+            var entry = pollfd(fd: reader, events: Int16(POLLIN), revents: 0)
+            guard Glibc.poll(&entry, 1, 100) >= 0 else { break }
+            guard entry.revents != 0 else { continue }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = Glibc.read(reader, &buffer, buffer.count)
+            guard count > 0 else { break }
+            text += String(decoding: buffer[..<count], as: UTF8.self)
+        }
+        #expect(text.contains("listening on"), "\(text)")
+        try pipe.fileHandleForReading.close()
+
+        Glibc.kill(process.processIdentifier, SIGHUP)  // logged from the signal task: a write to the dead pipe
+        await delay(seconds: 0.5)
+        #expect(process.isRunning, "alive after SIGHUP")
+        Glibc.kill(process.processIdentifier, SIGTERM)
+        let stopBy = now() + 10
+        while process.isRunning && now() < stopBy { await delay(seconds: 0.02) }
+        #expect(!process.isRunning)
+        #expect(process.terminationReason == .exit && process.terminationStatus == 0,
+            "\(process.terminationReason == .exit ? "exit" : "signal") \(process.terminationStatus)")
+    }
+
     @Test("SIGINT behaves like SIGTERM: an idle proxy exits 0")
     func sigintExitsCleanly() async throws {
         let proxy = try await ProxyProcess.forward(to: 9)
