@@ -86,6 +86,8 @@ enum ProxyRunner {
     }
 
     static func printError(_ message: String) {
+        // After the log lines before it.
+        LogOutput.standardError.flush(timeout: 1)
         var line = "tcpproxy: \(message)\n"
         line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
     }

@@ -1,5 +1,4 @@
 import Logging
-import NIOConcurrencyHelpers
 
 #if canImport(Glibc)
 import Glibc
@@ -17,7 +16,8 @@ public enum LogFormat: String, Sendable, CaseIterable {
     case json
 }
 
-/// A swift-log handler that writes one event per line to standard error, as text or JSON.
+/// A swift-log handler that writes one event per line to standard error, as text or JSON, through
+/// ``LogOutput`` (a thread of its own: a reader that stops reading never stops the proxy).
 public struct ProxyLogHandler: LogHandler {
     public var logLevel: Logger.Level
     public var metadata: Logger.Metadata = [:]
@@ -51,7 +51,7 @@ public struct ProxyLogHandler: LogHandler {
             message: "\(event.message)",
             metadata: merged
         )
-        ProxyLogHandler.write(line)
+        LogOutput.standardError.append(line, format: self.format)
     }
 
     /// One log line, newline included. Metadata keys are sorted so lines are stable.
@@ -136,25 +136,5 @@ public struct ProxyLogHandler: LogHandler {
         let millis = Int32(now.tv_nsec / 1_000_000)
         return "\(pad(parts.tm_year + 1900, 4))-\(pad(parts.tm_mon + 1, 2))-\(pad(parts.tm_mday, 2))T"
             + "\(pad(parts.tm_hour, 2)):\(pad(parts.tm_min, 2)):\(pad(parts.tm_sec, 2)).\(pad(millis, 3))Z"
-    }
-
-    private static let lock = NIOLock()
-
-    /// One `write(2)` per line, under a lock, so lines from different threads never interleave.
-    private static func write(_ line: String) {
-        var line = line
-        lock.withLock {
-            line.withUTF8 { bytes in
-                var offset = 0
-                while offset < bytes.count {
-                    let written = Glibc.write(2, bytes.baseAddress! + offset, bytes.count - offset)
-                    if written < 0 {
-                        if errno == EINTR { continue }
-                        return
-                    }
-                    offset += written
-                }
-            }
-        }
     }
 }
