@@ -428,92 +428,38 @@ struct CommandLineTests {
         arguments: ["direct", "nio"]
     )
     func logReaderGone(engine: String) async throws {
-        let process = Process()
-        process.executableURL = try ProxyProcess.binaryURL()
-        process.arguments = ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--engine", engine]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        let pipe = Pipe()
-        process.standardError = pipe
-        try process.run()
-        defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
-        try? pipe.fileHandleForWriting.close()
-        // Read up to the ready line, then go away as the reader.
-        let reader = pipe.fileHandleForReading.fileDescriptor
-        var text = ""
-        let deadline = now() + 10
-        while !text.contains("listening on"), now() < deadline {
-            var entry = pollfd(fd: reader, events: Int16(POLLIN), revents: 0)
-            guard Glibc.poll(&entry, 1, 100) >= 0 else { break }
-            guard entry.revents != 0 else { continue }
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            let count = Glibc.read(reader, &buffer, buffer.count)
-            guard count > 0 else { break }
-            text += String(decoding: buffer[..<count], as: UTF8.self)
-        }
-        #expect(text.contains("listening on"), "\(text)")
-        try pipe.fileHandleForReading.close()
+        let proxy = try PipedProxy(["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9", "--engine", engine])
+        defer { proxy.kill() }
+        _ = try proxy.port()
+        try proxy.closeReader()
 
-        Glibc.kill(process.processIdentifier, SIGHUP)  // logged from the signal task: a write to the dead pipe
+        Glibc.kill(proxy.pid, SIGHUP)  // logged from the signal task: a write to the dead pipe
         await delay(seconds: 0.5)
-        #expect(process.isRunning, "alive after SIGHUP")
-        Glibc.kill(process.processIdentifier, SIGTERM)
-        let stopBy = now() + 10
-        while process.isRunning && now() < stopBy { await delay(seconds: 0.02) }
-        #expect(!process.isRunning)
-        #expect(process.terminationReason == .exit && process.terminationStatus == 0,
-            "\(process.terminationReason == .exit ? "exit" : "signal") \(process.terminationStatus)")
+        #expect(proxy.process.isRunning, "alive after SIGHUP")
+        Glibc.kill(proxy.pid, SIGTERM)
+        #expect(await proxy.exitedCleanly(within: 10), "status \(proxy.process.terminationStatus)")
     }
 
     @Test("Logs to a pipe nobody reads (a paused terminal, a stuck log shipper): the proxy keeps serving, drops lines and says how many once read")
     func logReaderStuck() async throws {
         let server = try TestServer(handler: TestServer.echo)
         defer { server.stop() }
-        let process = Process()
-        process.executableURL = try ProxyProcess.binaryURL()
         // --log-data: a line per chunk, far more than the pipe and the queue hold.
-        process.arguments = ["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:\(server.port)", "--log-data"]
-        process.standardInput = FileHandle.nullDevice
-        process.standardOutput = FileHandle.nullDevice
-        let pipe = Pipe()
-        process.standardError = pipe
-        try process.run()
-        defer { if process.isRunning { Glibc.kill(process.processIdentifier, SIGKILL) } }
-        try? pipe.fileHandleForWriting.close()
-        let reader = pipe.fileHandleForReading.fileDescriptor
-        /// Reads what the pipe holds until `text` appears, at most `timeout` seconds.
-        func read(until text: String, timeout: Double) -> String {
-            var read = ""
-            let deadline = now() + timeout
-            while !read.contains(text), now() < deadline {
-                var entry = pollfd(fd: reader, events: Int16(POLLIN), revents: 0)
-                guard Glibc.poll(&entry, 1, 100) >= 0 else { break }
-                guard entry.revents != 0 else { continue }
-                var buffer = [UInt8](repeating: 0, count: 65536)
-                let count = Glibc.read(reader, &buffer, buffer.count)
-                guard count > 0 else { break }
-                read += String(decoding: buffer[..<count], as: UTF8.self)
-            }
-            return read
-        }
-        let ready = read(until: "listening on", timeout: 10)
-        let address = ready.components(separatedBy: "listening on ").dropFirst().first?.prefix { $0 != " " }
-        let port = try #require(address.flatMap { Int($0.split(separator: ":").last ?? "") }, "\(ready)")
+        let proxy = try PipedProxy(["forward", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:\(server.port)", "--log-data"])
+        defer { proxy.kill() }
+        let port = try proxy.port()
 
         // From here nobody reads the proxy's standard error.
         try await onThread { try MuxTests.echoRoundTrip(port: port, size: 1_500_000, seed: 1) }
         try await onThread { try MuxTests.echoRoundTrip(port: port, size: 1000, seed: 2) }
-        #expect(process.isRunning)
+        #expect(proxy.process.isRunning)
 
-        let later = read(until: "log lines dropped", timeout: 20)
+        let later = proxy.read(until: "log lines dropped", timeout: 20)
         let dropped = later.split(separator: "\n").first { $0.contains("log lines dropped") }
         #expect(dropped.flatMap { logValue("dropped", in: String($0)) }.flatMap { Int($0) } ?? 0 > 0, "\(dropped ?? "no drop line")")
-        Glibc.kill(process.processIdentifier, SIGTERM)
-        let rest = read(until: "listener stopped", timeout: 10)
-        #expect(rest.contains("listener stopped"), "the lines queued at exit are written")
-        let stopBy = now() + 10
-        while process.isRunning && now() < stopBy { await delay(seconds: 0.02) }
-        #expect(process.terminationReason == .exit && process.terminationStatus == 0)
+        Glibc.kill(proxy.pid, SIGTERM)
+        #expect(proxy.read(until: "listener stopped", timeout: 10).contains("listener stopped"), "the lines queued at exit are written")
+        #expect(await proxy.exitedCleanly(within: 10))
     }
 
     @Test("SIGINT behaves like SIGTERM: an idle proxy exits 0")
