@@ -378,6 +378,8 @@ struct MuxTests {
         )
         defer { demux.kill() }
         #expect(try await onThread { try client.recvExactly(4, timeout: 8) } == bytes("kept"), "served, not reset")
+        // Log lines are written in batches, a few milliseconds after the event.
+        #expect(await mux.waitForLine(containing: "tunnel up", timeout: 2) != nil, "\(mux.stderr)")
         #expect(mux.lines(containing: "tunnel up").count == 1, "\(mux.stderr)")
         let failures = mux.lines(containing: "tunnel connect failed")
         #expect(

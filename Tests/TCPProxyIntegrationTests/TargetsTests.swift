@@ -123,7 +123,7 @@ struct TargetsTests {
         let picks = try await self.answers(proxy, count: 20)
         #expect(picks.allSatisfy { $0 == "a" || $0 == "b" }, "\(picks)")
         #expect(picks.filter { $0 == "a" }.count >= 5 && picks.filter { $0 == "b" }.count >= 5)
-        #expect(proxy.lines(containing: "target down").count == 1, "\(proxy.stderr)")
+        #expect(await proxy.waitForLines(containing: "target down", count: 1, timeout: 2)?.count == 1, "\(proxy.stderr)")
         #expect(proxy.lines(containing: "connectFailed").isEmpty)
     }
 
