@@ -424,6 +424,26 @@ struct MuxTests {
         #expect(mux.lines(containing: "tunnel draining").count == 1, "\(mux.stderr)")
     }
 
+    @Test("A peer that answers and at once sends GOAWAY, every time, gets the reconnect backoff, not a loop as fast as its round trip")
+    func goAwayAtOnceBacksOff() async throws {
+        // Answers the mux's first PING (11-byte header, 8-byte payload), then GOAWAY noError, then closes.
+        let peer = try TestServer(handler: { socket, _, _ in
+            guard let ping = try? socket.recvExactly(19, timeout: 5), ping[5] == 5 else { return }
+            let pong: [UInt8] = [2, 0, 0, 0, 0, 6, 0, 0, 0, 0, 8] + ping[11...]
+            let goAway: [UInt8] = [2, 0, 0, 0, 0, 7, 0, 0, 0, 0, 4, 0, 0, 0, 0]
+            try? socket.send(pong + goAway)
+            _ = try? socket.readToEnd(timeout: 1)
+        })
+        defer { peer.stop() }
+        let mux = try await ProxyProcess.start(["mux", "--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:\(peer.port)"])
+        defer { mux.kill() }
+        #expect(await mux.waitForLine(containing: "tunnel draining", timeout: 5) != nil, "\(mux.stderr)")
+        await delay(seconds: 2)
+        // 100, 200, 400, 800 ms (±20%) and the connects between them: a handful in 2 s, not hundreds.
+        #expect(peer.acceptedCount <= 8, "\(peer.acceptedCount) tunnel connections in about 2 s")
+        #expect(mux.isRunning)
+    }
+
     @Test("Protocol garbage sent to the demux is rejected with a close; the demux keeps serving a real mux")
     func garbageRejected() async throws {
         let server = try TestServer(handler: TestServer.echo)

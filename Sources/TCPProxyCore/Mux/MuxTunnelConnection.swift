@@ -25,6 +25,8 @@ final class MuxTunnelConnection: @unchecked Sendable {
     private var isUp = false
     /// Bounds the wait for the demux's first answer.
     private var answerTimer: Scheduled<Void>?
+    /// When the current tunnel came up.
+    private var upSince = NIODeadline.distantPast
     /// Tunnels that take no new streams but still carry some, until they close.
     private var draining: [MuxSession] = []
     private var waiting: [MuxStream] = []
@@ -45,6 +47,8 @@ final class MuxTunnelConnection: @unchecked Sendable {
     /// One read per wakeup: a stream that stalls keeps at most one read buffer alive with its slices
     /// (``MuxSession/shouldCopy(pieceOf:readCapacity:localBacklog:)``).
     static let readsPerWakeup: UInt = 1
+    /// A tunnel up this long drains into an immediate reconnect; one that goes away sooner, into a backoff.
+    static let settledAfter = TimeAmount.seconds(1)
 
     init(index: Int, eventLoop: EventLoop, tunnel: Endpoint, environment: MuxStreamEnvironment) {
         self.index = index
@@ -176,7 +180,7 @@ final class MuxTunnelConnection: @unchecked Sendable {
         self.answerTimer?.cancel()
         self.answerTimer = nil
         self.isUp = true
-        self.backoff.reset()
+        self.upSince = self.eventLoop.now
         self.failuresLogged = 0
         self.logger.info(
             "tunnel up",
@@ -197,7 +201,20 @@ final class MuxTunnelConnection: @unchecked Sendable {
         session.streamRemoved = nil
         self.draining.append(session)
         self.logger.info("tunnel draining", metadata: ["tunnel.address": "\(self.tunnel)", "streams": "\(session.streamCount)"])
-        self.connect()
+        // At once, unless the tunnel had only just come up: a peer that answers and goes away again each
+        // time gets the reconnect backoff, not a loop as fast as its round trip.
+        if self.settled() {
+            self.connect()
+        } else {
+            self.scheduleRetry()
+        }
+    }
+
+    /// Whether the tunnel that is ending had been up for ``settledAfter``: then the backoff starts over.
+    private func settled() -> Bool {
+        guard self.eventLoop.now - self.upSince >= Self.settledAfter else { return false }
+        self.backoff.reset()
+        return true
     }
 
     /// Opens waiting clients while the tunnel has room for them.
@@ -225,6 +242,7 @@ final class MuxTunnelConnection: @unchecked Sendable {
         self.session = nil
         if self.isUp {
             self.isUp = false
+            _ = self.settled()
             self.logger.info("tunnel down", metadata: ["tunnel.address": "\(self.tunnel)", "reason": "\(reason)"])
         } else if let timer = self.answerTimer {
             // Closed before the demux answered (the timeout has already said so itself).
