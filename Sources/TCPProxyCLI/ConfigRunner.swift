@@ -179,6 +179,9 @@ enum ConfigRunner {
             case .ended(let generation, let error):
                 let wasCurrent = supervisor.isCurrent(generation)
                 let ended = supervisor.ended(generation)
+                // A listener that failed to bind, or that a reload stopped, made its pool's series all the
+                // same (up, before binding): they go unless a running listener has them.
+                supervisor.forgetTargetSeries(of: ended)
                 guard let error else { continue }
                 if ended?.fromStart ?? false, wasCurrent {
                     // As a single-mode run: a listener of the file that cannot start stops the process.
@@ -231,11 +234,7 @@ enum ConfigRunner {
             // A replaced listener on the same address lets go of it as its drain begins: retried meanwhile.
             supervisor.start(planned, fromStart: false)
         }
-        if let factory = supervisor.process.metricsFactory {
-            for series in before.subtracting(supervisor.targetSeries) {
-                TargetMetrics.forgetUp(listener: series.listener, target: series.target, factory: factory)
-            }
-        }
+        supervisor.forgetTargetSeries(before)
         logger.logReady(
             "reloaded \(path)",
             at: .notice,
@@ -405,6 +404,19 @@ private struct Supervisor {
     /// The per-target series of the listeners running now (not of those draining after a reload stopped them).
     var targetSeries: Set<TargetSeries> {
         self.current.values.reduce(into: []) { $0.formUnion(self.running[$1]?.targetSeries ?? []) }
+    }
+
+    /// Removes the `tcpproxy_target_up` series among `series` that no running listener has (docs/CONFIG.md).
+    func forgetTargetSeries(_ series: Set<TargetSeries>) {
+        guard let factory = self.process.metricsFactory else { return }
+        for gone in series.subtracting(self.targetSeries) {
+            TargetMetrics.forgetUp(listener: gone.listener, target: gone.target, factory: factory)
+        }
+    }
+
+    /// ``forgetTargetSeries(_:)`` for a listener that ended.
+    func forgetTargetSeries(of ended: Running?) {
+        if let ended { self.forgetTargetSeries(ended.targetSeries) }
     }
 
     /// The file's entries running now (not those draining after a reload stopped them).

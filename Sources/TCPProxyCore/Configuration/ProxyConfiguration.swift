@@ -59,13 +59,13 @@ public enum ProxyMode: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// The `target` label of this mode's metrics.
     /// The `target` labels of this listener's per-target series (`tcpproxy_target_*`): none unless pooled.
     public var targetSeries: [String] {
         guard case .forward(let forward) = self, forward.isPooled else { return [] }
         return forward.targets.map(\.endpoint.description)
     }
 
+    /// The `target` label of this mode's metrics.
     public var targetLabel: String {
         switch self {
         case .forward(let forward): forward.targets.map(\.endpoint.description).joined(separator: ",")
