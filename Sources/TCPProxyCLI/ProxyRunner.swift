@@ -85,11 +85,10 @@ enum ProxyRunner {
         }
     }
 
+    /// One `tcpproxy: MESSAGE` line on standard error, after the log lines before it and, like them,
+    /// never blocking on a reader that stopped reading (written out at exit at the latest).
     static func printError(_ message: String) {
-        // After the log lines before it.
-        LogOutput.standardError.flush(timeout: 1)
-        var line = "tcpproxy: \(message)\n"
-        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        LogOutput.standardError.append("tcpproxy: \(message)\n")
     }
 }
 

@@ -53,11 +53,11 @@ public final class LogOutput: @unchecked Sendable {
     }
 
     /// Queues `line` (newline included) for writing; drops it when ``limit`` bytes already wait.
-    /// - Parameter format: the format of the lines, for the line that reports drops.
-    func append(_ line: String, format: LogFormat) {
+    /// - Parameter format: the format of the lines, for the line that reports drops; `nil` keeps the last.
+    public func append(_ line: String, format: LogFormat? = nil) {
         var line = line
         self.state.lock()
-        self.format = format
+        if let format { self.format = format }
         if !self.started {
             self.started = true
             self.startWriter()
